@@ -1,0 +1,187 @@
+"""Loading Hugging Face checkpoints (Llama-3.x, Qwen2/2.5, Qwen3) from a local directory.
+
+    lm, params, tokenizer = tts_jax.models.hf.load("path/to/Qwen2.5-Math-1.5B-Instruct")
+
+The directory holds config.json, model.safetensors (or shards plus
+model.safetensors.index.json), tokenizer.json and tokenizer_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+from safetensors import safe_open
+
+from tts_jax.models.config import SUPPORTED_ROPE_TYPES, ModelConfig, RopeScaling
+from tts_jax.models.lm import LanguageModel, abstract
+from tts_jax.models.tokenizer import Tokenizer
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+# Buffers some checkpoints carry that are recomputed here.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not match its config or this library."""
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint file missing: {path}")
+  with open(path) as fh:
+    return json.load(fh)
+
+
+def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
+  params = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or {}
+  theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+  merged = {**scaling, **params}
+  rope_type = merged.get("rope_type", merged.get("type", "default"))
+  if rope_type not in SUPPORTED_ROPE_TYPES:
+    raise CheckpointError(f"unsupported rope type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+  if rope_type == "default":
+    return float(theta), None
+  fields = {k: merged[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                   "original_max_position_embeddings") if k in merged}
+  return float(theta), RopeScaling(rope_type=rope_type, **fields)
+
+
+def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
+  """Translates a Hugging Face config.json dict into a `ModelConfig`."""
+  archs = hf.get("architectures") or []
+  arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+  if arch is None:
+    raise CheckpointError(
+        f"unsupported architecture {archs or hf.get('model_type')!r}; supported: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+  family = SUPPORTED_ARCHITECTURES[arch]
+  if hf.get("hidden_act", "silu") != "silu":
+    raise CheckpointError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' (SwiGLU)")
+  if hf.get("mlp_bias", False):
+    raise CheckpointError("unsupported: mlp_bias=True")
+  if hf.get("use_sliding_window", False):
+    raise CheckpointError("unsupported: use_sliding_window=True (sliding-window attention)")
+  theta, scaling = _rope(hf)
+  heads = hf["num_attention_heads"]
+  return ModelConfig(
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      rope_theta=theta,
+      rope_scaling=scaling,
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
+      qk_norm=family == "qwen3",
+      max_position_embeddings=hf.get("max_position_embeddings", 4096),
+      dtype=dtype,
+      family=family,
+  )
+
+
+def _hf_name(path: tuple) -> tuple[str, bool]:
+  """Our param path -> (Hugging Face tensor name, whether it is stored transposed)."""
+  *mods, leaf = (str(p) for p in path)
+  if mods == [] and leaf == "embed_tokens":
+    return "model.embed_tokens.weight", False
+  if mods == [] and leaf == "lm_head":
+    return "lm_head.weight", True
+  name = ".".join(["model", *mods, "weight" if leaf == "kernel" else leaf])
+  return name, leaf == "kernel"
+
+
+def _weight_files(path: str) -> dict[str, str]:
+  """Tensor name -> safetensors file holding it."""
+  single = os.path.join(path, "model.safetensors")
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    weight_map = _read_json(index)["weight_map"]
+    files = {n: os.path.join(path, f) for n, f in weight_map.items()}
+    for f in sorted(set(files.values())):
+      if not os.path.isfile(f):
+        raise FileNotFoundError(f"checkpoint shard missing: {f} (listed in {index})")
+    return files
+  if os.path.isfile(single):
+    with safe_open(single, framework="numpy") as fh:
+      return {n: single for n in fh.keys()}
+  raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
+
+
+def load_params(path: str, lm: LanguageModel, abstract_params: nnx.State) -> nnx.State:
+  """Reads and checks the safetensors weights of `path` into a params pytree of `lm`'s dtype."""
+  files = _weight_files(path)
+  flat = traverse_util.flatten_dict(abstract_params.to_pure_dict())
+  expected = {}
+  for p, leaf in flat.items():
+    name, transposed = _hf_name(p)
+    shape = tuple(leaf.shape[::-1]) if transposed else tuple(leaf.shape)
+    expected[name] = (p, transposed, shape)
+  present = {n for n in files if not n.endswith(_IGNORED_SUFFIXES)}
+  if lm.config.tie_word_embeddings:
+    present.discard("lm_head.weight")  # some tied checkpoints store the copy too
+  missing = sorted(set(expected) - present)
+  unexpected = sorted(present - set(expected))
+  if missing or unexpected:
+    parts = []
+    if missing:
+      parts.append(f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+      parts.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                   f"{' ...' if len(unexpected) > 8 else ''}")
+    raise CheckpointError(f"checkpoint {path} does not match its config: " + "; ".join(parts))
+  dtype = lm.config.jnp_dtype
+  out = {}
+  handles = {}
+  try:
+    for name, (p, transposed, shape) in expected.items():
+      f = files[name]
+      if f not in handles:
+        handles[f] = safe_open(f, framework="flax")
+      t = handles[f].get_slice(name)
+      got = tuple(t.get_shape())
+      if got != shape:
+        raise CheckpointError(f"tensor {name} has shape {got} in the checkpoint but the config "
+                              f"implies {shape}")
+      x = jnp.asarray(handles[f].get_tensor(name))
+      out[p] = (x.T if transposed else x).astype(dtype)
+  finally:
+    handles.clear()
+  params = abstract_params
+  nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(out))
+  return params
+
+
+def load(path: str, dtype: str = "float32") -> tuple[LanguageModel, nnx.State, Tokenizer]:
+  """Loads a local Hugging Face model directory.
+
+  Args:
+    path: directory with config.json, safetensors weights, tokenizer.json and tokenizer_config.json.
+    dtype: "float32" or "bfloat16" for params and activations.
+
+  Returns:
+    (LanguageModel, params pytree, Tokenizer).
+
+  Raises:
+    FileNotFoundError: a required file is missing (named).
+    CheckpointError: unsupported architecture, tensor shape mismatch, or missing /
+      unexpected tensors (each named).
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"model directory not found: {path}")
+  config = config_from_hf(_read_json(os.path.join(path, "config.json")), dtype=dtype)
+  tokenizer = Tokenizer.from_directory(path)
+  lm, abstract_params = abstract(config)
+  return lm, load_params(path, lm, abstract_params), tokenizer

@@ -1,0 +1,233 @@
+"""The LanguageModel contract: pure prefill / decode over pytrees.
+
+    lm, params = init(config, seed)
+    logits, prefix = lm.prefill(params, prompt_tokens, prompt_lengths)   # once per prompt
+    cache = lm.init_cache(prefix, num_samples=N, max_len=T)             # N private suffixes
+    logits, cache = lm.decode(params, tokens, cache)                    # one token per sample
+
+The KV cache keeps each prompt's keys and values once (`PrefixCache`, shared by
+all N samples of that prompt) and a private suffix cache per sample. A decode
+step attends over both and merges them by log-sum-exp, so the prompt's KV is
+read once per prompt per step, not N times. Suffix slots are written at one
+shared step index; a per-slot mask says which slots hold real tokens, so
+samples that are finished (or waiting at a step boundary) simply write nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from tts_jax.models.attention import attend_partial, causal_mask, merge_partials
+from tts_jax.models.config import ModelConfig
+from tts_jax.models.rope import rope_tables
+from tts_jax.models.transformer import Decoder
+
+
+@struct.dataclass
+class PrefixCache:
+  """Prompt KV, one copy per prompt.
+
+  k, v: tuples over layers of [B, Tp, Hkv, D]; lengths: int32[B] valid prompt tokens
+  (prompts are right-padded to Tp).
+  """
+
+  k: tuple
+  v: tuple
+  lengths: jax.Array
+
+
+@struct.dataclass
+class KVCache:
+  """Shared prompt KV plus N private suffixes per prompt.
+
+  prefix: the prompts' `PrefixCache` (batch B).
+  k, v: tuples over layers of [B, N, Ts, Hkv, D] suffix keys/values.
+  mask: bool[B, N, Ts], True at slots that hold a real token.
+  lengths: int32[B, N] real suffix tokens so far (position offset after the prompt).
+  step: int32[] next slot to write (shared by all samples).
+  """
+
+  prefix: PrefixCache
+  k: tuple
+  v: tuple
+  mask: jax.Array
+  lengths: jax.Array
+  step: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    """Ts, the number of suffix slots."""
+    return self.mask.shape[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+  """A decoder LM as pure functions of (params, inputs). Hashable: a valid jit static arg.
+
+  Attributes:
+    config: the architecture.
+    graphdef: the Flax NNX graph definition (params live outside, as a pytree).
+  """
+
+  config: ModelConfig
+  graphdef: nnx.GraphDef
+
+  @property
+  def vocab_size(self) -> int:
+    return self.config.vocab_size
+
+  def _module(self, params) -> Decoder:
+    return nnx.merge(self.graphdef, params)
+
+  def _scale(self) -> float:
+    return self.config.head_dim ** -0.5
+
+  def forward(self, params, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    """Full-sequence logits without a cache.
+
+    Args:
+      params: the model's params pytree.
+      tokens: int32[B, T], right-padded.
+      lengths: int32[B] valid tokens per row (default: all T).
+
+    Returns:
+      float32[B, T, V] logits (rows past a sequence's length are meaningless).
+    """
+    b, t = tokens.shape
+    lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
+    mask = causal_mask(lengths, t)
+    cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
+
+    def attend(layer, q, k, v):
+      return attend_partial(q, k, v, mask, self._scale())[0]
+
+    model = self._module(params)
+    return model.logits(model.hidden(tokens, cos, sin, attend))
+
+  def prefill(self, params, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, PrefixCache]:
+    """Runs the prompts once and keeps their KV.
+
+    Args:
+      params: the model's params pytree.
+      tokens: int32[B, Tp] right-padded prompts.
+      lengths: int32[B] prompt lengths (>= 1).
+
+    Returns:
+      (logits float32[B, V] at each prompt's last token, PrefixCache).
+    """
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    mask = causal_mask(lengths, t)
+    cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
+    ks, vs = [], []
+
+    def attend(layer, q, k, v):
+      ks.append(k)
+      vs.append(v)
+      return attend_partial(q, k, v, mask, self._scale())[0]
+
+    model = self._module(params)
+    h = model.hidden(tokens, cos, sin, attend)
+    last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return model.logits(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
+
+  def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int) -> KVCache:
+    """An empty suffix cache of `max_len` slots for `num_samples` samples per prompt."""
+    c = self.config
+    b = prefix.lengths.shape[0]
+    shape = (b, num_samples, max_len, c.num_kv_heads, c.head_dim)
+    zeros = tuple(jnp.zeros(shape, c.jnp_dtype) for _ in range(c.num_layers))
+    return KVCache(prefix=prefix, k=zeros, v=zeros,
+                   mask=jnp.zeros((b, num_samples, max_len), bool),
+                   lengths=jnp.zeros((b, num_samples), jnp.int32), step=jnp.zeros((), jnp.int32))
+
+  def decode(self, params, tokens: jax.Array, cache: KVCache,
+             active: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Feeds one token per sample.
+
+    Args:
+      params: the model's params pytree.
+      tokens: int32[B, N], the next token of every sample.
+      cache: the KVCache (its `step` must be < capacity).
+      active: bool[B, N]; inactive samples write no KV and do not advance (their
+        logits are computed but meaningless). Default: all active.
+
+    Returns:
+      (logits float32[B, N, V] for the token after `tokens`, updated cache).
+    """
+    chex.assert_rank(tokens, 2)
+    b, n = tokens.shape
+    if active is None:
+      active = jnp.ones((b, n), bool)
+    step = cache.step
+    prefix = cache.prefix
+    positions = prefix.lengths[:, None] + cache.lengths  # [B, N]
+    cos, sin = rope_tables(self.config, positions[..., None])
+    mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
+    tp = prefix.k[0].shape[1]
+    prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :],
+                                   (b, n, tp))
+    suffix_mask = mask.reshape(b * n, 1, -1)
+    new_k, new_v = [], []
+    scale = self._scale()
+
+    def attend(layer, q, k, v):
+      # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
+      sk = jax.lax.dynamic_update_slice_in_dim(cache.k[layer], k.astype(cache.k[layer].dtype), step, axis=2)
+      sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
+      new_k.append(sk)
+      new_v.append(sv)
+      hkv, g, d = q.shape[-3:]
+      o_p, lse_p = attend_partial(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix_mask, scale)
+      o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, -1, hkv, d),
+                                  sv.reshape(b * n, -1, hkv, d), suffix_mask, scale)
+      o, _ = merge_partials(o_p, lse_p, o_s.reshape(b, n, hkv, g, d), lse_s.reshape(b, n, hkv, g))
+      return o[:, :, None]
+
+    model = self._module(params)
+    h = model.hidden(tokens[..., None], cos, sin, attend)[:, :, 0]
+    new_cache = KVCache(prefix=prefix, k=tuple(new_k), v=tuple(new_v), mask=mask,
+                        lengths=cache.lengths + active.astype(jnp.int32), step=step + 1)
+    return model.logits(h), new_cache
+
+
+def init(config: ModelConfig, seed: int = 0) -> tuple[LanguageModel, nnx.State]:
+  """A randomly initialised model (normal(0.02) weights, unit norms).
+
+  Returns:
+    (LanguageModel, params pytree).
+  """
+  graphdef, params = nnx.split(Decoder(config, nnx.Rngs(params=seed)))
+  return LanguageModel(config=config, graphdef=graphdef), params
+
+
+def abstract(config: ModelConfig) -> tuple[LanguageModel, nnx.State]:
+  """Like `init` but allocates nothing: params are ShapeDtypeStructs (for loading)."""
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(config, nnx.Rngs(params=0))))
+  return LanguageModel(config=config, graphdef=graphdef), params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_jit(lm: LanguageModel, params, tokens, lengths):
+  return lm.forward(params, tokens, lengths)
+
+
+def forward(lm: LanguageModel, params, tokens, lengths=None) -> jax.Array:
+  """Jitted full-sequence logits: tokens int32[B, T] -> float32[B, T, V] (no cache).
+
+  `lengths` int32[B] marks right padding; positions past it are meaningless.
+  """
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be int32[B, T], got shape {tokens.shape}")
+  if tokens.shape[1] > lm.config.max_position_embeddings:
+    raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's context "
+                     f"(max_position_embeddings={lm.config.max_position_embeddings})")
+  lengths = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+  return _forward_jit(lm, params, tokens, lengths)

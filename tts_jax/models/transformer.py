@@ -1,0 +1,139 @@
+"""The Flax NNX decoder: Llama-3 / Qwen2 / Qwen2.5 / Qwen3 in one module.
+
+The module only does the per-token math. How attention reads and writes a KV
+cache is decided by the caller through an `attend` callback, so the same
+weights serve full-sequence forward passes, prompt prefill and shared-prefix
+decoding (see `tts_jax.models.lm`). Above `tts_jax.models.lm` nobody sees a
+Module: the model is split once into a graph definition and a params pytree.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tts_jax.models.config import ModelConfig
+from tts_jax.models.rope import apply_rope
+
+# attend(layer_index, q: [..., Tq, Hkv, G, D], k: [..., Tq, Hkv, D], v) -> [..., Tq, Hkv, G, D]
+AttendFn = Callable[[int, jax.Array, jax.Array, jax.Array], jax.Array]
+
+_init = nnx.initializers.normal(0.02)
+
+
+class RMSNorm(nnx.Module):
+  """y = w * x / rms(x), normalised in float32 and cast back (as Hugging Face does)."""
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), dtype))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...] * xf.astype(x.dtype)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias), kernel: [in, out]."""
+
+  def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_init(rngs.params(), (d_in, d_out), jnp.float32).astype(dtype))
+    self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x @ self.kernel[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y
+
+
+class Attention(nnx.Module):
+  """GQA projections, optional q/k RMSNorm (Qwen3), RoPE."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c, dt = config, config.jnp_dtype
+    self.config = c
+    self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
+    self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
+    self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
+    self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False, dtype=dt, rngs=rngs)
+    if c.qk_norm:
+      self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dt)
+      self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dt)
+    else:
+      self.q_norm = self.k_norm = None
+
+  def __call__(self, x, cos, sin, attend: AttendFn, layer: int):
+    """x: [..., T, H] -> [..., T, H]; cos/sin: [..., T, D]."""
+    c = self.config
+    lead = x.shape[:-1]
+    q = self.q_proj(x).reshape(*lead, c.num_heads, c.head_dim)
+    k = self.k_proj(x).reshape(*lead, c.num_kv_heads, c.head_dim)
+    v = self.v_proj(x).reshape(*lead, c.num_kv_heads, c.head_dim)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = q.reshape(*lead, c.num_kv_heads, c.num_groups, c.head_dim)
+    out = attend(layer, q, k, v).astype(x.dtype)
+    return self.o_proj(out.reshape(*lead, c.num_heads * c.head_dim))
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c, dt = config, config.jnp_dtype
+    self.gate_proj = Linear(c.hidden_size, c.intermediate_size, bias=False, dtype=dt, rngs=rngs)
+    self.up_proj = Linear(c.hidden_size, c.intermediate_size, bias=False, dtype=dt, rngs=rngs)
+    self.down_proj = Linear(c.intermediate_size, c.hidden_size, bias=False, dtype=dt, rngs=rngs)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    dt = config.jnp_dtype
+    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dt)
+    self.self_attn = Attention(config, rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dt)
+    self.mlp = MLP(config, rngs)
+
+  def __call__(self, h, cos, sin, attend: AttendFn, layer: int):
+    h = h + self.self_attn(self.input_layernorm(h), cos, sin, attend, layer)
+    return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nnx.Module):
+  """Token embedding, decoder blocks, final norm and LM head."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    dt = config.jnp_dtype
+    self.config = config
+    self.embed_tokens = nnx.Param(_init(rngs.params(), (config.vocab_size, config.hidden_size),
+                                        jnp.float32).astype(dt))
+    self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dt)
+    if config.tie_word_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = nnx.Param(_init(rngs.params(), (config.hidden_size, config.vocab_size),
+                                     jnp.float32).astype(dt))
+
+  def hidden(self, tokens: jax.Array, cos: jax.Array, sin: jax.Array, attend: AttendFn) -> jax.Array:
+    """tokens int32[..., T] -> final normed hidden states [..., T, H] (model dtype)."""
+    h = jnp.take(self.embed_tokens[...], tokens, axis=0)
+    for i, block in enumerate(self.layers):
+      h = block(h, cos, sin, attend, i)
+    return self.norm(h)
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """[..., H] hidden -> float32[..., V] logits."""
+    w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+    return jnp.matmul(h, w, preferred_element_type=jnp.float32)
