@@ -54,6 +54,7 @@ class ModelConfig:
     rms_norm_eps: epsilon of every RMSNorm.
     tie_word_embeddings: logits use the transposed embedding table.
     attention_bias: q/k/v projections have a bias (Qwen2/2.5: True).
+    attention_out_bias: the output projection has a bias (Llama/Qwen3 with attention_bias).
     qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
     max_position_embeddings: longest prompt + generation the model accepts.
     dtype: "float32" or "bfloat16"; parameters and activations. Softmax, norms and
@@ -75,6 +76,7 @@ class ModelConfig:
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
   attention_bias: bool = False
+  attention_out_bias: bool = False
   qk_norm: bool = False
   max_position_embeddings: int = 4096
   dtype: str = "float32"
@@ -114,6 +116,8 @@ class ModelConfig:
     attn = h * d * (self.num_heads * 2 + self.num_kv_heads * 2)
     if self.attention_bias:
       attn += d * (self.num_heads + 2 * self.num_kv_heads)
+    if self.attention_out_bias:
+      attn += h
     if self.qk_norm:
       attn += 2 * d
     mlp = 3 * h * self.intermediate_size

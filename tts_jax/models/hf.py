@@ -85,6 +85,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
       rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
       attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
+      attention_out_bias=family != "qwen2" and bool(hf.get("attention_bias", False)),
       qk_norm=family == "qwen3",
       max_position_embeddings=hf.get("max_position_embeddings", 4096),
       dtype=dtype,
@@ -123,7 +124,7 @@ def _weight_files(path: str) -> dict[str, str]:
 def load_params(path: str, lm: LanguageModel, abstract_params: nnx.State) -> nnx.State:
   """Reads and checks the safetensors weights of `path` into a params pytree of `lm`'s dtype."""
   files = _weight_files(path)
-  flat = traverse_util.flatten_dict(abstract_params.to_pure_dict())
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_params))
   expected = {}
   for p, leaf in flat.items():
     name, transposed = _hf_name(p)

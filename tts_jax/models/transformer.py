@@ -60,7 +60,7 @@ class Attention(nnx.Module):
     self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
     self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
     self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias, dtype=dt, rngs=rngs)
-    self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False, dtype=dt, rngs=rngs)
+    self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.attention_out_bias, dtype=dt, rngs=rngs)
     if c.qk_norm:
       self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dt)
       self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dt)

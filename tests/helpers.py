@@ -1,0 +1,104 @@
+"""Shared test helpers: tiny Hugging Face checkpoints and tokenizers built locally."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+CHATML_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}"
+    "{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    "{{- '\\n\\n# Tools\\n' }}{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}{%- else %}{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- endif %}"
+    "{%- for message in messages %}{%- if message.role == 'system' and loop.first %}{%- continue %}"
+    "{%- endif %}{{- '<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('bad role: ' + message['role']) }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim "
+    "+ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>"]
+
+CORPUS = [
+    "You are a helpful assistant.", "What is 2 + 3? The answer is 5.", "Solve x * 7 = 21, so x = 3.",
+    "system user assistant tools function name arguments", "Hello world, how are you today?",
+    "Let's think step by step. First add, then multiply.", "{\"type\": \"function\", \"name\": \"add\"}",
+] * 4
+
+
+def build_tokenizer(vocab_size: int = 300):
+  """A byte-level BPE tokenizer trained on a tiny corpus, with chat special tokens."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(CORPUS, trainer)
+  return tok
+
+
+def save_hf_tokenizer(path: str, template: str = CHATML_TEMPLATE, *, bos="<|begin_of_text|>",
+                      eos="<|im_end|>", pad="<|endoftext|>", vocab_size: int = 300):
+  """Writes tokenizer.json, tokenizer_config.json (and chat_template.jinja) via transformers."""
+  from transformers import PreTrainedTokenizerFast
+  t = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(vocab_size), bos_token=bos, eos_token=eos,
+                              pad_token=pad)
+  t.chat_template = template
+  t.save_pretrained(path)
+  return t
+
+
+FAMILIES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+}
+
+
+def make_hf_model(family: str, seed: int = 0, **overrides):
+  """A randomly initialised transformers model whose every parameter (norms, biases) is random."""
+  import torch
+  import transformers
+  cfg_cls, model_cls = (getattr(transformers, n) for n in FAMILIES[family])
+  kw = dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+            num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256)
+  kw.update(overrides)
+  torch.manual_seed(seed)
+  model = model_cls(cfg_cls(**kw)).eval()
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+      elif name.endswith("bias"):
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+      else:
+        p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+  model.generation_config.eos_token_id = None
+  model.generation_config.pad_token_id = 0
+  return model
+
+
+def save_hf_checkpoint(path: str, family: str, seed: int = 0, max_shard_size=None, **overrides):
+  """Saves a tiny random model + tokenizer to `path`; returns the torch model."""
+  model = make_hf_model(family, seed, **overrides)
+  kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+  model.save_pretrained(path, **kwargs)
+  save_hf_tokenizer(path)
+  return model
+
+
+def random_tokens(rng: np.random.RandomState, b: int, t: int, vocab: int) -> np.ndarray:
+  return rng.randint(0, vocab, size=(b, t)).astype(np.int32)

@@ -1,0 +1,195 @@
+"""N samples per prompt from shared prompts, in one jitted `lax.while_loop`.
+
+    out = sample(lm, params, [prompt_ids_a, prompt_ids_b], key=jax.random.key(0),
+                 num_samples=16, max_new_tokens=128, temperature=0.7, top_p=0.95,
+                 stop_tokens=tokenizer.eos_token_ids)
+    out.tokens[b, n, :out.lengths[b, n]]   # sample n of prompt b
+
+Each prompt is prefilled once; its N samples share that KV (see
+`tts_jax.models.lm`). Finished samples are absorbing: they write no KV, their
+later tokens are `pad_id` and their later log-probs 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tts_jax.models.lm import LanguageModel
+from tts_jax.sampling.logits import SamplingParams, process_logits
+
+RUNNING, STOP, LENGTH = 0, 1, 2
+FINISH_REASONS = {RUNNING: "running", STOP: "stop", LENGTH: "length"}
+
+
+@struct.dataclass
+class SampleOutput:
+  """What `sample` returns (B prompts, N samples each, T = max_new_tokens).
+
+  tokens: int32[B, N, T], pad_id after a sample's end.
+  lengths: int32[B, N] generated tokens, including the stop token when one was hit.
+  finish_reason: int32[B, N], STOP (a stop token was generated) or LENGTH.
+  logprobs: float32[B, N, T] log-prob of each token under the model (temperature 1,
+    no filtering); 0 after the end.
+  proposal_logprobs: float32[B, N, T] log-prob under the sampling distribution
+    (`process_logits`); 0 after the end.
+  entropy: float32[B, N, T] entropy (nats) of the model's next-token distribution; 0 after the end.
+  """
+
+  tokens: jax.Array
+  lengths: jax.Array
+  finish_reason: jax.Array
+  logprobs: jax.Array
+  proposal_logprobs: jax.Array
+  entropy: jax.Array
+
+
+@struct.dataclass
+class _LoopState:
+  t: jax.Array
+  logits: jax.Array
+  cache: object
+  done: jax.Array
+  reason: jax.Array
+  out: SampleOutput
+
+
+def _entropy(logp: jax.Array) -> jax.Array:
+  p = jnp.exp(logp)
+  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], multiple: int = 16, pad_id: int = 0):
+  """Right-pads ragged prompts: -> (int32[B, Tp], int32[B]) with Tp a multiple of `multiple`."""
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  if len(prompts) == 0:
+    raise ValueError("no prompts given")
+  if (lengths == 0).any():
+    raise ValueError(f"empty prompt at index {int(np.argmin(lengths))}; every prompt needs >= 1 token")
+  tp = -(-int(lengths.max()) // multiple) * multiple
+  tokens = np.full((len(prompts), tp), pad_id, np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i, :len(p)] = np.asarray(p, np.int32)
+  return tokens, lengths
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "num_samples", "max_new_tokens", "params_s",
+                                             "stop_tokens", "pad_id"))
+def _sample_jit(lm: LanguageModel, params, tokens, lengths, key, *, num_samples: int,
+                max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
+                pad_id: int) -> SampleOutput:
+  b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
+  first_logits, prefix = lm.prefill(params, tokens, lengths)
+  cache = lm.init_cache(prefix, n, t_max)
+  stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+  zeros_f = jnp.zeros((b, n, t_max), jnp.float32)
+  out = SampleOutput(tokens=jnp.full((b, n, t_max), pad_id, jnp.int32),
+                     lengths=jnp.zeros((b, n), jnp.int32),
+                     finish_reason=jnp.zeros((b, n), jnp.int32),
+                     logprobs=zeros_f, proposal_logprobs=zeros_f, entropy=zeros_f)
+  init = _LoopState(t=jnp.zeros((), jnp.int32),
+                    logits=jnp.broadcast_to(first_logits[:, None], (b, n, first_logits.shape[-1])),
+                    cache=cache, done=jnp.zeros((b, n), bool), reason=jnp.zeros((b, n), jnp.int32),
+                    out=out)
+
+  def cond(s: _LoopState):
+    return (s.t < t_max) & ~jnp.all(s.done)
+
+  def body(s: _LoopState):
+    logq = process_logits(s.logits, temperature=params_s.temperature, top_k=params_s.top_k,
+                          top_p=params_s.top_p, min_p=params_s.min_p)
+    if params_s.temperature == 0:
+      tok = jnp.argmax(logq, axis=-1).astype(jnp.int32)
+    else:
+      tok = jax.random.categorical(jax.random.fold_in(key, s.t), logq, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(s.logits, axis=-1)
+    active = ~s.done
+    tok = jnp.where(active, tok, pad_id)
+
+    def pick(x):
+      return jnp.where(active, jnp.take_along_axis(x, tok[..., None], axis=-1)[..., 0], 0.0)
+
+    def put(buf, x):
+      return jax.lax.dynamic_update_slice_in_dim(buf, x[..., None].astype(buf.dtype), s.t, axis=2)
+
+    o = s.out
+    o = SampleOutput(tokens=put(o.tokens, tok), lengths=o.lengths + active.astype(jnp.int32),
+                     finish_reason=o.finish_reason, logprobs=put(o.logprobs, pick(logp)),
+                     proposal_logprobs=put(o.proposal_logprobs, pick(logq)),
+                     entropy=put(o.entropy, jnp.where(active, _entropy(logp), 0.0)))
+    hit = active & jnp.any(tok[..., None] == stops, axis=-1)
+    done = s.done | hit
+    reason = jnp.where(hit, STOP, s.reason)
+    logits, cache = lm.decode(params, tok, s.cache, active=~done)
+    return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o)
+
+  final = jax.lax.while_loop(cond, body, init)
+  reason = jnp.where(final.reason == RUNNING, LENGTH, final.reason)
+  return final.out.replace(finish_reason=reason)
+
+
+def sample(lm: LanguageModel, params, prompts, *, key: jax.Array, num_samples: int = 1,
+           max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           min_p: float = 0.0, stop_tokens: Sequence[int] = (), pad_id: int = 0,
+           prompt_lengths=None, share_prefix: bool = True) -> SampleOutput:
+  """Draws `num_samples` continuations of each prompt.
+
+  Args:
+    lm: the model.
+    params: its params pytree.
+    prompts: a list of B token-id lists (ragged), or int32[B, Tp] right-padded with
+      `prompt_lengths` int32[B].
+    key: a JAX PRNG key; the output is a deterministic function of it.
+    num_samples: N samples per prompt.
+    max_new_tokens: T, the most tokens generated per sample.
+    temperature, top_k, top_p, min_p: see `process_logits`.
+    stop_tokens: ids that end a sample (kept as its last token).
+    pad_id: fills tokens after a sample's end.
+    share_prefix: True (default) prefills each prompt once and shares its KV among
+      its samples; False prefills B*N copies (a baseline; same samples for the same key).
+
+  Returns:
+    SampleOutput with leading dims [B, N].
+  """
+  params_s = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+  if not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+  if prompt_lengths is None:
+    if isinstance(prompts, (np.ndarray, jax.Array)):
+      raise ValueError("an array of prompts needs prompt_lengths; or pass a list of token lists")
+    tokens, lengths = pad_prompts(prompts, pad_id=pad_id)
+  else:
+    tokens, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
+      raise ValueError(f"prompts must be int32[B, Tp] with prompt_lengths int32[B]; got "
+                       f"{tokens.shape} and {lengths.shape}")
+    if (lengths < 1).any() or (lengths > tokens.shape[1]).any():
+      raise ValueError(f"prompt_lengths must be in [1, {tokens.shape[1]}], got {lengths.tolist()}")
+  vocab = lm.vocab_size
+  valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+  bad = np.argwhere(valid & ((tokens < 0) | (tokens >= vocab)))
+  if len(bad):
+    i, j = bad[0]
+    raise ValueError(f"prompt {i} has token id {tokens[i, j]} at position {j}, outside the "
+                     f"vocabulary [0, {vocab})")
+  longest = int(lengths.max())
+  limit = lm.config.max_position_embeddings
+  if longest + max_new_tokens > limit:
+    raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                     f"model's context of {limit} tokens (max_position_embeddings)")
+  stop_tokens = tuple(sorted({int(s) for s in stop_tokens}))
+  kwargs = dict(max_new_tokens=max_new_tokens, params_s=params_s, stop_tokens=stop_tokens, pad_id=pad_id)
+  if share_prefix:
+    return _sample_jit(lm, params, jnp.asarray(tokens), jnp.asarray(lengths), key,
+                       num_samples=num_samples, **kwargs)
+  b = tokens.shape[0]
+  out = _sample_jit(lm, params, jnp.asarray(np.repeat(tokens, num_samples, axis=0)),
+                    jnp.asarray(np.repeat(lengths, num_samples)), key, num_samples=1, **kwargs)
+  return jax.tree.map(lambda x: x.reshape(b, num_samples, *x.shape[2:]), out)
