@@ -1,4 +1,4 @@
-"""Command line: `tts-jax demo` (more subcommands arrive with the experiment runner)."""
+"""Command line: `tts-jax demo`, `tts-jax train EXPERIMENT [--set key=value ...]`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def _demo(args) -> None:
           f"mean log-prob/token {float(out.logprobs[b].sum() / out.lengths[b].sum()):.3f}")
 
 
+def _train(args) -> None:
+  from tts_jax.configs import apply_overrides, load_config
+  config = apply_overrides(load_config(args.experiment), args.set or [])
+  from tts_jax.train import PolicyTrainConfig, train_policy
+  if isinstance(config, PolicyTrainConfig):
+    train_policy(config)
+    return
+  from tts_jax.train.verifier import VerifierTrainConfig, train_verifier
+  if isinstance(config, VerifierTrainConfig):
+    train_verifier(config)
+    return
+  raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not a training config")
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="tts-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +57,10 @@ def main(argv=None) -> None:
   demo.add_argument("--num-samples", type=int, default=16)
   demo.add_argument("--max-new-tokens", type=int, default=64)
   demo.set_defaults(fn=_demo)
+  train = sub.add_parser("train", help="run (or resume) a training experiment file")
+  train.add_argument("experiment", help="path to an experiments/train/*.py file")
+  train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+  train.set_defaults(fn=_train)
   args = parser.parse_args(argv)
   args.fn(args)
 

@@ -13,7 +13,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, traverse_util
+from flax import traverse_util
 from safetensors import safe_open
 
 from tts_jax.models.config import SUPPORTED_ROPE_TYPES, ModelConfig, RopeScaling
@@ -121,10 +121,10 @@ def _weight_files(path: str) -> dict[str, str]:
   raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
 
 
-def load_params(path: str, lm: LanguageModel, abstract_params: nnx.State) -> nnx.State:
+def load_params(path: str, lm: LanguageModel, abstract_params: dict) -> dict:
   """Reads and checks the safetensors weights of `path` into a params pytree of `lm`'s dtype."""
   files = _weight_files(path)
-  flat = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_params))
+  flat = traverse_util.flatten_dict(abstract_params)
   expected = {}
   for p, leaf in flat.items():
     name, transposed = _hf_name(p)
@@ -160,12 +160,10 @@ def load_params(path: str, lm: LanguageModel, abstract_params: nnx.State) -> nnx
       out[p] = (x.T if transposed else x).astype(dtype)
   finally:
     handles.clear()
-  params = abstract_params
-  nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(out))
-  return params
+  return traverse_util.unflatten_dict(out)
 
 
-def load(path: str, dtype: str = "float32") -> tuple[LanguageModel, nnx.State, Tokenizer]:
+def load(path: str, dtype: str = "float32") -> tuple[LanguageModel, dict, Tokenizer]:
   """Loads a local Hugging Face model directory.
 
   Args:
@@ -173,7 +171,7 @@ def load(path: str, dtype: str = "float32") -> tuple[LanguageModel, nnx.State, T
     dtype: "float32" or "bfloat16" for params and activations.
 
   Returns:
-    (LanguageModel, params pytree, Tokenizer).
+    (LanguageModel, params (a nested dict of arrays), Tokenizer).
 
   Raises:
     FileNotFoundError: a required file is missing (named).

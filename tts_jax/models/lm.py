@@ -197,20 +197,21 @@ class LanguageModel:
     return model.logits(h), new_cache
 
 
-def init(config: ModelConfig, seed: int = 0) -> tuple[LanguageModel, nnx.State]:
+def init(config: ModelConfig, seed: int = 0) -> tuple[LanguageModel, dict]:
   """A randomly initialised model (normal(0.02) weights, unit norms).
 
   Returns:
-    (LanguageModel, params pytree).
+    (LanguageModel, params): params is a plain nested dict of arrays, e.g.
+    params["layers"][0]["self_attn"]["q_proj"]["kernel"]: [H, heads * D].
   """
   graphdef, params = nnx.split(Decoder(config, nnx.Rngs(params=seed)))
-  return LanguageModel(config=config, graphdef=graphdef), params
+  return LanguageModel(config=config, graphdef=graphdef), nnx.to_pure_dict(params)
 
 
-def abstract(config: ModelConfig) -> tuple[LanguageModel, nnx.State]:
+def abstract(config: ModelConfig) -> tuple[LanguageModel, dict]:
   """Like `init` but allocates nothing: params are ShapeDtypeStructs (for loading)."""
   graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(config, nnx.Rngs(params=0))))
-  return LanguageModel(config=config, graphdef=graphdef), params
+  return LanguageModel(config=config, graphdef=graphdef), nnx.to_pure_dict(params)
 
 
 @functools.partial(jax.jit, static_argnums=0)

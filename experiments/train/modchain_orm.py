@@ -1,0 +1,24 @@
+"""The default ORM for modular arithmetic chains, trained on the default policy's samples."""
+
+from tts_jax.tasks import ModChain
+from tts_jax.train import OptimConfig
+from tts_jax.train.verifier import VerifierTrainConfig
+
+config = VerifierTrainConfig(
+    kind="orm",
+    task=ModChain(),
+    policy_dir="runs/modchain/policy/model",
+    optim=OptimConfig(learning_rate=1e-3, warmup_steps=50),
+    steps=600,
+    batch_size=64,
+    num_problems=1024,
+    samples_per_problem=4,
+    rollouts=4,
+    label="hard",
+    eval_problems=200,
+    eval_samples=4,
+    seed=0,
+    data_seed=1,
+    checkpoint_every=200,
+    out_dir="runs/modchain/orm",
+)

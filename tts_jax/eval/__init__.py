@@ -1,0 +1,1 @@
+"""Metrics, compute accounting and the experiment runner."""

@@ -1,0 +1,65 @@
+"""Sampling completions of task prompts in fixed-size batches, and grading them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from tts_jax.sampling import sample
+from tts_jax.tasks.base import EOS, PAD, completion_text, prompt_ids
+
+
+@dataclasses.dataclass
+class Completions:
+  """n completions for each of P prompts.
+
+  tokens: int32[P, n, T]; lengths: int32[P, n]; texts: P lists of n strings;
+  logprobs: float32[P, n, T] under the model; entropy: float32[P, n, T].
+  """
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  texts: list[list[str]]
+  logprobs: np.ndarray
+  entropy: np.ndarray
+
+
+def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, key: jax.Array,
+             max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, **sampling) -> Completions:
+  """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
+
+  Every batch has the same shape (the last is padded with copies of its first prompt), so
+  one compilation serves the whole set. Batch i uses key fold_in(key, i).
+  """
+  tok = task.tokenizer()
+  eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+  width = max(len(p) for p in prompts)
+  width = -(-width // 16) * 16
+  outs = []
+  for i, start in enumerate(range(0, len(prompts), batch_prompts)):
+    chunk = prompts[start:start + batch_prompts]
+    chunk = chunk + [chunk[0]] * (batch_prompts - len(chunk))
+    toks = np.full((batch_prompts, width), pad, np.int32)
+    for r, p in enumerate(chunk):
+      toks[r, :len(p)] = p
+    out = sample(lm, params, toks, prompt_lengths=np.array([len(p) for p in chunk], np.int32),
+                 key=jax.random.fold_in(key, i), num_samples=num_samples, max_new_tokens=max_new_tokens,
+                 temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)
+    outs.append(jax.device_get(out))
+  cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]
+  tokens, lengths = cat("tokens"), cat("lengths")
+  texts = [[completion_text(task, tokens[p, n, :lengths[p, n]]) for n in range(num_samples)]
+           for p in range(len(prompts))]
+  return Completions(tokens=tokens, lengths=lengths, texts=texts, logprobs=cat("logprobs"),
+                     entropy=cat("entropy"))
+
+
+def grade(task, problems, completions: Completions) -> np.ndarray:
+  """bool[P, n]: the exact outcome verifier on every completion."""
+  return np.array([[task.verify(p, t) for t in texts] for p, texts in zip(problems, completions.texts)])
+
+
+def task_prompts(task, problems) -> list[list[int]]:
+  return [prompt_ids(task, p) for p in problems]

@@ -1,0 +1,192 @@
+"""Training outcome (ORM) and process (PRM) reward models on the policy's own samples.
+
+Data: the policy samples `samples_per_problem` completions of `num_problems`
+fresh training problems. ORM label: the exact outcome verifier, at the last
+token. PRM labels (Math-Shepherd): for each step (a `;` token) the policy rolls
+out `rollouts` completions from the prefix ending at that step; the label is 1
+if any rollout is correct ("hard") or the fraction correct ("soft"); the final
+token is labelled by the outcome verifier. Evaluation uses the exact verifiers on
+held-out "val" problems: ROC AUC of ORM scores against outcomes, and of PRM step
+scores against the oracle's step correctness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tts_jax.eval.metrics import roc_auc
+from tts_jax.models.io import load_model, save_model
+from tts_jax.models.value import init_value, value_logits
+from tts_jax.tasks.base import EOS, PAD, STEP
+from tts_jax.tasks.rollout import complete, grade, task_prompts
+from tts_jax.train import loop
+from tts_jax.train.optim import OptimConfig, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierTrainConfig:
+  """One ORM or PRM training run; the value model starts from the policy's weights."""
+
+  kind: Literal["orm", "prm"]
+  task: Any
+  policy_dir: str
+  optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50)
+  steps: int = 800
+  batch_size: int = 64
+  num_problems: int = 1024
+  samples_per_problem: int = 4
+  rollouts: int = 4
+  label: Literal["hard", "soft"] = "hard"
+  temperature: float = 1.0
+  max_new_tokens: int = 80
+  eval_problems: int = 200
+  eval_samples: int = 4
+  seed: int = 0
+  data_seed: int = 1
+  checkpoint_every: int = 200
+  out_dir: str = "runs/verifier"
+
+
+@dataclasses.dataclass
+class ValueData:
+  """tokens int32[M, L] (prompt + completion, right-padded), lengths int32[M],
+  weight float32[M, L] (1 at scored positions), target float32[M, L] (labels there)."""
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  weight: np.ndarray
+  target: np.ndarray
+
+
+def _sequences(prompts, comps):
+  seqs = []
+  for p, (toks, lens) in enumerate(zip(comps.tokens, comps.lengths)):
+    for n in range(toks.shape[0]):
+      seqs.append(list(prompts[p]) + [int(t) for t in toks[n, :lens[n]]])
+  return seqs
+
+
+def _pack(seqs, positions, labels, pad) -> ValueData:
+  width = -(-max(len(s) for s in seqs) // 16) * 16
+  m = len(seqs)
+  data = ValueData(tokens=np.full((m, width), pad, np.int32), lengths=np.array([len(s) for s in seqs], np.int32),
+                   weight=np.zeros((m, width), np.float32), target=np.zeros((m, width), np.float32))
+  for i, (s, pos, lab) in enumerate(zip(seqs, positions, labels)):
+    data.tokens[i, :len(s)] = s
+    data.weight[i, pos] = 1.0
+    data.target[i, pos] = lab
+  return data
+
+
+def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, rollouts: bool) -> tuple[ValueData, list]:
+  """Samples completions and labels them (ORM: outcome; PRM: MC rollouts, or the exact oracle
+  when `rollouts` is False). Returns (data, per-sequence oracle step labels)."""
+  tok = task.tokenizer()
+  step_id, pad = tok.token_to_id(STEP), tok.token_to_id(PAD)
+  prompts = task_prompts(task, problems)
+  n = config.samples_per_problem if rollouts else config.eval_samples
+  comps = complete(task, lm, params, prompts, num_samples=n, key=key, max_new_tokens=config.max_new_tokens,
+                   temperature=config.temperature)
+  correct = grade(task, problems, comps).reshape(-1)
+  seqs = _sequences(prompts, comps)
+  owners = [(p, j) for p in range(len(problems)) for j in range(n)]
+  oracle = [task.step_labels(problems[p], comps.texts[p][j]) for p, j in owners]
+  positions, labels = [], []
+  if config.kind == "orm":
+    positions = [[len(s) - 1] for s in seqs]
+    labels = [[float(c)] for c in correct]
+    return _pack(seqs, positions, labels, pad), oracle
+  # PRM: score every step delimiter, and the final token with the outcome.
+  steps_at = [[i for i in range(len(prompts[p]), len(s)) if s[i] == step_id] for s, (p, _) in zip(seqs, owners)]
+  if rollouts:
+    prefixes = {}
+    for s, (p, _), at in zip(seqs, owners, steps_at):
+      for i in at:
+        prefixes.setdefault(tuple(s[:i + 1]), p)
+    keys = list(prefixes)
+    rolled = complete(task, lm, params, [list(k) for k in keys], num_samples=config.rollouts,
+                      key=jax.random.fold_in(key, 1), max_new_tokens=config.max_new_tokens,
+                      temperature=config.temperature)
+    value = {}
+    for r, k in enumerate(keys):
+      prob = problems[prefixes[k]]
+      prefix_text = task.tokenizer().decode(list(k[len(prompts[prefixes[k]]):]), skip_special_tokens=True)
+      ok = [task.verify(prob, prefix_text + " " + t) for t in rolled.texts[r]]
+      value[k] = float(any(ok)) if config.label == "hard" else float(np.mean(ok))
+    step_labels = [[value[tuple(s[:i + 1])] for i in at] for s, at in zip(seqs, steps_at)]
+  else:
+    step_labels = [[float(x) for x in o[:len(at)]] for o, at in zip(oracle, steps_at)]
+  for s, at, lab, c in zip(seqs, steps_at, step_labels, correct):
+    positions.append(list(at) + [len(s) - 1])
+    labels.append(list(lab) + [float(c)])
+  return _pack(seqs, positions, labels, pad), oracle
+
+
+def value_loss(vm):
+  def loss_fn(params, batch):
+    logits = vm.values(params, batch["tokens"], batch["lengths"])
+    w = batch["weight"]
+    bce = optax.sigmoid_binary_cross_entropy(logits, batch["target"])
+    return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0), {}
+  return loss_fn
+
+
+def evaluate_verifier(kind: str, vm, params, data: ValueData) -> dict:
+  """ROC AUC of the value model's scores at the labelled positions of exactly-labelled data."""
+  scores = []
+  for i in range(0, len(data.tokens), 256):
+    scores.append(np.asarray(value_logits(vm, params, jnp.asarray(data.tokens[i:i + 256]),
+                                          jnp.asarray(data.lengths[i:i + 256]))))
+  scores = np.concatenate(scores)
+  sel = data.weight > 0
+  return {f"{kind}_auc": roc_auc(scores[sel], data.target[sel] > 0.5),
+          "positive_rate": float(np.mean(data.target[sel] > 0.5))}
+
+
+def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
+  """Runs (or resumes) `config`; returns (value model, params, metrics log)."""
+  task = config.task
+  lm, policy_params, _ = load_model(config.policy_dir)
+  os.makedirs(config.out_dir, exist_ok=True)
+  cache = os.path.join(config.out_dir, "data.npz")
+  if os.path.isfile(cache):
+    with np.load(cache) as z:
+      train = ValueData(**{k: z["train_" + k] for k in ("tokens", "lengths", "weight", "target")})
+      evald = ValueData(**{k: z["eval_" + k] for k in ("tokens", "lengths", "weight", "target")})
+  else:
+    problems = [task.train_problem(config.data_seed, i) for i in range(config.num_problems)]
+    train, _ = build_data(config, task, lm, policy_params, problems, key=jax.random.key(config.data_seed),
+                          rollouts=True)
+    val = list(task.split("val")[:config.eval_problems])
+    evald, _ = build_data(config, task, lm, policy_params, val, key=jax.random.key(10_000 + config.seed),
+                          rollouts=False)
+    np.savez(cache, **{f"train_{k}": v for k, v in dataclasses.asdict(train).items()},
+             **{f"eval_{k}": v for k, v in dataclasses.asdict(evald).items()})
+  vm, params = init_value(lm.config, seed=config.seed, trunk_params=policy_params)
+  m = len(train.tokens)
+
+  def batch_fn(step):
+    epoch, i = divmod(step * config.batch_size, m)
+    order = np.random.default_rng([config.seed, epoch]).permutation(m)
+    idx = order[np.arange(i, i + config.batch_size) % m]
+    return {"tokens": train.tokens[idx], "lengths": train.lengths[idx], "weight": train.weight[idx],
+            "target": train.target[idx]}
+
+  params, log = loop.run(
+      params=params, loss_fn=value_loss(vm), batch_fn=batch_fn,
+      optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
+      checkpoint_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+      eval_fn=lambda p, s: evaluate_verifier(config.kind, vm, p, evald), eval_every=config.checkpoint_every,
+      stop_after=stop_after, desc=f"{config.kind}[{task.name}]")
+  if stop_after is None or stop_after >= config.steps:
+    save_model(os.path.join(config.out_dir, "model"), lm.config, params, kind=config.kind,
+               info={"task": task.name, "steps": config.steps, "train_sequences": m,
+                     "metrics": log[-1] if log else {}})
+  return vm, params, log
