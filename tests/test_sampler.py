@@ -119,11 +119,23 @@ def test_deterministic_and_prefix_sharing_invariant(model):
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(d.logprobs), atol=1e-5)
 
 
+def test_prompt_samples_do_not_depend_on_batch_mates(model):
+  lm, params = model
+  keys = jax.random.split(jax.random.key(9), 3)
+  kw = dict(num_samples=4, max_new_tokens=6, **SETTINGS)
+  together = sample(lm, params, PROMPTS + [[3, 3]], key=keys, **kw)
+  alone = sample(lm, params, [PROMPTS[1]], key=keys[1:2], **kw)
+  np.testing.assert_array_equal(np.asarray(together.tokens[1]), np.asarray(alone.tokens[0]))
+  np.testing.assert_allclose(np.asarray(together.logprobs[1]), np.asarray(alone.logprobs[0]), atol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompts=[[1] * 60], max_new_tokens=8), "exceeds the model's context of 64"),
     (dict(prompts=[[1, 2], []]), "empty prompt at index 1"),
     (dict(prompts=[[1, 2], [3, V]]), f"token id {V} at position 1, outside the vocabulary"),
     (dict(num_samples=0), "num_samples must be"),
+    (dict(key=jax.random.PRNGKey(0)), "typed PRNG key"),
+    (dict(key=jax.random.split(jax.random.key(0), 3)), "one per prompt \\(2\\)"),
     (dict(max_new_tokens=0), "max_new_tokens must be"),
     (dict(top_p=1.5), "top_p must be in"),
     (dict(prompts=np.zeros((2, 3), np.int32)), "needs prompt_lengths"),
@@ -131,7 +143,7 @@ def test_deterministic_and_prefix_sharing_invariant(model):
 ])
 def test_bad_input_raises(model, kwargs, match):
   lm, params = model
-  kw = dict(prompts=PROMPTS, key=jax.random.key(0))
+  kw = dict(prompts=PROMPTS, key=jax.random.key(0), max_new_tokens=8)
   kw.update(kwargs)
   with pytest.raises(ValueError, match=match):
     sample(lm, params, kw.pop("prompts"), **kw)

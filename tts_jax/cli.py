@@ -50,6 +50,11 @@ def _train(args) -> None:
   raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not a training config")
 
 
+def _train_defaults(args) -> None:
+  from tts_jax.train.defaults import train_defaults
+  print(train_defaults(args.task, dest=args.dest))
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="tts-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +66,10 @@ def main(argv=None) -> None:
   train.add_argument("experiment", help="path to an experiments/train/*.py file")
   train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
   train.set_defaults(fn=_train)
+  defaults = sub.add_parser("train-defaults", help="train and install a task's default policy, ORM and PRM")
+  defaults.add_argument("task")
+  defaults.add_argument("--dest", default=None, help="install here instead of tts_jax/tasks/defaults/TASK")
+  defaults.set_defaults(fn=_train_defaults)
   args = parser.parse_args(argv)
   args.fn(args)
 

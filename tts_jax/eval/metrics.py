@@ -40,3 +40,60 @@ def roc_auc(scores, labels) -> float:
   for s, e in zip(starts, ends):
     ranks[order[s:e]] = (s + e + 1) / 2.0
   return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarray:
+  """Exact E[correct of the top-scored sample] over k-subsets of the n samples (without
+  replacement), per problem; ties in score are broken uniformly at random.
+
+  scores: float[P, n]; correct: bool[P, n] -> float64[P].
+  The top sample of a random k-subset is the i-th highest (0-based) with probability
+  C(n-1-i, k-1) / C(n, k); a tie group shares its probability mass equally.
+  """
+  scores, correct = np.asarray(scores, np.float64), np.asarray(correct, np.float64)
+  p, n = scores.shape
+  if not 1 <= k <= n:
+    raise ValueError(f"need 1 <= k <= n={n}, got k={k}")
+  from scipy.special import comb
+  weight = comb(n - 1 - np.arange(n), k - 1, exact=False) / comb(n, k, exact=False)  # by rank
+  out = np.zeros(p)
+  for r in range(p):
+    order = np.argsort(-scores[r], kind="mergesort")
+    s, c = scores[r, order], correct[r, order]
+    i = 0
+    while i < n:
+      j = i
+      while j + 1 < n and s[j + 1] == s[i]:
+        j += 1
+      out[r] += weight[i:j + 1].sum() * c[i:j + 1].mean()
+      i = j + 1
+  return out
+
+
+def subset_indices(key, num_problems: int, n: int, k: int, num_subsets: int):
+  """int32[P, S, k]: S random k-subsets (without replacement) of range(n) per problem."""
+  import jax
+  u = jax.random.uniform(key, (num_problems, num_subsets, n))
+  return jax.numpy.argsort(u, axis=-1)[..., :k]
+
+
+def mean_and_se(per_problem_subset: np.ndarray) -> tuple[np.ndarray, float]:
+  """float[P, S] per-subset outcomes -> (per-problem means float[P], standard error of the
+  mean over problems due to subsampling)."""
+  x = np.asarray(per_problem_subset, np.float64)
+  s = x.shape[1]
+  per_problem = x.mean(1)
+  if s < 2:
+    return per_problem, 0.0
+  var = x.var(1, ddof=1) / s
+  return per_problem, float(np.sqrt(var.sum()) / x.shape[0])
+
+
+def bootstrap_ci(per_problem: np.ndarray, num_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+  """(mean, low, high): percentile bootstrap over problems of the mean of per-problem values."""
+  x = np.asarray(per_problem, np.float64)
+  rng = np.random.default_rng(seed)
+  means = x[rng.integers(0, len(x), size=(num_resamples, len(x)))].mean(1)
+  a = (1 - level) / 2
+  return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))

@@ -79,13 +79,24 @@ def pad_prompts(prompts: Sequence[Sequence[int]], multiple: int = 16, pad_id: in
 
 
 @functools.partial(jax.jit, static_argnames=("lm", "num_samples", "max_new_tokens", "params_s",
-                                             "stop_tokens", "pad_id"))
-def _sample_jit(lm: LanguageModel, params, tokens, lengths, key, *, num_samples: int,
+                                             "stop_tokens", "pad_id", "share_prefix"))
+def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples: int,
                 max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
-                pad_id: int) -> SampleOutput:
+                pad_id: int, share_prefix: bool) -> SampleOutput:
   b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
-  first_logits, prefix = lm.prefill(params, tokens, lengths)
-  cache = lm.init_cache(prefix, n, t_max)
+  if share_prefix:
+    first_logits, prefix = lm.prefill(params, tokens, lengths)
+    cache = lm.init_cache(prefix, n, t_max)
+  else:  # the baseline: N copies of every prompt, each with one sample
+    first_logits, prefix = lm.prefill(params, jnp.repeat(tokens, n, axis=0), jnp.repeat(lengths, n))
+    first_logits = first_logits[::n]
+    cache = lm.init_cache(prefix, 1, t_max)
+  layout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b * n, 1, *x.shape[2:]))
+  unlayout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b, n, *x.shape[2:]))
+
+  def draw(t, logq):  # per-prompt keys: a prompt's samples do not depend on its batch-mates
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+    return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(step_keys, logq)
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
   zeros_f = jnp.zeros((b, n, t_max), jnp.float32)
   out = SampleOutput(tokens=jnp.full((b, n, t_max), pad_id, jnp.int32),
@@ -106,7 +117,7 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, key, *, num_samples:
     if params_s.temperature == 0:
       tok = jnp.argmax(logq, axis=-1).astype(jnp.int32)
     else:
-      tok = jax.random.categorical(jax.random.fold_in(key, s.t), logq, axis=-1).astype(jnp.int32)
+      tok = draw(s.t, logq).astype(jnp.int32)
     logp = jax.nn.log_softmax(s.logits, axis=-1)
     active = ~s.done
     tok = jnp.where(active, tok, pad_id)
@@ -125,7 +136,8 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, key, *, num_samples:
     hit = active & jnp.any(tok[..., None] == stops, axis=-1)
     done = s.done | hit
     reason = jnp.where(hit, STOP, s.reason)
-    logits, cache = lm.decode(params, tok, s.cache, active=~done)
+    logits, cache = lm.decode(params, layout(tok), s.cache, active=layout(~done))
+    logits = unlayout(logits)
     return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o)
 
   final = jax.lax.while_loop(cond, body, init)
@@ -144,7 +156,9 @@ def sample(lm: LanguageModel, params, prompts, *, key: jax.Array, num_samples: i
     params: its params pytree.
     prompts: a list of B token-id lists (ragged), or int32[B, Tp] right-padded with
       `prompt_lengths` int32[B].
-    key: a JAX PRNG key; the output is a deterministic function of it.
+    key: a JAX PRNG key, or one key per prompt (shape [B]); prompt b uses its own key
+      (by default fold_in(key, b)), so its samples do not depend on the other prompts of
+      the batch, the batch size or the padding.
     num_samples: N samples per prompt.
     max_new_tokens: T, the most tokens generated per sample.
     temperature, top_k, top_p, min_p: see `process_logits`.
@@ -186,10 +200,13 @@ def sample(lm: LanguageModel, params, prompts, *, key: jax.Array, num_samples: i
                      f"model's context of {limit} tokens (max_position_embeddings)")
   stop_tokens = tuple(sorted({int(s) for s in stop_tokens}))
   kwargs = dict(max_new_tokens=max_new_tokens, params_s=params_s, stop_tokens=stop_tokens, pad_id=pad_id)
-  if share_prefix:
-    return _sample_jit(lm, params, jnp.asarray(tokens), jnp.asarray(lengths), key,
-                       num_samples=num_samples, **kwargs)
   b = tokens.shape[0]
-  out = _sample_jit(lm, params, jnp.asarray(np.repeat(tokens, num_samples, axis=0)),
-                    jnp.asarray(np.repeat(lengths, num_samples)), key, num_samples=1, **kwargs)
-  return jax.tree.map(lambda x: x.reshape(b, num_samples, *x.shape[2:]), out)
+  keys = jnp.asarray(key)
+  if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    raise ValueError("key must be a typed PRNG key (jax.random.key(seed)), not raw uint32 key data")
+  if keys.shape == ():
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+  elif keys.shape != (b,):
+    raise ValueError(f"key must be one PRNG key or one per prompt ({b}), got shape {keys.shape}")
+  return _sample_jit(lm, params, jnp.asarray(tokens), jnp.asarray(lengths), keys, num_samples=num_samples,
+                     share_prefix=share_prefix, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.sampling import sample
@@ -31,21 +32,24 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
   """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
 
   Every batch has the same shape (the last is padded with copies of its first prompt), so
-  one compilation serves the whole set. Batch i uses key fold_in(key, i).
+  one compilation serves the whole set. Prompt i uses key fold_in(key, i): its samples do
+  not depend on the batching.
   """
   tok = task.tokenizer()
   eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
   width = max(len(p) for p in prompts)
   width = -(-width // 16) * 16
   outs = []
-  for i, start in enumerate(range(0, len(prompts), batch_prompts)):
+  for start in range(0, len(prompts), batch_prompts):
     chunk = prompts[start:start + batch_prompts]
     chunk = chunk + [chunk[0]] * (batch_prompts - len(chunk))
     toks = np.full((batch_prompts, width), pad, np.int32)
     for r, p in enumerate(chunk):
       toks[r, :len(p)] = p
+    idx = np.minimum(np.arange(start, start + batch_prompts), len(prompts) - 1)
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(idx))
     out = sample(lm, params, toks, prompt_lengths=np.array([len(p) for p in chunk], np.int32),
-                 key=jax.random.fold_in(key, i), num_samples=num_samples, max_new_tokens=max_new_tokens,
+                 key=keys, num_samples=num_samples, max_new_tokens=max_new_tokens,
                  temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)
     outs.append(jax.device_get(out))
   cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]

@@ -1,0 +1,32 @@
+"""Adaptive self-consistency (Aggarwal et al. 2023): stop sampling once the majority is safe.
+
+Samples are taken in order; after each one, with v1 >= v2 the two largest vote counts,
+the Beta stopping rule computes P(p1 > p2) for p1/(p1+p2) ~ Beta(v1 + 1, v2 + 1) and
+stops when it exceeds `threshold`. The answer is the majority of the samples used.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import betainc
+
+
+def adaptive_consistency(answers: jax.Array, threshold: float = 0.95,
+                         min_samples: int = 1) -> tuple[jax.Array, jax.Array]:
+  """answers: int32[..., N] in sampling order (-1 = none) ->
+  (chosen answer id int32[...] (-1 if none), samples used int32[...] in [1, N]).
+
+  Ties in the majority go to the answer that appeared first.
+  """
+  n = answers.shape[-1]
+  counts = jnp.cumsum(jax.nn.one_hot(answers, n, dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
+  top2 = jax.lax.top_k(counts, 2)[0]
+  v1, v2 = top2[..., 0], top2[..., 1]
+  confident = (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)) > threshold
+  confident &= (jnp.arange(n) + 1 >= min_samples) & (v1 > 0)
+  stop = jnp.where(jnp.any(confident, axis=-1), jnp.argmax(confident, axis=-1), n - 1)  # index of last used
+  used_counts = jnp.take_along_axis(counts, stop[..., None, None], axis=-2)[..., 0, :]
+  has = used_counts.sum(-1) > 0
+  chosen = jnp.where(has, jnp.argmax(used_counts, axis=-1), -1).astype(jnp.int32)
+  return chosen, (stop + 1).astype(jnp.int32)

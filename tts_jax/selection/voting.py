@@ -1,0 +1,116 @@
+"""Turning N finished samples into one answer.
+
+Every method works on a batch of problems with static shapes, in jnp (jittable,
+vmappable), given:
+
+  answers: int32[..., N] answer ids per sample (-1 = no answer extracted). Ids are
+    assigned per problem in order of first appearance (`encode_answers`), so the
+    documented tie-break "lowest id" means "the answer that appeared first".
+  plus per-method inputs (scores, lengths, log-probs, entropies).
+
+and returning int32[...] the chosen sample index (best-of-N) or the chosen answer id
+(votes). A problem whose samples have no answer returns -1.
+
+Tie-breaking (deterministic, documented):
+  votes: the highest total wins; ties go to the answer that appeared first.
+  best-of-N: the highest score wins; ties go to the earliest sample.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def encode_answers(answers: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, list[list[str]]]:
+  """Answer strings -> (int32[P, N] ids by first appearance, -1 for None; per-problem vocabularies)."""
+  ids = np.full((len(answers), max((len(a) for a in answers), default=0)), -1, np.int32)
+  vocabs = []
+  for p, row in enumerate(answers):
+    seen: dict[str, int] = {}
+    for n, a in enumerate(row):
+      if a is not None:
+        ids[p, n] = seen.setdefault(a, len(seen))
+    vocabs.append(list(seen))
+  return ids, vocabs
+
+
+def vote_totals(answers: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+  """float32[..., N]: total weight of each answer id (index = id; ids range over [0, N)).
+
+  answers: int32[..., N]; weights: float[..., N] (default 1). Samples with id -1 count nowhere.
+  """
+  n = answers.shape[-1]
+  w = jnp.ones(answers.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+  onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)  # -1 -> all zeros
+  return jnp.einsum("...n,...na->...a", w, onehot)
+
+
+def _argmax_answer(totals: jax.Array, answers: jax.Array) -> jax.Array:
+  has_answer = jnp.any(answers >= 0, axis=-1)
+  return jnp.where(has_answer, jnp.argmax(totals, axis=-1), -1).astype(jnp.int32)
+
+
+def majority_vote(answers: jax.Array) -> jax.Array:
+  """Self-consistency (Wang et al. 2022): the most frequent answer id. int32[..., N] -> int32[...]."""
+  return _argmax_answer(vote_totals(answers), answers)
+
+
+def weighted_majority_vote(answers: jax.Array, weights: jax.Array) -> jax.Array:
+  """The answer with the largest total weight (e.g. ORM/PRM probabilities, >= 0)."""
+  return _argmax_answer(vote_totals(answers, weights), answers)
+
+
+def best_of_n(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Index of the highest-scoring sample (first on ties). scores: float[..., N];
+  valid: bool[..., N] restricts the choice (e.g. samples with an answer). -> int32[...]."""
+  s = scores.astype(jnp.float32)
+  if valid is not None:
+    s = jnp.where(valid, s, -jnp.inf)
+  return jnp.argmax(s, axis=-1).astype(jnp.int32)
+
+
+def aggregate_steps(step_scores: jax.Array, step_mask: jax.Array, how: str) -> jax.Array:
+  """PRM step scores -> one score per sample.
+
+  step_scores: float[..., N, S] probabilities in [0, 1] at each step; step_mask: bool[..., N, S]
+  marks real steps. how: "last" (the final step's score), "min", "prod" (product), "mean".
+  Samples with no steps get 0.
+  """
+  has = jnp.any(step_mask, axis=-1)
+  if how == "last":
+    last = jnp.max(jnp.where(step_mask, jnp.arange(step_mask.shape[-1]), -1), axis=-1)
+    out = jnp.take_along_axis(step_scores, jnp.maximum(last, 0)[..., None], axis=-1)[..., 0]
+  elif how == "min":
+    out = jnp.min(jnp.where(step_mask, step_scores, jnp.inf), axis=-1)
+  elif how == "prod":
+    out = jnp.exp(jnp.sum(jnp.where(step_mask, jnp.log(jnp.maximum(step_scores, 1e-30)), 0.0), axis=-1))
+  elif how == "mean":
+    out = jnp.sum(jnp.where(step_mask, step_scores, 0.0), axis=-1) / jnp.maximum(jnp.sum(step_mask, axis=-1), 1)
+  else:
+    raise ValueError(f"unknown PRM aggregation {how!r}; use 'last', 'min', 'prod' or 'mean'")
+  return jnp.where(has, out, 0.0)
+
+
+def inverse_entropy_vote(answers: jax.Array, mean_entropy: jax.Array) -> jax.Array:
+  """Inverse-entropy weighted voting: each sample votes with weight 1 / (its mean token
+  entropy); the weights are normalised per problem (which does not change the winner).
+  mean_entropy: float[..., N] (nats/token, > 0)."""
+  w = 1.0 / jnp.maximum(mean_entropy, 1e-6)
+  return weighted_majority_vote(answers, w)
+
+
+def shortest_majority_vote(answers: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Shortest majority vote (Zeng et al. 2025): answer a scores c(a) / l(a), its vote count
+  over the mean length (tokens) of its samples, so a frequent answer reached by shorter
+  chains wins. lengths: int/float[..., N]."""
+  n = answers.shape[-1]
+  onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)
+  counts = jnp.sum(onehot, axis=-2)
+  total_len = jnp.einsum("...n,...na->...a", lengths.astype(jnp.float32), onehot)
+  mean_len = total_len / jnp.maximum(counts, 1.0)
+  score = jnp.where(counts > 0, counts / jnp.maximum(mean_len, 1.0), -jnp.inf)
+  return _argmax_answer(score, answers)
