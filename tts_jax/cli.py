@@ -1,4 +1,4 @@
-"""Command line: `tts-jax demo`, `tts-jax train EXPERIMENT [--set key=value ...]`."""
+"""Command line: `tts-jax run|train EXPERIMENT [--set key=value ...]`, `tts-jax train-defaults TASK`, `tts-jax demo`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def _train(args) -> None:
   raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not a training config")
 
 
+def _run(args) -> None:
+  from tts_jax.configs import apply_overrides, load_config
+  from tts_jax.eval.experiment import Experiment
+  from tts_jax.eval.runner import run_experiment
+  config = apply_overrides(load_config(args.experiment), args.set or [])
+  if not isinstance(config, Experiment):
+    raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not an Experiment")
+  run_experiment(config)
+
+
 def _train_defaults(args) -> None:
   from tts_jax.train.defaults import train_defaults
   print(train_defaults(args.task, dest=args.dest))
@@ -62,6 +72,10 @@ def main(argv=None) -> None:
   demo.add_argument("--num-samples", type=int, default=16)
   demo.add_argument("--max-new-tokens", type=int, default=64)
   demo.set_defaults(fn=_demo)
+  run = sub.add_parser("run", help="run (or resume) an experiment file; prints a table, writes a plot")
+  run.add_argument("experiment", help="path to an experiments/<task>/<name>.py file")
+  run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+  run.set_defaults(fn=_run)
   train = sub.add_parser("train", help="run (or resume) a training experiment file")
   train.add_argument("experiment", help="path to an experiments/train/*.py file")
   train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")

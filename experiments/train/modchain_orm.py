@@ -9,7 +9,7 @@ config = VerifierTrainConfig(
     task=ModChain(),
     policy_dir="runs/modchain/policy/model",
     optim=OptimConfig(learning_rate=1e-3, warmup_steps=50),
-    steps=600,
+    steps=500,
     batch_size=64,
     num_problems=1024,
     samples_per_problem=4,

@@ -70,10 +70,11 @@ def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarr
   return out
 
 
-def subset_indices(key, num_problems: int, n: int, k: int, num_subsets: int):
-  """int32[P, S, k]: S random k-subsets (without replacement) of range(n) per problem."""
+def subset_indices(keys, n: int, k: int, num_subsets: int):
+  """int32[P, S, k]: S random k-subsets of range(n) (without replacement, in random order)
+  per problem; problem p uses keys[p] only."""
   import jax
-  u = jax.random.uniform(key, (num_problems, num_subsets, n))
+  u = jax.vmap(lambda key: jax.random.uniform(key, (num_subsets, n)))(keys)
   return jax.numpy.argsort(u, axis=-1)[..., :k]
 
 

@@ -20,7 +20,7 @@ def adaptive_consistency(answers: jax.Array, threshold: float = 0.95,
   Ties in the majority go to the answer that appeared first.
   """
   n = answers.shape[-1]
-  counts = jnp.cumsum(jax.nn.one_hot(answers, n, dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
+  counts = jnp.cumsum(jax.nn.one_hot(answers, max(n, 2), dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
   top2 = jax.lax.top_k(counts, 2)[0]
   v1, v2 = top2[..., 0], top2[..., 1]
   confident = (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)) > threshold

@@ -28,12 +28,13 @@ class Completions:
 
 
 def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, key: jax.Array,
-             max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, **sampling) -> Completions:
+             max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, index_offset: int = 0,
+             **sampling) -> Completions:
   """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
 
   Every batch has the same shape (the last is padded with copies of its first prompt), so
-  one compilation serves the whole set. Prompt i uses key fold_in(key, i): its samples do
-  not depend on the batching.
+  one compilation serves the whole set. Prompt i uses key fold_in(key, index_offset + i):
+  its samples do not depend on the batching.
   """
   tok = task.tokenizer()
   eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
@@ -47,7 +48,7 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
     for r, p in enumerate(chunk):
       toks[r, :len(p)] = p
     idx = np.minimum(np.arange(start, start + batch_prompts), len(prompts) - 1)
-    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(idx))
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(idx + index_offset))
     out = sample(lm, params, toks, prompt_lengths=np.array([len(p) for p in chunk], np.int32),
                  key=keys, num_samples=num_samples, max_new_tokens=max_new_tokens,
                  temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)

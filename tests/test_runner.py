@@ -1,0 +1,95 @@
+"""The experiment runner: resumes after a crash to byte-identical results; clear errors."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tts_jax.configs import ConfigError, apply_overrides, load_config
+from tts_jax.eval.experiment import Experiment, SamplingConfig
+from tts_jax.eval.methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
+                                  ShortestMajority, WeightedMajority)
+from tts_jax.eval.runner import ResultsMismatch, run_experiment
+from tts_jax.models import init
+from tts_jax.models.io import save_model
+from tts_jax.models.value import init_value
+from tts_jax.tasks import ModChain
+from tests.test_train import TINY
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("models")
+  _, p = init(TINY, seed=0)
+  save_model(str(d / "policy"), TINY, p, kind="policy", info={"task": "modchain"})
+  for i, kind in enumerate(("orm", "prm")):
+    _, v = init_value(TINY, seed=i + 1, trunk_params=p)
+    save_model(str(d / kind), TINY, v, kind=kind)
+  return str(d)
+
+
+def experiment(models_dir, out_dir, **kw):
+  base = dict(name="tiny", task=ModChain(), split="test", num_problems=6, models=models_dir,
+              methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
+                       AdaptiveConsistency(), InverseEntropyVote(), ShortestMajority(), RPC(max_subsets=2)),
+              budgets=(1, 2, 4), sampling=SamplingConfig(max_new_tokens=24), num_subsets=8, batch_problems=2,
+              out_dir=str(out_dir))
+  base.update(kw)
+  return Experiment(**base)
+
+
+def test_resume_after_crash_gives_identical_files(models_dir, tmp_path):
+  full = run_experiment(experiment(models_dir, tmp_path / "full"), quiet=True)
+  cut = experiment(models_dir, tmp_path / "cut")
+  run_experiment(cut, stop_after_batches=2, quiet=True)
+  path = tmp_path / "cut" / "results.jsonl"
+  data = path.read_bytes()
+  assert data.count(b"\n") == 2 * 2 * 3
+  path.write_bytes(data + data[:37])  # a torn line left by kill -9 mid-write
+  resumed = run_experiment(cut, quiet=True)
+  assert (tmp_path / "full" / "results.jsonl").read_bytes() == path.read_bytes()
+  assert full == resumed
+  lines = [json.loads(l) for l in path.read_text().splitlines()]
+  assert sorted((r["problem"], r["budget"]) for r in lines) == [(p, k) for p in range(6) for k in (1, 2, 4)]
+  assert os.path.isfile(tmp_path / "cut" / "scaling.png")
+  # Re-running a finished experiment recomputes nothing and changes nothing.
+  again = run_experiment(cut, quiet=True)
+  assert again == full and path.read_bytes() == (tmp_path / "full" / "results.jsonl").read_bytes()
+
+
+def test_summary_is_consistent(models_dir, tmp_path):
+  s = run_experiment(experiment(models_dir, tmp_path), quiet=True)
+  oracle = s["methods"]["pass@k (oracle)"]
+  for name, rows in s["methods"].items():
+    for r, o in zip(rows, oracle):
+      assert r["accuracy"] <= o["accuracy"] + 1e-9, name  # nothing beats the oracle
+      assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+    assert all(a["flops"] <= b["flops"] for a, b in zip(rows, rows[1:]))
+  ver = s["methods"]["best-of-N (ORM)"]
+  assert all(r["verifier_tokens"] > 0 for r in ver)
+  assert all(r["verifier_tokens"] == 0 for r in s["methods"]["majority vote"])
+
+
+def test_a_different_config_never_overwrites_results(models_dir, tmp_path):
+  run_experiment(experiment(models_dir, tmp_path, num_problems=2), quiet=True)
+  with pytest.raises(ResultsMismatch, match="holds results of a different experiment config"):
+    run_experiment(experiment(models_dir, tmp_path, num_problems=4), quiet=True)
+
+
+def test_config_errors(models_dir, tmp_path):
+  with pytest.raises(ValueError, match="num_problems=900 but split 'test' has 500"):
+    run_experiment(experiment(models_dir, tmp_path, num_problems=900), quiet=True)
+  with pytest.raises(ValueError, match="budgets must be strictly increasing"):
+    experiment(models_dir, tmp_path, budgets=(4, 2))
+  with pytest.raises(ValueError, match="method names must be unique"):
+    experiment(models_dir, tmp_path, methods=(MajorityVote(), MajorityVote()))
+  cfg = load_config("experiments/modchain/scaling.py")
+  assert apply_overrides(cfg, ["budgets=(1, 4)", "num_problems=10"]).budgets == (1, 4)
+  with pytest.raises(ConfigError, match="unknown config key 'sampling.temp'"):
+    apply_overrides(cfg, ["sampling.temp=0.5"])
+  with pytest.raises(ConfigError, match="budgets=fast: expected a tuple"):
+    apply_overrides(cfg, ["budgets=fast"])
+  with pytest.raises(FileNotFoundError, match="no default models for task 'modchain' at /nope"):
+    run_experiment(experiment("/nope", tmp_path / "x"), quiet=True)

@@ -1,0 +1,180 @@
+"""Selection methods as frozen config dataclasses, evaluated on a pool at a budget k.
+
+`method.evaluate(pool, k, keys, num_subsets)` (keys: one PRNG key per problem) returns
+(accuracy float64[P], samples used float64[P], Monte Carlo variance of each problem's
+accuracy estimate float64[P]) as expectations over k-subsets of the pool (without replacement): exact for
+pass@k and best-of-k, Monte Carlo over `num_subsets` random subsets (in random
+order) otherwise. A voting method picks an answer; the outcome is the
+correctness of the first sample in the subset that gave that answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tts_jax.eval.metrics import best_of_k_exact, pass_at_k, subset_indices
+from tts_jax.eval.pool import Pool
+from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_select,
+                               shortest_majority_vote, weighted_majority_vote)
+
+Verifier = Literal["orm", "prm"]
+Aggregate = Literal["last", "min", "prod", "mean"]
+
+
+def _take(x: np.ndarray, idx) -> jax.Array:
+  return jnp.take_along_axis(jnp.asarray(x)[:, None, :], idx, axis=-1)
+
+
+def _outcome(pool: Pool, idx, chosen) -> np.ndarray:
+  """float[P, S]: correctness of the first sample in each subset whose answer is `chosen`."""
+  ans, cor = _take(pool.answers, idx), _take(pool.correct, idx)
+  hit = ans == chosen[..., None]
+  first = jnp.argmax(hit, axis=-1)
+  ok = jnp.take_along_axis(cor, first[..., None], axis=-1)[..., 0] & jnp.any(hit, axis=-1) & (chosen >= 0)
+  return np.asarray(ok, np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class PassAtK:
+  """Oracle: some sample among k is correct (unbiased pass@k; an upper bound)."""
+
+  name: str = "pass@k (oracle)"
+
+  def needs(self) -> tuple[str, ...]:
+    return ()
+
+  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+    n = pool.shape[1]
+    acc = np.array([pass_at_k(n, int(c), k) for c in pool.correct.sum(1)])
+    return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfN:
+  """The sample with the highest verifier score (exact over subsets; score ties split evenly)."""
+
+  verifier: Verifier = "orm"
+  aggregate: Aggregate = "last"
+  name: str = "best-of-N (ORM)"
+
+  def needs(self) -> tuple[str, ...]:
+    """The verifiers this method reads ("orm", "prm")."""
+    return (self.verifier,)
+
+  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+    acc = best_of_k_exact(pool.verifier_scores(self.verifier, self.aggregate), pool.correct, k)
+    return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Vote:
+  """Base of the Monte Carlo voting methods."""
+
+  name: str = "vote"
+  order_free = True  # the rule ignores sample order (one subset suffices at k = n)
+
+  def needs(self) -> tuple[str, ...]:
+    return ()
+
+  # Subclasses define choose(pool, idx int32[P, S, k]) -> (answer ids [P, S], samples used [P, S]).
+
+  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+    p, n = pool.shape
+    s = 1 if k == n and self.order_free else num_subsets
+    idx = subset_indices(keys, n, k, s)
+    chosen, used = self.choose(pool, idx)
+    out = _outcome(pool, idx, chosen)
+    mc_var = np.zeros(p) if s == 1 else out.var(1, ddof=1) / s
+    return out.mean(1), np.asarray(used, np.float64).mean(1), mc_var
+
+
+@dataclasses.dataclass(frozen=True)
+class MajorityVote(_Vote):
+  """Self-consistency: the most frequent answer."""
+
+  name: str = "majority vote"
+
+  def choose(self, pool, idx):
+    return majority_vote(_take(pool.answers, idx)), np.full(idx.shape[:2], idx.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedMajority(_Vote):
+  """Answers weighted by verifier probability (PRM steps aggregated by `aggregate`)."""
+
+  verifier: Verifier = "prm"
+  aggregate: Aggregate = "last"
+  name: str = "weighted majority (PRM)"
+
+  def needs(self) -> tuple[str, ...]:
+    """The verifiers this method reads ("orm", "prm")."""
+    return (self.verifier,)
+
+  def choose(self, pool, idx):
+    w = _take(pool.verifier_scores(self.verifier, self.aggregate), idx)
+    return weighted_majority_vote(_take(pool.answers, idx), w), np.full(idx.shape[:2], idx.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class InverseEntropyVote(_Vote):
+  """Votes weighted by 1 / mean token entropy of each sample."""
+
+  name: str = "inverse-entropy vote"
+
+  def choose(self, pool, idx):
+    return (inverse_entropy_vote(_take(pool.answers, idx), _take(pool.mean_entropy, idx)),
+            np.full(idx.shape[:2], idx.shape[-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortestMajority(_Vote):
+  """Shortest majority vote: count / mean length per answer."""
+
+  name: str = "shortest majority vote"
+
+  def choose(self, pool, idx):
+    return (shortest_majority_vote(_take(pool.answers, idx), _take(pool.lengths, idx)),
+            np.full(idx.shape[:2], idx.shape[-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class RPC(_Vote):
+  """Perplexity consistency with reasoning pruning (host code; keep num_subsets modest)."""
+
+  prune: bool = True
+  max_subsets: int = 16
+  name: str = "RPC"
+
+  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+    return super().evaluate(pool, k, keys, min(num_subsets, self.max_subsets))
+
+  def choose(self, pool, idx):
+    idx = np.asarray(idx)
+    chosen = np.zeros(idx.shape[:2], np.int32)
+    for i in range(idx.shape[0]):
+      for j in range(idx.shape[1]):
+        sub = idx[i, j]
+        chosen[i, j] = rpc_select(pool.answers[i, sub], pool.mean_logprob[i, sub], pool.seq_ids[i, sub], self.prune)
+    return jnp.asarray(chosen), np.full(idx.shape[:2], idx.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveConsistency(_Vote):
+  """Adaptive self-consistency: sample up to k, stop when the Beta rule is confident."""
+
+  threshold: float = 0.95
+  name: str = "adaptive self-consistency"
+  order_free = False
+
+  def choose(self, pool, idx):
+    chosen, used = adaptive_consistency(_take(pool.answers, idx), self.threshold)
+    return chosen, np.asarray(used)
+
+
+METHODS = {c.__name__: c for c in (PassAtK, BestOfN, MajorityVote, WeightedMajority, InverseEntropyVote,
+                                   ShortestMajority, RPC, AdaptiveConsistency)}
