@@ -9,7 +9,7 @@ config = VerifierTrainConfig(
     task=ModChain(),
     policy_dir="runs/modchain/policy/model",
     optim=OptimConfig(learning_rate=1e-3, warmup_steps=50),
-    steps=500,
+    steps=300,
     batch_size=64,
     num_problems=1024,
     samples_per_problem=4,
@@ -19,6 +19,6 @@ config = VerifierTrainConfig(
     eval_samples=4,
     seed=0,
     data_seed=1,
-    checkpoint_every=200,
+    checkpoint_every=100,
     out_dir="runs/modchain/prm",
 )
