@@ -67,6 +67,9 @@ def test_summary_is_consistent(models_dir, tmp_path):
       assert r["accuracy"] <= o["accuracy"] + 1e-9, name  # nothing beats the oracle
       assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     assert all(a["flops"] <= b["flops"] for a, b in zip(rows, rows[1:]))
+  # With one sample every method returns that sample: all equal pass@1.
+  for name, rows in s["methods"].items():
+    assert abs(rows[0]["accuracy"] - oracle[0]["accuracy"]) < 1e-12, name
   ver = s["methods"]["best-of-N (ORM)"]
   assert all(r["verifier_tokens"] > 0 for r in ver)
   assert all(r["verifier_tokens"] == 0 for r in s["methods"]["majority vote"])

@@ -21,6 +21,14 @@ def test_majority_ties_go_to_first_appearance_and_none_is_minus_one():
   np.testing.assert_array_equal(vote_totals(a)[1], [2, 2, 0, 0, 0])
 
 
+def test_votes_on_a_subset_of_a_pool_see_every_pool_id():
+  # Ids come from a pool of 8; a 3-sample subset may hold ids >= 3.
+  sub = jnp.array([[6, 6, 2]])
+  np.testing.assert_array_equal(majority_vote(sub, num_answers=8), [6])
+  np.testing.assert_array_equal(weighted_majority_vote(sub, jnp.array([[0.1, 0.1, 0.5]]), num_answers=8), [2])
+  np.testing.assert_array_equal(adaptive_consistency(sub, 0.5, num_answers=8)[0], [6])
+
+
 def test_weighted_vote_and_best_of_n():
   a = jnp.array([[0, 1, 1, 2]])
   np.testing.assert_array_equal(weighted_majority_vote(a, jnp.array([[0.9, 0.4, 0.4, 0.1]])), [0])

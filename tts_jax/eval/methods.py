@@ -100,7 +100,7 @@ class MajorityVote(_Vote):
   name: str = "majority vote"
 
   def choose(self, pool, idx):
-    return majority_vote(_take(pool.answers, idx)), np.full(idx.shape[:2], idx.shape[-1])
+    return majority_vote(_take(pool.answers, idx), pool.shape[1]), np.full(idx.shape[:2], idx.shape[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ class WeightedMajority(_Vote):
 
   def choose(self, pool, idx):
     w = _take(pool.verifier_scores(self.verifier, self.aggregate), idx)
-    return weighted_majority_vote(_take(pool.answers, idx), w), np.full(idx.shape[:2], idx.shape[-1])
+    return weighted_majority_vote(_take(pool.answers, idx), w, pool.shape[1]), np.full(idx.shape[:2], idx.shape[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ class InverseEntropyVote(_Vote):
   name: str = "inverse-entropy vote"
 
   def choose(self, pool, idx):
-    return (inverse_entropy_vote(_take(pool.answers, idx), _take(pool.mean_entropy, idx)),
+    return (inverse_entropy_vote(_take(pool.answers, idx), _take(pool.mean_entropy, idx), pool.shape[1]),
             np.full(idx.shape[:2], idx.shape[-1]))
 
 
@@ -138,7 +138,7 @@ class ShortestMajority(_Vote):
   name: str = "shortest majority vote"
 
   def choose(self, pool, idx):
-    return (shortest_majority_vote(_take(pool.answers, idx), _take(pool.lengths, idx)),
+    return (shortest_majority_vote(_take(pool.answers, idx), _take(pool.lengths, idx), pool.shape[1]),
             np.full(idx.shape[:2], idx.shape[-1]))
 
 
@@ -172,7 +172,7 @@ class AdaptiveConsistency(_Vote):
   order_free = False
 
   def choose(self, pool, idx):
-    chosen, used = adaptive_consistency(_take(pool.answers, idx), self.threshold)
+    chosen, used = adaptive_consistency(_take(pool.answers, idx), self.threshold, num_answers=pool.shape[1])
     return chosen, np.asarray(used)
 
 

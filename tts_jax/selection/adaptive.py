@@ -12,15 +12,16 @@ import jax.numpy as jnp
 from jax.scipy.special import betainc
 
 
-def adaptive_consistency(answers: jax.Array, threshold: float = 0.95,
-                         min_samples: int = 1) -> tuple[jax.Array, jax.Array]:
-  """answers: int32[..., N] in sampling order (-1 = none) ->
+def adaptive_consistency(answers: jax.Array, threshold: float = 0.95, min_samples: int = 1,
+                         num_answers: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """answers: int32[..., N] in sampling order (-1 = none), ids in [0, num_answers) ->
   (chosen answer id int32[...] (-1 if none), samples used int32[...] in [1, N]).
 
   Ties in the majority go to the answer that appeared first.
   """
   n = answers.shape[-1]
-  counts = jnp.cumsum(jax.nn.one_hot(answers, max(n, 2), dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
+  depth = max(n if num_answers is None else num_answers, 2)
+  counts = jnp.cumsum(jax.nn.one_hot(answers, depth, dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
   top2 = jax.lax.top_k(counts, 2)[0]
   v1, v2 = top2[..., 0], top2[..., 1]
   confident = (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)) > threshold

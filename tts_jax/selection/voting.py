@@ -5,7 +5,8 @@ vmappable), given:
 
   answers: int32[..., N] answer ids per sample (-1 = no answer extracted). Ids are
     assigned per problem in order of first appearance (`encode_answers`), so the
-    documented tie-break "lowest id" means "the answer that appeared first".
+    documented tie-break "lowest id" means "the answer that appeared first". Votes
+    take `num_answers`, the id range, when the N samples are a subset of a larger pool.
   plus per-method inputs (scores, lengths, log-probs, entropies).
 
 and returning int32[...] the chosen sample index (best-of-N) or the chosen answer id
@@ -38,12 +39,15 @@ def encode_answers(answers: Sequence[Sequence[str | None]]) -> tuple[np.ndarray,
   return ids, vocabs
 
 
-def vote_totals(answers: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-  """float32[..., N]: total weight of each answer id (index = id; ids range over [0, N)).
+def vote_totals(answers: jax.Array, weights: jax.Array | None = None,
+                num_answers: int | None = None) -> jax.Array:
+  """float32[..., A]: total weight of each answer id (index = id).
 
-  answers: int32[..., N]; weights: float[..., N] (default 1). Samples with id -1 count nowhere.
+  answers: int32[..., N] ids in [0, A) or -1 (counts nowhere); weights: float[..., N]
+  (default 1); num_answers: A, the id range (default N: enough when ids were assigned
+  within these N samples; pass the pool size when voting on a subset of a pool).
   """
-  n = answers.shape[-1]
+  n = answers.shape[-1] if num_answers is None else num_answers
   w = jnp.ones(answers.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
   onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)  # -1 -> all zeros
   return jnp.einsum("...n,...na->...a", w, onehot)
@@ -54,14 +58,14 @@ def _argmax_answer(totals: jax.Array, answers: jax.Array) -> jax.Array:
   return jnp.where(has_answer, jnp.argmax(totals, axis=-1), -1).astype(jnp.int32)
 
 
-def majority_vote(answers: jax.Array) -> jax.Array:
+def majority_vote(answers: jax.Array, num_answers: int | None = None) -> jax.Array:
   """Self-consistency (Wang et al. 2022): the most frequent answer id. int32[..., N] -> int32[...]."""
-  return _argmax_answer(vote_totals(answers), answers)
+  return _argmax_answer(vote_totals(answers, None, num_answers), answers)
 
 
-def weighted_majority_vote(answers: jax.Array, weights: jax.Array) -> jax.Array:
+def weighted_majority_vote(answers: jax.Array, weights: jax.Array, num_answers: int | None = None) -> jax.Array:
   """The answer with the largest total weight (e.g. ORM/PRM probabilities, >= 0)."""
-  return _argmax_answer(vote_totals(answers, weights), answers)
+  return _argmax_answer(vote_totals(answers, weights, num_answers), answers)
 
 
 def best_of_n(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
@@ -95,19 +99,19 @@ def aggregate_steps(step_scores: jax.Array, step_mask: jax.Array, how: str) -> j
   return jnp.where(has, out, 0.0)
 
 
-def inverse_entropy_vote(answers: jax.Array, mean_entropy: jax.Array) -> jax.Array:
+def inverse_entropy_vote(answers: jax.Array, mean_entropy: jax.Array, num_answers: int | None = None) -> jax.Array:
   """Inverse-entropy weighted voting: each sample votes with weight 1 / (its mean token
   entropy); the weights are normalised per problem (which does not change the winner).
   mean_entropy: float[..., N] (nats/token, > 0)."""
   w = 1.0 / jnp.maximum(mean_entropy, 1e-6)
-  return weighted_majority_vote(answers, w)
+  return weighted_majority_vote(answers, w, num_answers)
 
 
-def shortest_majority_vote(answers: jax.Array, lengths: jax.Array) -> jax.Array:
+def shortest_majority_vote(answers: jax.Array, lengths: jax.Array, num_answers: int | None = None) -> jax.Array:
   """Shortest majority vote (Zeng et al. 2025): answer a scores c(a) / l(a), its vote count
   over the mean length (tokens) of its samples, so a frequent answer reached by shorter
   chains wins. lengths: int/float[..., N]."""
-  n = answers.shape[-1]
+  n = answers.shape[-1] if num_answers is None else num_answers
   onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)
   counts = jnp.sum(onehot, axis=-2)
   total_len = jnp.einsum("...n,...na->...a", lengths.astype(jnp.float32), onehot)

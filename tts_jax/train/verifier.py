@@ -44,6 +44,7 @@ class VerifierTrainConfig:
   samples_per_problem: int = 4
   rollouts: int = 4
   label: Literal["hard", "soft"] = "hard"
+  ranking_weight: float = 1.0
   temperature: float = 1.0
   max_new_tokens: int = 80
   eval_problems: int = 200
@@ -57,12 +58,14 @@ class VerifierTrainConfig:
 @dataclasses.dataclass
 class ValueData:
   """tokens int32[M, L] (prompt + completion, right-padded), lengths int32[M],
-  weight float32[M, L] (1 at scored positions), target float32[M, L] (labels there)."""
+  weight float32[M, L] (1 at scored positions), target float32[M, L] (labels there),
+  group int32[M] (the problem each sequence answers)."""
 
   tokens: np.ndarray
   lengths: np.ndarray
   weight: np.ndarray
   target: np.ndarray
+  group: np.ndarray
 
 
 def _sequences(prompts, comps):
@@ -73,11 +76,12 @@ def _sequences(prompts, comps):
   return seqs
 
 
-def _pack(seqs, positions, labels, pad) -> ValueData:
+def _pack(seqs, positions, labels, groups, pad) -> ValueData:
   width = -(-max(len(s) for s in seqs) // 16) * 16
   m = len(seqs)
   data = ValueData(tokens=np.full((m, width), pad, np.int32), lengths=np.array([len(s) for s in seqs], np.int32),
-                   weight=np.zeros((m, width), np.float32), target=np.zeros((m, width), np.float32))
+                   weight=np.zeros((m, width), np.float32), target=np.zeros((m, width), np.float32),
+                   group=np.asarray(groups, np.int32))
   for i, (s, pos, lab) in enumerate(zip(seqs, positions, labels)):
     data.tokens[i, :len(s)] = s
     data.weight[i, pos] = 1.0
@@ -102,7 +106,7 @@ def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, 
   if config.kind == "orm":
     positions = [[len(s) - 1] for s in seqs]
     labels = [[float(c)] for c in correct]
-    return _pack(seqs, positions, labels, pad), oracle
+    return _pack(seqs, positions, labels, [p for p, _ in owners], pad), oracle
   # PRM: score every step delimiter, and the final token with the outcome.
   steps_at = [[i for i in range(len(prompts[p]), len(s)) if s[i] == step_id] for s, (p, _) in zip(seqs, owners)]
   if rollouts:
@@ -126,15 +130,24 @@ def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, 
   for s, at, lab, c in zip(seqs, steps_at, step_labels, correct):
     positions.append(list(at) + [len(s) - 1])
     labels.append(list(lab) + [float(c)])
-  return _pack(seqs, positions, labels, pad), oracle
+  return _pack(seqs, positions, labels, [p for p, _ in owners], pad), oracle
 
 
-def value_loss(vm):
+def value_loss(vm, ranking_weight: float = 0.0):
+  """BCE at the labelled positions, plus `ranking_weight` x a pairwise logistic loss between
+  the final-token scores of right and wrong samples of the same problem (the signal best-of-N
+  needs: telling apart samples of one problem, not easy problems from hard ones)."""
   def loss_fn(params, batch):
     logits = vm.values(params, batch["tokens"], batch["lengths"])
     w = batch["weight"]
     bce = optax.sigmoid_binary_cross_entropy(logits, batch["target"])
-    return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0), {}
+    loss = jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
+    last = batch["lengths"] - 1
+    s = jnp.take_along_axis(logits, last[:, None], axis=1)[:, 0]
+    y = jnp.take_along_axis(batch["target"], last[:, None], axis=1)[:, 0] > 0.5
+    pair = (batch["group"][:, None] == batch["group"][None, :]) & y[:, None] & ~y[None, :]
+    rank = jnp.sum(jnp.where(pair, jax.nn.softplus(-(s[:, None] - s[None, :])), 0.0)) / jnp.maximum(pair.sum(), 1)
+    return loss + ranking_weight * rank, {"bce": loss, "rank": rank}
   return loss_fn
 
 
@@ -146,7 +159,12 @@ def evaluate_verifier(kind: str, vm, params, data: ValueData) -> dict:
                                           jnp.asarray(data.lengths[i:i + 256]))))
   scores = np.concatenate(scores)
   sel = data.weight > 0
+  last = data.lengths - 1
+  final, final_y = scores[np.arange(len(last)), last], data.target[np.arange(len(last)), last] > 0.5
+  within = [roc_auc(final[data.group == g], final_y[data.group == g]) for g in np.unique(data.group)]
+  within = [a for a in within if a == a]
   return {f"{kind}_auc": roc_auc(scores[sel], data.target[sel] > 0.5),
+          "outcome_auc_within_problem": float(np.mean(within)) if within else float("nan"),
           "positive_rate": float(np.mean(data.target[sel] > 0.5))}
 
 
@@ -158,8 +176,9 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
   cache = os.path.join(config.out_dir, "data.npz")
   if os.path.isfile(cache):
     with np.load(cache) as z:
-      train = ValueData(**{k: z["train_" + k] for k in ("tokens", "lengths", "weight", "target")})
-      evald = ValueData(**{k: z["eval_" + k] for k in ("tokens", "lengths", "weight", "target")})
+      fields = [f.name for f in dataclasses.fields(ValueData)]
+      train = ValueData(**{k: z["train_" + k] for k in fields})
+      evald = ValueData(**{k: z["eval_" + k] for k in fields})
   else:
     problems = [task.train_problem(config.data_seed, i) for i in range(config.num_problems)]
     train, _ = build_data(config, task, lm, policy_params, problems, key=jax.random.key(config.data_seed),
@@ -172,15 +191,22 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
   vm, params = init_value(lm.config, seed=config.seed, trunk_params=policy_params)
   m = len(train.tokens)
 
+  groups = np.unique(train.group)
+  rows_of = {g: np.flatnonzero(train.group == g) for g in groups}
+  per_batch = max(1, config.batch_size // config.samples_per_problem)
+
   def batch_fn(step):
-    epoch, i = divmod(step * config.batch_size, m)
-    order = np.random.default_rng([config.seed, epoch]).permutation(m)
-    idx = order[np.arange(i, i + config.batch_size) % m]
+    # Whole problems per batch (all their samples), so the ranking loss sees rivals.
+    epoch, i = divmod(step * per_batch, len(groups))
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(groups))
+    chosen = groups[order[np.arange(i, i + per_batch) % len(groups)]]
+    idx = np.concatenate([rows_of[g] for g in chosen])[:config.batch_size]
+    idx = np.resize(idx, config.batch_size)
     return {"tokens": train.tokens[idx], "lengths": train.lengths[idx], "weight": train.weight[idx],
-            "target": train.target[idx]}
+            "target": train.target[idx], "group": train.group[idx]}
 
   params, log = loop.run(
-      params=params, loss_fn=value_loss(vm), batch_fn=batch_fn,
+      params=params, loss_fn=value_loss(vm, config.ranking_weight), batch_fn=batch_fn,
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
       checkpoint_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
       eval_fn=lambda p, s: evaluate_verifier(config.kind, vm, p, evald), eval_every=config.checkpoint_every,
