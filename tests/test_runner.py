@@ -12,29 +12,21 @@ from tts_jax.eval.experiment import Experiment, SamplingConfig
 from tts_jax.eval.methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
                                   ShortestMajority, WeightedMajority)
 from tts_jax.eval.runner import ResultsMismatch, run_experiment
-from tts_jax.models import init
-from tts_jax.models.io import save_model
-from tts_jax.models.value import init_value
+from tts_jax.tasks.defaults import DEFAULTS_DIR
 from tts_jax.tasks import ModChain
-from tests.test_train import TINY
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("models")
-  _, p = init(TINY, seed=0)
-  save_model(str(d / "policy"), TINY, p, kind="policy", info={"task": "modchain"})
-  for i, kind in enumerate(("orm", "prm")):
-    _, v = init_value(TINY, seed=i + 1, trunk_params=p)
-    save_model(str(d / kind), TINY, v, kind=kind)
-  return str(d)
+def models_dir():
+  """The shipped default models: real samples, some right and some wrong."""
+  return os.path.join(DEFAULTS_DIR, "modchain")
 
 
 def experiment(models_dir, out_dir, **kw):
   base = dict(name="tiny", task=ModChain(), split="test", num_problems=6, models=models_dir,
               methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
-                       AdaptiveConsistency(), InverseEntropyVote(), ShortestMajority(), RPC(max_subsets=2)),
-              budgets=(1, 2, 4), sampling=SamplingConfig(max_new_tokens=24), num_subsets=8, batch_problems=2,
+                       AdaptiveConsistency(), InverseEntropyVote(), ShortestMajority(), RPC(max_subsets=4)),
+              budgets=(1, 2, 4), sampling=SamplingConfig(max_new_tokens=64), num_subsets=8, batch_problems=2,
               out_dir=str(out_dir))
   base.update(kw)
   return Experiment(**base)
@@ -62,14 +54,17 @@ def test_resume_after_crash_gives_identical_files(models_dir, tmp_path):
 def test_summary_is_consistent(models_dir, tmp_path):
   s = run_experiment(experiment(models_dir, tmp_path), quiet=True)
   oracle = s["methods"]["pass@k (oracle)"]
+  assert 0 < oracle[0]["accuracy"] < oracle[-1]["accuracy"] < 1  # the pool has right and wrong samples
   for name, rows in s["methods"].items():
     for r, o in zip(rows, oracle):
       assert r["accuracy"] <= o["accuracy"] + 1e-9, name  # nothing beats the oracle
       assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     assert all(a["flops"] <= b["flops"] for a, b in zip(rows, rows[1:]))
-  # With one sample every method returns that sample: all equal pass@1.
+  # With one sample every method returns that sample: all equal pass@1 (exactly: the
+  # n single-sample subsets are enumerated).
   for name, rows in s["methods"].items():
     assert abs(rows[0]["accuracy"] - oracle[0]["accuracy"]) < 1e-12, name
+    assert rows[0]["mc_se"] == 0.0
   ver = s["methods"]["best-of-N (ORM)"]
   assert all(r["verifier_tokens"] > 0 for r in ver)
   assert all(r["verifier_tokens"] == 0 for r in s["methods"]["majority vote"])

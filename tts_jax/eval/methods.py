@@ -3,14 +3,17 @@
 `method.evaluate(pool, k, keys, num_subsets)` (keys: one PRNG key per problem) returns
 (accuracy float64[P], samples used float64[P], Monte Carlo variance of each problem's
 accuracy estimate float64[P]) as expectations over k-subsets of the pool (without replacement): exact for
-pass@k and best-of-k, Monte Carlo over `num_subsets` random subsets (in random
-order) otherwise. A voting method picks an answer; the outcome is the
+pass@k and best-of-k, and for the other methods whenever all C(n, k) subsets fit in
+`num_subsets` (they are then enumerated), Monte Carlo over `num_subsets` random
+subsets (in random order) otherwise. A voting method picks an answer; the outcome is the
 correctness of the first sample in the subset that gave that answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from typing import Literal
 
 import jax
@@ -85,11 +88,15 @@ class _Vote:
 
   def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
     p, n = pool.shape
-    s = 1 if k == n and self.order_free else num_subsets
-    idx = subset_indices(keys, n, k, s)
+    exact = (self.order_free or k == 1) and math.comb(n, k) <= num_subsets
+    if exact:  # few enough subsets: enumerate them all (e.g. k = 1 or k = n)
+      idx = jnp.broadcast_to(jnp.asarray(list(itertools.combinations(range(n), k)), jnp.int32)[None],
+                             (p, math.comb(n, k), k))
+    else:
+      idx = subset_indices(keys, n, k, num_subsets)
     chosen, used = self.choose(pool, idx)
     out = _outcome(pool, idx, chosen)
-    mc_var = np.zeros(p) if s == 1 else out.var(1, ddof=1) / s
+    mc_var = np.zeros(p) if exact else out.var(1, ddof=1) / idx.shape[1]
     return out.mean(1), np.asarray(used, np.float64).mean(1), mc_var
 
 
@@ -151,7 +158,8 @@ class RPC(_Vote):
   name: str = "RPC"
 
   def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
-    return super().evaluate(pool, k, keys, min(num_subsets, self.max_subsets))
+    # k = 1 is cheap (no fit below 4 samples) and then exact; larger k caps the subsets.
+    return super().evaluate(pool, k, keys, num_subsets if k == 1 else min(num_subsets, self.max_subsets))
 
   def choose(self, pool, idx):
     idx = np.asarray(idx)

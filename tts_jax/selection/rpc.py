@@ -17,7 +17,8 @@ from scipy.special import gamma
 
 
 def _weibull_pdf(x, k, lam):
-  return (k / lam) * (x / lam) ** (k - 1) * np.exp(-((x / lam) ** k))
+  with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the optimiser probes extremes
+    return np.nan_to_num((k / lam) * (x / lam) ** (k - 1) * np.exp(-((x / lam) ** k)), nan=0.0, posinf=0.0)
 
 
 def _mixture_nll(theta, x):
