@@ -67,6 +67,35 @@ def fingerprint(text: str) -> str:
   return hashlib.sha1(text.encode()).hexdigest()
 
 
+class SplitsMixin:
+  """Held-out splits and a training stream that never repeats them.
+
+  The task (a frozen dataclass) provides `split_sizes` ((name, size), ...),
+  `generate(seed, index, split)` and `prompt(problem)`.
+  """
+
+  @functools.lru_cache(maxsize=None)
+  def split(self, name: str) -> tuple:
+    """The fixed held-out split `name` (problems 0..size-1 of stream (0, name))."""
+    sizes = dict(self.split_sizes)
+    if name not in sizes:
+      raise ValueError(f"unknown split {name!r}; available: {', '.join(sizes)}")
+    return tuple(self.generate(0, i, name) for i in range(sizes[name]))
+
+  @functools.cached_property
+  def _held_out(self) -> frozenset[str]:
+    return frozenset(fingerprint(self.prompt(p)) for name, _ in self.split_sizes for p in self.split(name))
+
+  def train_problem(self, seed: int, index: int):
+    """Training problem `index` of stream `seed`, never one of the held-out splits."""
+    attempt = 0
+    while True:
+      p = self.generate(seed, index * 8 + attempt, "train")
+      if fingerprint(self.prompt(p)) not in self._held_out:
+        return p
+      attempt += 1
+
+
 def prompt_ids(task, problem) -> list[int]:
   """[BOS] + the prompt's token ids: what a policy is conditioned on."""
   tok = task.tokenizer()

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import re
 
-from tts_jax.tasks.base import ANSWER, STEP, fingerprint, problem_rng, split_steps, word_tokenizer
+from tts_jax.tasks.base import ANSWER, STEP, SplitsMixin, problem_rng, split_steps, word_tokenizer
 
 _OPS = ("+", "-", "*", "/")
 _STEP_RE = re.compile(r"^(\d+) ([+\-*/]) (\d+) = (\d+)$")
@@ -66,7 +66,7 @@ class CountdownProblem:
 
 
 @dataclasses.dataclass(frozen=True)
-class Countdown:
+class Countdown(SplitsMixin):
   """The task; its fields are the difficulty knobs."""
 
   min_numbers: int = 3
@@ -115,25 +115,6 @@ class Countdown:
       if (len(pool) == 1 and self.min_target <= pool[0] <= self.max_target
           and pool[0] not in numbers):
         return CountdownProblem(numbers=tuple(numbers), target=pool[0], steps=tuple(steps))
-
-  @functools.lru_cache(maxsize=None)
-  def split(self, name: str) -> tuple[CountdownProblem, ...]:
-    sizes = dict(self.split_sizes)
-    if name not in sizes:
-      raise ValueError(f"unknown split {name!r}; available: {', '.join(sizes)}")
-    return tuple(self.generate(0, i, name) for i in range(sizes[name]))
-
-  @functools.cached_property
-  def _held_out(self) -> frozenset[str]:
-    return frozenset(fingerprint(self.prompt(p)) for name, _ in self.split_sizes for p in self.split(name))
-
-  def train_problem(self, seed: int, index: int) -> CountdownProblem:
-    attempt = 0
-    while True:
-      p = self.generate(seed, index * 8 + attempt, "train")
-      if fingerprint(self.prompt(p)) not in self._held_out:
-        return p
-      attempt += 1
 
   def prompt(self, problem: CountdownProblem) -> str:
     return f"{' '.join(map(str, problem.numbers))} -> {problem.target} :"

@@ -16,11 +16,10 @@ Splits: "train" (a stream), "val", "test" (K in [min_ops, max_ops]), "hard"
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import string
 
-from tts_jax.tasks.base import ANSWER, STEP, fingerprint, problem_rng, split_steps, word_tokenizer
+from tts_jax.tasks.base import ANSWER, STEP, SplitsMixin, problem_rng, split_steps, word_tokenizer
 
 _OPS = ("+", "-", "*")
 _STEP_RE = re.compile(r"^([a-z]) = (\d+) ([+\-*]) (\d+) = (\d+)$")
@@ -39,7 +38,7 @@ class ModChainProblem:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModChain:
+class ModChain(SplitsMixin):
   """The task; its fields are the difficulty knobs."""
 
   modulus: int = 23
@@ -113,27 +112,6 @@ class ModChain:
 
   def apply(self, a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b}[op] % self.modulus
-
-  @functools.lru_cache(maxsize=None)
-  def split(self, name: str) -> tuple[ModChainProblem, ...]:
-    """The fixed held-out split `name` ("val", "test", "hard" or "ood")."""
-    sizes = dict(self.split_sizes)
-    if name not in sizes:
-      raise ValueError(f"unknown split {name!r}; available: {', '.join(sizes)}")
-    return tuple(self.generate(0, i, name) for i in range(sizes[name]))
-
-  @functools.cached_property
-  def _held_out(self) -> frozenset[str]:
-    return frozenset(fingerprint(self.prompt(p)) for name, _ in self.split_sizes for p in self.split(name))
-
-  def train_problem(self, seed: int, index: int) -> ModChainProblem:
-    """Training problem `index` of stream `seed`, never one of the held-out splits."""
-    attempt = 0
-    while True:
-      p = self.generate(seed, index * 8 + attempt, "train")
-      if fingerprint(self.prompt(p)) not in self._held_out:
-        return p
-      attempt += 1
 
   # -- text --------------------------------------------------------------------
   def prompt(self, problem: ModChainProblem) -> str:
