@@ -82,6 +82,11 @@ class LanguageModel:
   def vocab_size(self) -> int:
     return self.config.vocab_size
 
+  @property
+  def max_length(self) -> int:
+    """The longest prompt + generation (max_position_embeddings)."""
+    return self.config.max_position_embeddings
+
   def _module(self, params) -> Decoder:
     return nnx.merge(self.graphdef, params)
 

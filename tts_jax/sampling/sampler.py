@@ -145,14 +145,14 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples
   return final.out.replace(finish_reason=reason)
 
 
-def sample(lm: LanguageModel, params, prompts, *, key: jax.Array, num_samples: int = 1,
+def sample(lm, params, prompts, *, key: jax.Array, num_samples: int = 1,
            max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, stop_tokens: Sequence[int] = (), pad_id: int = 0,
            prompt_lengths=None, share_prefix: bool = True) -> SampleOutput:
   """Draws `num_samples` continuations of each prompt.
 
   Args:
-    lm: the model.
+    lm: a model with the LanguageModel contract (`LanguageModel`, `TabularLM`, ...).
     params: its params pytree.
     prompts: a list of B token-id lists (ragged), or int32[B, Tp] right-padded with
       `prompt_lengths` int32[B].
@@ -194,10 +194,10 @@ def sample(lm: LanguageModel, params, prompts, *, key: jax.Array, num_samples: i
     raise ValueError(f"prompt {i} has token id {tokens[i, j]} at position {j}, outside the "
                      f"vocabulary [0, {vocab})")
   longest = int(lengths.max())
-  limit = lm.config.max_position_embeddings
+  limit = lm.max_length
   if longest + max_new_tokens > limit:
     raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the "
-                     f"model's context of {limit} tokens (max_position_embeddings)")
+                     f"model's context of {limit} tokens (max_length)")
   stop_tokens = tuple(sorted({int(s) for s in stop_tokens}))
   kwargs = dict(max_new_tokens=max_new_tokens, params_s=params_s, stop_tokens=stop_tokens, pad_id=pad_id)
   b = tokens.shape[0]
