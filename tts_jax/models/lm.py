@@ -65,6 +65,13 @@ class KVCache:
     """Ts, the number of suffix slots."""
     return self.mask.shape[-1]
 
+  def gather(self, ancestors: jax.Array) -> "KVCache":
+    """The cache of particles `ancestors` int32[B, N'] (indices into each prompt's own N
+    samples): suffix state only moves; the shared prompt KV is untouched. N' may differ from N."""
+    take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
+    return KVCache(prefix=self.prefix, k=tuple(take(x) for x in self.k), v=tuple(take(x) for x in self.v),
+                   mask=take(self.mask), lengths=take(self.lengths), step=self.step)
+
 
 @dataclasses.dataclass(frozen=True)
 class LanguageModel:

@@ -29,6 +29,11 @@ class TabularCache:
   ids: jax.Array
   lengths: jax.Array
 
+  def gather(self, ancestors: jax.Array) -> "TabularCache":
+    """The cache of particles `ancestors` int32[B, N'] (indices within each prompt)."""
+    return TabularCache(ids=jnp.take_along_axis(self.ids, ancestors, axis=1),
+                        lengths=jnp.take_along_axis(self.lengths, ancestors, axis=1))
+
 
 @struct.dataclass
 class TabularPrefix:
