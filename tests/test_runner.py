@@ -91,3 +91,32 @@ def test_config_errors(models_dir, tmp_path):
     apply_overrides(cfg, ["budgets=fast"])
   with pytest.raises(FileNotFoundError, match="no default models for task 'modchain' at /nope"):
     run_experiment(experiment("/nope", tmp_path / "x"), quiet=True)
+
+
+def test_kill_minus_nine_then_rerun(models_dir, tmp_path):
+  """A real `tts-jax run` killed with SIGKILL mid-run, then re-run, ends byte-identical."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  exp_file = tmp_path / "exp.py"
+  exp_file.write_text(
+      "from tts_jax.eval.experiment import Experiment, SamplingConfig\n"
+      "from tts_jax.eval.methods import MajorityVote, BestOfN, AdaptiveConsistency\n"
+      "from tts_jax.tasks import ModChain\n"
+      f"config = Experiment(name='kill', task=ModChain(), split='test', num_problems=8, models={models_dir!r},\n"
+      "    methods=(MajorityVote(), BestOfN(verifier='orm'), AdaptiveConsistency()), budgets=(1, 2, 4),\n"
+      "    sampling=SamplingConfig(max_new_tokens=64), num_subsets=8, batch_problems=2, out_dir='OUT')\n")
+  cmd = lambda out: [sys.executable, "-m", "tts_jax.cli", "run", str(exp_file), "--set", f"out_dir={out}"]
+  subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True)
+  results = tmp_path / "killed" / "results.jsonl"
+  proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 6):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  written = results.read_bytes().count(b"\n")
+  assert 6 <= written < 24, written  # killed after the first batch, before the last
+  subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
+  assert results.read_bytes() == (tmp_path / "full" / "results.jsonl").read_bytes()
