@@ -51,6 +51,9 @@ class KVCache:
   mask: bool[B, N, Ts], True at slots that hold a real token.
   lengths: int32[B, N] real suffix tokens so far (position offset after the prompt).
   step: int32[] next slot to write (shared by all samples).
+  compact: static; False: every decode writes slot `step` (an in-place slice write, for
+    samples that advance together); True: each sample writes its own slot `lengths`
+    (a masked write, for particles that advance unevenly: capacity = tokens per sample).
   """
 
   prefix: PrefixCache
@@ -59,6 +62,7 @@ class KVCache:
   mask: jax.Array
   lengths: jax.Array
   step: jax.Array
+  compact: bool = struct.field(pytree_node=False, default=False)
 
   @property
   def capacity(self) -> int:
@@ -70,7 +74,7 @@ class KVCache:
     samples): suffix state only moves; the shared prompt KV is untouched. N' may differ from N."""
     take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
     return KVCache(prefix=self.prefix, k=tuple(take(x) for x in self.k), v=tuple(take(x) for x in self.v),
-                   mask=take(self.mask), lengths=take(self.lengths), step=self.step)
+                   mask=take(self.mask), lengths=take(self.lengths), step=self.step, compact=self.compact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +153,17 @@ class LanguageModel:
     last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
     return model.logits(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
 
-  def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int) -> KVCache:
-    """An empty suffix cache of `max_len` slots for `num_samples` samples per prompt."""
+  def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int, compact: bool = False) -> KVCache:
+    """An empty suffix cache of `max_len` slots for `num_samples` samples per prompt
+    (see `KVCache.compact`)."""
     c = self.config
     b = prefix.lengths.shape[0]
     shape = (b, num_samples, max_len, c.num_kv_heads, c.head_dim)
     zeros = tuple(jnp.zeros(shape, c.jnp_dtype) for _ in range(c.num_layers))
     return KVCache(prefix=prefix, k=zeros, v=zeros,
                    mask=jnp.zeros((b, num_samples, max_len), bool),
-                   lengths=jnp.zeros((b, num_samples), jnp.int32), step=jnp.zeros((), jnp.int32))
+                   lengths=jnp.zeros((b, num_samples), jnp.int32), step=jnp.zeros((), jnp.int32),
+                   compact=compact)
 
   def decode(self, params, tokens: jax.Array, cache: KVCache,
              active: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
@@ -166,7 +172,8 @@ class LanguageModel:
     Args:
       params: the model's params pytree.
       tokens: int32[B, N], the next token of every sample.
-      cache: the KVCache (its `step` must be < capacity).
+      cache: the KVCache (its `step`, or with `compact` every active sample's `lengths`,
+        must be < capacity).
       active: bool[B, N]; inactive samples write no KV and do not advance (their
         logits are computed but meaningless). Default: all active.
 
@@ -181,7 +188,11 @@ class LanguageModel:
     prefix = cache.prefix
     positions = prefix.lengths[:, None] + cache.lengths  # [B, N]
     cos, sin = rope_tables(self.config, positions[..., None])
-    mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
+    if cache.compact:
+      here = jax.nn.one_hot(cache.lengths, cache.capacity, dtype=bool) & active[..., None]  # [B, N, Ts]
+      mask = cache.mask | here
+    else:
+      mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
     tp = prefix.k[0].shape[1]
     prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :],
                                    (b, n, tp))
@@ -191,8 +202,13 @@ class LanguageModel:
 
     def attend(layer, q, k, v):
       # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
-      sk = jax.lax.dynamic_update_slice_in_dim(cache.k[layer], k.astype(cache.k[layer].dtype), step, axis=2)
-      sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
+      if cache.compact:
+        w = here[..., None, None]
+        sk = jnp.where(w, k.astype(cache.k[layer].dtype), cache.k[layer])
+        sv = jnp.where(w, v.astype(cache.v[layer].dtype), cache.v[layer])
+      else:
+        sk = jax.lax.dynamic_update_slice_in_dim(cache.k[layer], k.astype(cache.k[layer].dtype), step, axis=2)
+        sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
       new_k.append(sk)
       new_v.append(sv)
       hkv, g, d = q.shape[-3:]
@@ -205,7 +221,7 @@ class LanguageModel:
     model = self._module(params)
     h = model.hidden(tokens[..., None], cos, sin, attend)[:, :, 0]
     new_cache = KVCache(prefix=prefix, k=tuple(new_k), v=tuple(new_v), mask=mask,
-                        lengths=cache.lengths + active.astype(jnp.int32), step=step + 1)
+                        lengths=cache.lengths + active.astype(jnp.int32), step=step + 1, compact=cache.compact)
     return model.logits(h), new_cache
 
 

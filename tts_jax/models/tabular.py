@@ -70,7 +70,7 @@ class TabularLM:
       ids = jnp.where(j < lengths, self._step(ids, jnp.full((b,), j), tokens[:, j]), ids)
     return params["logits"][ids], TabularPrefix(ids=ids, lengths=lengths.astype(jnp.int32))
 
-  def init_cache(self, prefix: TabularPrefix, num_samples: int, max_len: int) -> TabularCache:
+  def init_cache(self, prefix: TabularPrefix, num_samples: int, max_len: int, compact: bool = True) -> TabularCache:
     b = prefix.ids.shape[0]
     return TabularCache(ids=jnp.broadcast_to(prefix.ids[:, None], (b, num_samples)),
                         lengths=jnp.broadcast_to(prefix.lengths[:, None], (b, num_samples)))
