@@ -1,10 +1,8 @@
 """The experiment runner: resumes after a crash to byte-identical results; clear errors."""
 
-import dataclasses
 import json
 import os
 
-import numpy as np
 import pytest
 
 from tts_jax.configs import ConfigError, apply_overrides, load_config

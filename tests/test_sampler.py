@@ -1,7 +1,6 @@
 """The jitted sampler draws from process_logits' distribution and reports what it drew."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats

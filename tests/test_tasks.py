@@ -1,6 +1,5 @@
 """Task generators, exact verifiers and oracle process verifiers."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """ORM / PRM data labelling and training on a tiny policy, end to end."""
 
-import dataclasses
 import os
 
 import numpy as np

@@ -12,7 +12,6 @@ import json
 import os
 
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 

@@ -24,7 +24,7 @@ import optax
 from tts_jax.eval.metrics import roc_auc
 from tts_jax.models.io import load_model, save_model
 from tts_jax.models.value import init_value, value_logits
-from tts_jax.tasks.base import EOS, PAD, STEP
+from tts_jax.tasks.base import PAD, STEP
 from tts_jax.tasks.rollout import complete, grade, task_prompts
 from tts_jax.train import loop
 from tts_jax.train.optim import OptimConfig, make_optimizer
