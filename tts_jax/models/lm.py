@@ -124,7 +124,7 @@ class LanguageModel:
       return attend_partial(q, k, v, mask, self._scale())[0]
 
     model = self._module(params)
-    return model.logits(model.hidden(tokens, cos, sin, attend))
+    return model.output(model.hidden(tokens, cos, sin, attend))
 
   def prefill(self, params, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, PrefixCache]:
     """Runs the prompts once and keeps their KV.
@@ -151,7 +151,7 @@ class LanguageModel:
     model = self._module(params)
     h = model.hidden(tokens, cos, sin, attend)
     last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    return model.logits(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
+    return model.output(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
 
   def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int, compact: bool = False) -> KVCache:
     """An empty suffix cache of `max_len` slots for `num_samples` samples per prompt
@@ -222,7 +222,7 @@ class LanguageModel:
     h = model.hidden(tokens[..., None], cos, sin, attend)[:, :, 0]
     new_cache = KVCache(prefix=prefix, k=tuple(new_k), v=tuple(new_v), mask=mask,
                         lengths=cache.lengths + active.astype(jnp.int32), step=step + 1, compact=cache.compact)
-    return model.logits(h), new_cache
+    return model.output(h), new_cache
 
 
 def init(config: ModelConfig, seed: int = 0) -> tuple[LanguageModel, dict]:

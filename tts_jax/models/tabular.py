@@ -118,3 +118,29 @@ def enumerate_sequences(lm: TabularLM, params, prompt, length: int) -> tuple[np.
       n += 1
     out[r] = total
   return seqs, out
+
+
+def enumerate_generations(lm: TabularLM, params, prompt, max_new_tokens: int, stop_tokens=(),
+                          temperature: float = 1.0) -> tuple[list[tuple[int, ...]], np.ndarray]:
+  """Every complete generation after `prompt` and its exact log-probability.
+
+  A generation is complete when it ends in a stop token or reaches `max_new_tokens`.
+  With `temperature`, log-probs are those of the tempered model (a proposal).
+  Returns (generations as tuples, float64[G] log-probs that sum to 1 in probability).
+  """
+  table = np.asarray(params["logits"], np.float64) / temperature
+  logp = table - np.logaddexp.reduce(table, axis=1, keepdims=True)
+  stops = set(int(s) for s in stop_tokens)
+  seqs, lps = [], []
+
+  def walk(seq, pid, n, lp):
+    if seq and (seq[-1] in stops or len(seq) == max_new_tokens):
+      seqs.append(tuple(seq))
+      lps.append(lp)
+      return
+    for t in range(lm.vocab_size):
+      nxt = pid * lm.vocab_size + t + 1 if n < lm.max_length else lm.num_prefixes - 1
+      walk(seq + [t], nxt, n + 1, lp + logp[pid, t])
+
+  walk([], lm.prefix_id(prompt), len(prompt), 0.0)
+  return seqs, np.array(lps)

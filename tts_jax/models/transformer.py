@@ -137,3 +137,8 @@ class Decoder(nnx.Module):
     """[..., H] hidden -> float32[..., V] logits."""
     w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
     return jnp.matmul(h, w, preferred_element_type=jnp.float32)
+
+  def output(self, h: jax.Array) -> jax.Array:
+    """What `LanguageModel.prefill/decode/forward` return per position: next-token logits
+    float32[..., V] here; heads on the same trunk (values, twists) override it."""
+    return self.logits(h)

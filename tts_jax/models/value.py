@@ -17,6 +17,7 @@ from flax import nnx
 
 from tts_jax.models.attention import attend_partial, causal_mask
 from tts_jax.models.config import ModelConfig
+from tts_jax.models.lm import LanguageModel
 from tts_jax.models.rope import rope_tables
 from tts_jax.models.transformer import Decoder, Linear
 
@@ -27,6 +28,10 @@ class ValueDecoder(Decoder):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     super().__init__(config, rngs)
     self.value_head = Linear(config.hidden_size, 1, bias=True, dtype=config.jnp_dtype, rngs=rngs)
+
+  def output(self, h: jax.Array) -> jax.Array:
+    """[..., H] -> float32[...] value logits (so `LanguageModel` prefill/decode return values)."""
+    return self.value_head(h)[..., 0].astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +53,13 @@ class ValueModel:
       return attend_partial(q, k, v, mask, scale)[0]
 
     model = nnx.merge(self.graphdef, params)
-    h = model.hidden(tokens, cos, sin, attend)
-    return model.value_head(h)[..., 0].astype(jnp.float32)
+    return model.output(model.hidden(tokens, cos, sin, attend))
+
+  def as_lm(self) -> LanguageModel:
+    """The same network under the `LanguageModel` contract: prefill / decode return value
+    logits (float32[B] / float32[B, N]) instead of next-token logits, with a KV cache, so
+    a PRM scores particles incrementally, one token at a time."""
+    return LanguageModel(config=self.config, graphdef=self.graphdef)
 
 
 def init_value(config: ModelConfig, seed: int = 0, trunk_params: dict | None = None) -> tuple[ValueModel, dict]:

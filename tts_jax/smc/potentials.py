@@ -1,0 +1,122 @@
+"""Potentials: log phi per particle at each step boundary (contract 2 of DESIGN.md).
+
+A potential has three pure methods, all jittable:
+
+    state = pot.init(params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens)
+    state = pot.advance(params, tokens[B, N], state, active[B, N])      # one token per particle
+    log_phi[B, N], state = pot.score(params, state, tokens, lengths, done, extended)  # at a step end
+
+and its state supports `gather_state(state, ancestors)` (resampling moves it with the
+particles). `SequencePotential` wraps a stateless function of the generated tokens
+(oracles, tabular potentials, host checkers through `jax.pure_callback`).
+`ValuePotential` runs a value model (a PRM / ORM) token by token alongside the
+policy with its own KV cache, so scoring a step costs the step's tokens only; it
+never re-reads the prefix as text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+# fn(tokens int32[B, N, T], lengths int32[B, N], done bool[B, N]) -> log phi float32[B, N]
+PotentialFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def gather_state(state, ancestors: jax.Array):
+  """The state of particles `ancestors` int32[B, N'] (per prompt): via `state.gather` if it
+  has one, else every leaf is indexed along axis 1."""
+  if hasattr(state, "gather"):
+    return state.gather(ancestors)
+  take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
+  return jax.tree.map(take, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequencePotential:
+  """log phi = fn(tokens, lengths, done) of the generated tokens; no state."""
+
+  fn: PotentialFn
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int):
+    return ()
+
+  def advance(self, params, tokens, state, active):
+    return state
+
+  def score(self, params, state, tokens, lengths, done, extended):
+    return self.fn(tokens, lengths, done).astype(jnp.float32), state
+
+
+@struct.dataclass
+class ValueState:
+  """cache: the value model's KV cache; last float32[B, N]: value logit at each particle's
+  last token; agg float32[B, N]: the aggregated log-score; scored int32[B, N]: steps scored."""
+
+  cache: object
+  last: jax.Array
+  agg: jax.Array
+  scored: jax.Array
+
+  def gather(self, ancestors):
+    take = lambda x: jnp.take_along_axis(x, ancestors, axis=1)
+    return ValueState(cache=self.cache.gather(ancestors), last=take(self.last), agg=take(self.agg),
+                      scored=take(self.scored))
+
+
+@dataclasses.dataclass(frozen=True)
+class ValuePotential:
+  """A PRM/ORM value model as a potential, scored incrementally.
+
+  At each step end the value logit v at the step's last token (the delimiter, or the final
+  token) gives a step score r = sigmoid(v), read as log r (`transform="log"`, a probability
+  potential) or logit r = v (`"logit"`, as in Puri et al. 2025). Steps combine by
+  `aggregate`: "last" (the latest step's score), "prod" (sum of log-scores) or "min".
+
+  model: a `LanguageModel` whose outputs are value logits (`ValueModel.as_lm()`).
+  """
+
+  model: object
+  aggregate: Literal["last", "prod", "min"] = "last"
+  transform: Literal["log", "logit"] = "log"
+
+  def __post_init__(self):
+    if self.aggregate not in ("last", "prod", "min"):
+      raise ValueError(f"aggregate must be 'last', 'prod' or 'min', got {self.aggregate!r}")
+    if self.transform not in ("log", "logit"):
+      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> ValueState:
+    last, prefix = self.model.prefill(params, prompt_tokens, prompt_lengths)
+    cache = self.model.init_cache(prefix, num_particles, max_new_tokens, compact=True)
+    shape = (prompt_tokens.shape[0], num_particles)
+    return ValueState(cache=cache, last=jnp.broadcast_to(last[:, None], shape).astype(jnp.float32),
+                      agg=jnp.zeros(shape, jnp.float32), scored=jnp.zeros(shape, jnp.int32))
+
+  def advance(self, params, tokens, state: ValueState, active) -> ValueState:
+    v, cache = self.model.decode(params, tokens, state.cache, active=active)
+    return state.replace(cache=cache, last=jnp.where(active, v, state.last))
+
+  def score(self, params, state: ValueState, tokens, lengths, done, extended):
+    r = jax.nn.log_sigmoid(state.last) if self.transform == "log" else state.last
+    if self.aggregate == "last":
+      agg = r
+    elif self.aggregate == "prod":
+      agg = state.agg + r
+    else:
+      agg = jnp.where(state.scored == 0, r, jnp.minimum(state.agg, r))
+    agg = jnp.where(extended, agg, state.agg)
+    return agg, state.replace(agg=agg, scored=state.scored + extended.astype(jnp.int32))
+
+
+def as_potential(potential):
+  """A potential object, wrapping a bare function in `SequencePotential`."""
+  if all(hasattr(potential, m) for m in ("init", "advance", "score")):
+    return potential
+  if callable(potential):
+    return SequencePotential(potential)
+  raise TypeError(f"a potential needs init/advance/score methods or must be callable, got {type(potential)}")
