@@ -160,3 +160,28 @@ def test_ctl_learns_the_optimal_twists_up_to_a_constant():
                 twist=twist, twist_params=tp)
     return float(np.var(np.asarray(p.final_log_z())))
   assert var_log_z({"logits": jnp.asarray(learned)}) < 0.1 * var_log_z(init)
+
+
+def test_transformer_twist_head_plumbing():
+  """A zero twist head (psi = 1) changes nothing; a trained-for-a-few-steps head runs through CTL."""
+  from tts_jax.models import init, qwen2_config
+  from tts_jax.models.twist import init_twist
+  cfg = qwen2_config(vocab_size=9, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=32)
+  lm, params = init(cfg, seed=0)
+  twist, tparams = init_twist(cfg, seed=1, trunk_params=params)
+  smc = SMCConfig(num_particles=4, max_new_tokens=6, stop_tokens=(8,), max_step_tokens=2, ess_threshold=0.5)
+  pot = lambda tokens, lengths, done: -jnp.sum(tokens == 3, axis=-1).astype(jnp.float32)
+  prompts, plens = jnp.asarray([[1, 2, 3], [4, 5, 0]]), jnp.asarray([3, 2])
+  plain = run_smc(lm, params, prompts, plens, jax.random.key(0), cfg=smc, potential=pot)
+  twisted = run_smc(lm, params, prompts, plens, jax.random.key(0), cfg=smc, potential=pot, twist=twist,
+                    twist_params=tparams)
+  np.testing.assert_array_equal(np.asarray(plain.tokens), np.asarray(twisted.tokens))
+  np.testing.assert_allclose(np.asarray(plain.final_log_z()), np.asarray(twisted.final_log_z()), atol=1e-5)
+  losses = []
+  trained = train_twists(lm, params, twist, tparams, prompts, plens, smc=smc, potential=pot,
+                         ctl=CTLConfig(steps=3, num_particles=8, learning_rate=0.01),
+                         callback=lambda i, tp, loss: losses.append(float(loss)))
+  assert len(losses) == 3 and np.all(np.isfinite(losses))
+  head = np.asarray(trained["twist_head"]["kernel"])
+  assert np.abs(head).max() > 0  # the head moved

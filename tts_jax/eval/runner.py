@@ -80,24 +80,38 @@ def _costs(exp: Experiment, models, method, pool, used: np.ndarray) -> list[dict
   return out
 
 
+def _is_search(method) -> bool:
+  return getattr(method, "kind", "pool") == "search"
+
+
 def _batch_records(exp: Experiment, models, batch: int, problems) -> list[dict]:
   task = exp.task
   start = batch * exp.batch_problems
   prompts = task_prompts(task, problems)
   s = exp.sampling
-  comps = complete(task, models.policy, models.policy_params, prompts, num_samples=max(exp.budgets),
-                   key=jax.random.key(exp.seed), max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                   top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, batch_prompts=exp.batch_problems,
-                   index_offset=start)
-  needs = {v for m in exp.methods for v in m.needs()}
-  pool = build_pool(task, problems, prompts, comps,
-                    orm=(models.orm, models.orm_params) if "orm" in needs else None,
-                    prm=(models.prm, models.prm_params) if "prm" in needs else None)
+  pool_methods = [(i, m) for i, m in enumerate(exp.methods) if not _is_search(m)]
+  pool = None
+  if pool_methods:
+    comps = complete(task, models.policy, models.policy_params, prompts, num_samples=max(exp.budgets),
+                     key=jax.random.key(exp.seed), max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                     top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, batch_prompts=exp.batch_problems,
+                     index_offset=start)
+    needs = {v for _, m in pool_methods for v in m.needs()}
+    pool = build_pool(task, problems, prompts, comps,
+                      orm=(models.orm, models.orm_params) if "orm" in needs else None,
+                      prm=(models.prm, models.prm_params) if "prm" in needs else None)
   mc_root = jax.random.key(exp.seed + 1)
   by_budget = {}
   for k in exp.budgets:
     results = {}
     for m_idx, method in enumerate(exp.methods):
+      if _is_search(method):
+        # Search runs draw from their own stream: fold_in(seed + 2, method), then the problem index.
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(exp.seed + 2), m_idx), k)
+        padded = problems + [problems[0]] * (exp.batch_problems - len(problems))  # one shape per budget
+        recs = method.run(models, task, padded, task_prompts(task, padded), k, key, s, index_offset=start)
+        results[method.name] = recs[:len(problems)]
+        continue
       keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(mc_root, i), k), m_idx))(
           np.arange(start, start + len(problems)))
       acc, used, mc_var = method.evaluate(pool, k, keys, exp.num_subsets)

@@ -27,7 +27,7 @@ class TwistDecoder(Decoder):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     super().__init__(config, rngs)
     self.twist_head = Linear(config.hidden_size, config.vocab_size, bias=True, dtype=jnp.float32, rngs=rngs)
-    self.twist_head.kernel.value = jnp.zeros_like(self.twist_head.kernel.value)
+    self.twist_head.kernel[...] = jnp.zeros_like(self.twist_head.kernel[...])
 
   def output(self, h: jax.Array) -> jax.Array:
     """[..., H] -> float32[..., V]: log psi of each next token."""

@@ -65,8 +65,8 @@ def _joined(prompt_tokens, prompt_lengths, tokens):
   b, n, t = tokens.shape
   tp = prompt_tokens.shape[1]
   pos = prompt_lengths[:, None, None] + jnp.arange(t)[None, None, :]  # [B, 1, T]
-  joined = jnp.broadcast_to(prompt_tokens[:, None, :], (b, n, tp + t))
-  joined = jnp.concatenate([joined[..., :tp], jnp.zeros((b, n, t), jnp.int32)], axis=-1)
+  joined = jnp.concatenate([jnp.broadcast_to(prompt_tokens[:, None, :], (b, n, tp)).astype(jnp.int32),
+                            jnp.zeros((b, n, t), jnp.int32)], axis=-1)
   rows = jnp.broadcast_to(pos, (b, n, t))
   joined = jax.vmap(jax.vmap(lambda row, p, x: row.at[p].set(x)))(joined, rows, tokens)
   return joined.reshape(b * n, tp + t), rows

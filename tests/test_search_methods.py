@@ -1,0 +1,117 @@
+"""PRM potentials scored incrementally, particle-filter weighting, and search methods in the runner."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tts_jax.eval.experiment import Experiment, SamplingConfig
+from tts_jax.eval.methods import PassAtK, WeightedMajority
+from tts_jax.eval.runner import run_experiment
+from tts_jax.eval.search import DVTS, BeamSearch, ParticleFiltering
+from tts_jax.models import init, qwen2_config
+from tts_jax.models.value import init_value, value_logits
+from tts_jax.search import best_of_n, particle_filter
+from tts_jax.smc import run_smc
+from tts_jax.smc.potentials import ValuePotential
+from tts_jax.tasks import ModChain
+from tts_jax.tasks.defaults import DEFAULTS_DIR
+
+DELIM, EOS, T = 5, 7, 12
+
+
+@pytest.fixture(scope="module")
+def models():
+  cfg = qwen2_config(vocab_size=11, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, max_position_embeddings=64)
+  lm, params = init(cfg, seed=3)
+  vm, vparams = init_value(cfg, seed=4)
+  return lm, params, vm, vparams
+
+
+@pytest.mark.parametrize("aggregate", ["last", "prod", "min"])
+def test_incremental_prm_equals_offline_scoring(models, aggregate):
+  lm, params, vm, vparams = models
+  prompts = jnp.asarray([[1, 2, 3, 0], [4, 4, 0, 0]], jnp.int32)
+  plens = jnp.asarray([3, 2], jnp.int32)
+  cfg = best_of_n(3, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), max_step_tokens=4)
+  p = run_smc(lm, params, prompts, plens, jax.random.key(0), cfg=cfg,
+              potential=ValuePotential(vm.as_lm(), aggregate=aggregate), potential_params=vparams)
+  toks, lens = np.asarray(p.tokens), np.asarray(p.length)
+  assert np.asarray(p.steps).max() >= 3  # several steps were scored
+  for b in range(2):
+    for n in range(3):
+      # the engine's step ends: delimiter, the 4-token cap, or the final token
+      seq_ends, start = [], 0
+      for i in range(lens[b, n]):
+        if toks[b, n, i] == DELIM or i - start + 1 == 4 or i == lens[b, n] - 1:
+          seq_ends.append(i)
+          start = i + 1
+      seq = list(np.asarray(prompts[b])[:plens[b]]) + list(toks[b, n, :lens[b, n]])
+      v = np.asarray(value_logits(vm, vparams, jnp.asarray([seq]), jnp.asarray([len(seq)])))[0]
+      r = -np.log1p(np.exp(-v[[int(plens[b]) + i for i in seq_ends]]))
+      want = {"last": r[-1], "prod": r.sum(), "min": r.min()}[aggregate]
+      np.testing.assert_allclose(float(p.log_potential[b, n]), want, atol=2e-4)
+
+
+def test_puri_weights_are_the_current_scores(models):
+  lm, params, vm, vparams = models
+  cfg = particle_filter(4, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), resampler="multinomial",
+                        ess_threshold=1.0, incremental=False)
+  p = run_smc(lm, params, jnp.asarray([[1, 2, 3]]), jnp.asarray([3]), jax.random.key(1), cfg=cfg,
+              potential=ValuePotential(vm.as_lm(), transform="logit"), potential_params=vparams)
+  np.testing.assert_allclose(np.asarray(p.log_weights), np.asarray(p.log_potential))
+  assert int(p.num_resamples[0]) == int(np.asarray(p.steps).max()) - 1  # every step but the last
+
+
+def test_search_methods_in_the_runner(tmp_path):
+  exp = Experiment(name="tiny-search", task=ModChain(), split="test", num_problems=4,
+                   models=os.path.join(DEFAULTS_DIR, "modchain"),
+                   methods=(PassAtK(), WeightedMajority(verifier="prm"), ParticleFiltering(),
+                            BeamSearch(expansions=2), DVTS(expansions=2),
+                            ParticleFiltering(incremental=True, transform="log", resampler="systematic",
+                                              ess_threshold=0.5, final="weighted_majority", name="smc")),
+                   budgets=(2, 4), sampling=SamplingConfig(max_new_tokens=64), num_subsets=4, batch_problems=2,
+                   out_dir=str(tmp_path / "full"))
+  full = run_experiment(exp, quiet=True)
+  for name in ("particle filtering (PRM)", "beam search (PRM)", "DVTS (PRM)", "smc"):
+    rows = full["methods"][name]
+    assert [r["budget"] for r in rows] == [2, 4]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    # compute grows with the budget; every particle decodes at least one token
+    assert rows[0]["flops"] < rows[1]["flops"]
+    assert rows[0]["generated_tokens"] >= 2 and rows[1]["generated_tokens"] > rows[0]["generated_tokens"]
+  # Resume after a crash reproduces the search records bit for bit.
+  cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
+  run_experiment(cut, stop_after_batches=1, quiet=True)
+  assert run_experiment(cut, quiet=True) == full
+  assert (tmp_path / "cut" / "results.jsonl").read_bytes() == (tmp_path / "full" / "results.jsonl").read_bytes()
+
+
+def test_oracle_potential_checks_steps_and_answer():
+  from tts_jax.eval.search import OraclePotential
+  task = ModChain()
+  prob = task.split("test")[0]
+  tok = task.tokenizer()
+  text = task.solution(prob)
+  first, rest = text.split(" ; ", 1)
+  head, result = first.rsplit("= ", 1)
+  bad = f"{head}= {(int(result) + 1) % 23} ; {rest}"  # the first step's result is off by one
+  enc = lambda s: np.asarray(tok.encode(s, add_special_tokens=False) + [tok.token_to_id("<eos>")], np.int32)
+  sol, wrong = enc(text), enc(bad)
+  assert len(sol) == len(wrong) and not np.array_equal(sol, wrong)
+  first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
+  pot = OraclePotential(task, eps=0.01)
+  pot.problems[7] = prob
+  t = len(sol)
+  tokens = np.zeros((1, 4, t), np.int32)
+  tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
+      wrong[:first_end]
+  lengths = np.array([[t, t, first_end, first_end]], np.int32)
+  done = np.array([[True, True, False, False]])
+  score, _ = jax.jit(lambda i, x, l, d: pot.score(i, (), x, l, d, None))(
+      jnp.asarray([7]), jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
+  np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 0.99, 0.01]), rtol=1e-6)
