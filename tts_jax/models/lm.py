@@ -191,6 +191,8 @@ class LanguageModel:
     if cache.compact:
       here = jax.nn.one_hot(cache.lengths, cache.capacity, dtype=bool) & active[..., None]  # [B, N, Ts]
       mask = cache.mask | here
+      rows, cols = jnp.arange(b)[:, None], jnp.arange(n)[None, :]
+      slots = jnp.where(active, cache.lengths, cache.capacity)  # out of range: not written
     else:
       mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
     tp = prefix.k[0].shape[1]
@@ -202,10 +204,9 @@ class LanguageModel:
 
     def attend(layer, q, k, v):
       # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
-      if cache.compact:
-        w = here[..., None, None]
-        sk = jnp.where(w, k.astype(cache.k[layer].dtype), cache.k[layer])
-        sv = jnp.where(w, v.astype(cache.v[layer].dtype), cache.v[layer])
+      if cache.compact:  # scatter each active sample's row to its own slot (inactive rows are dropped)
+        sk = cache.k[layer].at[rows, cols, slots].set(k[:, :, 0].astype(cache.k[layer].dtype), mode="drop")
+        sv = cache.v[layer].at[rows, cols, slots].set(v[:, :, 0].astype(cache.v[layer].dtype), mode="drop")
       else:
         sk = jax.lax.dynamic_update_slice_in_dim(cache.k[layer], k.astype(cache.k[layer].dtype), step, axis=2)
         sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
