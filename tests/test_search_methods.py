@@ -115,3 +115,16 @@ def test_oracle_potential_checks_steps_and_answer():
   score, _ = jax.jit(lambda i, x, l, d: pot.score(i, (), x, l, d, None))(
       jnp.asarray([7]), jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 0.99, 0.01]), rtol=1e-6)
+
+
+def test_bad_search_configs_are_named():
+  with pytest.raises(ValueError, match="expansions M=4 must divide the number of particles N=6"):
+    Experiment(name="x", task=ModChain(), methods=(BeamSearch(expansions=4),), budgets=(4, 6))
+  with pytest.raises(ValueError, match="select must be one of"):
+    from tts_jax.smc import SMCConfig
+    SMCConfig(select="greedy")
+  with pytest.raises(ValueError, match="beam_width must be in"):
+    from tts_jax.smc import SMCConfig
+    SMCConfig(num_particles=8, select="beam", beam_width=9)
+  with pytest.raises(ValueError, match="aggregate must be"):
+    ValuePotential(None, aggregate="mean")

@@ -63,6 +63,9 @@ class Experiment:
     names = [m.name for m in self.methods]
     if len(set(names)) != len(names):
       raise ValueError(f"method names must be unique, got {names}")
+    for m in self.methods:
+      if hasattr(m, "check_budgets"):
+        m.check_budgets(self.budgets)
     if self.num_problems < 1 or self.batch_problems < 1 or self.num_subsets < 1:
       raise ValueError("num_problems, batch_problems and num_subsets must be >= 1")
 

@@ -82,6 +82,11 @@ class _Search:
   def needs(self) -> tuple[str, ...]:
     return ("prm",) if self.verifier == "prm" else ()
 
+  def check_budgets(self, budgets) -> None:
+    """Raises ValueError now for a budget this method cannot run (e.g. N not divisible by M)."""
+    for n in budgets:
+      self.smc_config(n)
+
   def potential(self, models, task):
     if self.verifier == "oracle":
       return _oracle(task, self.transform)
