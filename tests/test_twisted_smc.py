@@ -1,6 +1,5 @@
 """Twisted SMC, log Z bounds and contrastive twist learning against exact enumeration."""
 
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import pytest
 from scipy import stats
 
 from tests.tabular_target import make_target
-from tts_jax.models.tabular import TabularLM
+from tts_jax.models.tabular import TabularLM, enumerate_generations
 from tts_jax.sampling import SamplingParams
 from tts_jax.smc import SMCConfig, run_smc
 from tts_jax.smc.bounds import log_z_bounds
@@ -70,8 +69,6 @@ def test_one_particle_elbo_and_eubo_give_the_exact_kls(target):
   """N = 1, no resampling, a tempered proposal: log Z - ELBO = KL(q||sigma), EUBO - log Z = KL(sigma||q)."""
   temp = 1.6
   seqs, lu, log_z = target.log_sigma()
-  _, log_q = target.lm, None
-  from tts_jax.models.tabular import enumerate_generations
   q_seqs, log_q = enumerate_generations(target.lm, target.params, target.prompt, target.max_new, target.stops,
                                         temperature=temp)
   assert q_seqs == seqs
@@ -132,7 +129,6 @@ def test_ctl_learns_the_optimal_twists_up_to_a_constant():
   learned = np.asarray(learned["logits"])
   seqs, lu, log_z = tgt.log_sigma()
   sigma = np.exp(lu - log_z)
-  v = tgt.lm.vocab_size
 
   def rel_err(table):
     """Per t: sigma-weighted variance of (table - log psi*) over prefixes of length t+1, relative to that of log psi*."""
