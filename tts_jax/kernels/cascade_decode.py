@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from tts_jax.models.attention import attend_partial, merge_partials
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +45,7 @@ class CascadeConfig:
 def cascade_decode_reference(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, suffix_mask,
                              scale: float | None = None):
   """Pure jnp: `attend_partial` over the prefix and over each suffix, merged by log-sum-exp."""
+  from tts_jax.models.attention import attend_partial, merge_partials  # lazily: the models import the kernels
   b, n, hkv, g, d = q.shape
   scale = d ** -0.5 if scale is None else scale
   tp = prefix_k.shape[1]

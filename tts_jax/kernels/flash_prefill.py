@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from tts_jax.models.attention import attend_partial, causal_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +39,7 @@ class FlashConfig:
 
 def flash_prefill_reference(q, k, v, lengths, scale: float | None = None):
   """Pure-jnp causal attention with the kernel's contract (see module docstring)."""
+  from tts_jax.models.attention import attend_partial, causal_mask  # lazily: the models import the kernels
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   return attend_partial(q, k, v, causal_mask(lengths, q.shape[1]), scale)
 

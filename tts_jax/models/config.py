@@ -11,7 +11,7 @@ from typing import Literal
 import jax.numpy as jnp
 
 RopeType = Literal["default", "linear", "llama3"]
-AttentionImpl = Literal["auto", "xla"]
+AttentionImpl = Literal["auto", "xla", "pallas"]
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 
@@ -59,8 +59,9 @@ class ModelConfig:
     max_position_embeddings: longest prompt + generation the model accepts.
     dtype: "float32" or "bfloat16"; parameters and activations. Softmax, norms and
       logits are always computed in float32.
-    attention_impl: "xla" (pure jnp attention) or "auto" (the best path available
-      on the current backend; today the XLA path everywhere).
+    attention_impl: "xla" (pure jnp attention), "pallas" (the Pallas kernels of
+      `tts_jax.kernels`; interpret mode on CPU) or "auto" (Pallas on GPU and TPU,
+      XLA on CPU).
     family: informational name of the architecture ("llama", "qwen2", "qwen3").
   """
 
@@ -95,8 +96,8 @@ class ModelConfig:
       )
     if self.dtype not in SUPPORTED_DTYPES:
       raise ValueError(f"unsupported dtype {self.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
-    if self.attention_impl not in ("auto", "xla"):
-      raise ValueError(f"attention_impl must be 'auto' or 'xla', got {self.attention_impl!r}")
+    if self.attention_impl not in ("auto", "xla", "pallas"):
+      raise ValueError(f"attention_impl must be 'auto', 'xla' or 'pallas', got {self.attention_impl!r}")
 
   @property
   def jnp_dtype(self):

@@ -27,6 +27,9 @@ from tts_jax.models.attention import attend_partial, causal_mask, merge_partials
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.rope import rope_tables
 from tts_jax.models.transformer import Decoder
+from tts_jax.kernels.cascade_decode import cascade_decode
+from tts_jax.kernels.dispatch import use_pallas
+from tts_jax.kernels.flash_prefill import flash_prefill
 
 
 @struct.dataclass
@@ -104,6 +107,18 @@ class LanguageModel:
   def _scale(self) -> float:
     return self.config.head_dim ** -0.5
 
+  def _causal_attend(self, mask, lengths):
+    """Causal self-attention over right-padded rows: the Pallas flash kernel or XLA."""
+    pallas, interpret = use_pallas(self.config.attention_impl)
+    scale = self._scale()
+
+    def attend(layer, q, k, v):
+      if pallas:
+        return flash_prefill(q, k, v, lengths, scale=scale, interpret=interpret)[0]
+      return attend_partial(q, k, v, mask, scale)[0]
+
+    return attend
+
   def forward(self, params, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     """Full-sequence logits without a cache.
 
@@ -120,9 +135,7 @@ class LanguageModel:
     mask = causal_mask(lengths, t)
     cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
 
-    def attend(layer, q, k, v):
-      return attend_partial(q, k, v, mask, self._scale())[0]
-
+    attend = self._causal_attend(mask, lengths)
     model = self._module(params)
     return model.output(model.hidden(tokens, cos, sin, attend))
 
@@ -143,10 +156,12 @@ class LanguageModel:
     cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
     ks, vs = [], []
 
+    causal = self._causal_attend(mask, lengths)
+
     def attend(layer, q, k, v):
       ks.append(k)
       vs.append(v)
-      return attend_partial(q, k, v, mask, self._scale())[0]
+      return causal(layer, q, k, v)
 
     model = self._module(params)
     h = model.hidden(tokens, cos, sin, attend)
@@ -201,6 +216,7 @@ class LanguageModel:
     suffix_mask = mask.reshape(b * n, 1, -1)
     new_k, new_v = [], []
     scale = self._scale()
+    pallas, interpret = use_pallas(self.config.attention_impl)
 
     def attend(layer, q, k, v):
       # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
@@ -213,6 +229,10 @@ class LanguageModel:
       new_k.append(sk)
       new_v.append(sv)
       hkv, g, d = q.shape[-3:]
+      if pallas:
+        o = cascade_decode(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix.lengths, sk, sv, mask,
+                           scale=scale, interpret=interpret)[0]
+        return o[:, :, None]
       o_p, lse_p = attend_partial(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix_mask, scale)
       o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, -1, hkv, d),
                                   sv.reshape(b * n, -1, hkv, d), suffix_mask, scale)

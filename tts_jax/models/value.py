@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tts_jax.models.attention import attend_partial, causal_mask
+from tts_jax.models.attention import causal_mask
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.lm import LanguageModel
 from tts_jax.models.rope import rope_tables
@@ -47,11 +47,7 @@ class ValueModel:
     lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
     mask = causal_mask(lengths, t)
     cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
-    scale = self.config.head_dim ** -0.5
-
-    def attend(layer, q, k, v):
-      return attend_partial(q, k, v, mask, scale)[0]
-
+    attend = self.as_lm()._causal_attend(mask, lengths)
     model = nnx.merge(self.graphdef, params)
     return model.output(model.hidden(tokens, cos, sin, attend))
 

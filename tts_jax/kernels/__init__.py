@@ -1,0 +1,14 @@
+"""Pallas kernels: causal flash prefill and shared-prefix (cascade) decode attention.
+
+Each kernel has a pure-jnp `*_reference` with the same contract, a block-size config,
+and runs with `interpret=True` on CPU. `use_pallas(impl)` is the model's dispatch rule.
+"""
+
+from tts_jax.kernels.cascade_decode import (CascadeConfig, cascade_decode, cascade_decode_reference,
+                                            prefix_attention)
+from tts_jax.kernels.dispatch import use_pallas
+from tts_jax.kernels.flash_prefill import FlashConfig, flash_prefill, flash_prefill_reference
+
+
+__all__ = ["CascadeConfig", "cascade_decode", "cascade_decode_reference", "prefix_attention", "FlashConfig",
+           "flash_prefill", "flash_prefill_reference", "use_pallas"]
