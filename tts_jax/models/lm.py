@@ -25,6 +25,7 @@ from flax import nnx, struct
 
 from tts_jax.models.attention import attend_partial, causal_mask, merge_partials
 from tts_jax.models.config import ModelConfig
+from tts_jax.models.paged import PagedKVCache, init_paged_cache
 from tts_jax.models.rope import rope_tables
 from tts_jax.models.transformer import Decoder
 from tts_jax.kernels.cascade_decode import cascade_decode
@@ -199,10 +200,12 @@ class LanguageModel:
     b, n = tokens.shape
     if active is None:
       active = jnp.ones((b, n), bool)
-    step = cache.step
     prefix = cache.prefix
     positions = prefix.lengths[:, None] + cache.lengths  # [B, N]
     cos, sin = rope_tables(self.config, positions[..., None])
+    if isinstance(cache, PagedKVCache):
+      return self._decode_paged(params, tokens, cache, active, cos, sin)
+    step = cache.step
     if cache.compact:
       here = jax.nn.one_hot(cache.lengths, cache.capacity, dtype=bool) & active[..., None]  # [B, N, Ts]
       mask = cache.mask | here
@@ -210,13 +213,7 @@ class LanguageModel:
       slots = jnp.where(active, cache.lengths, cache.capacity)  # out of range: not written
     else:
       mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
-    tp = prefix.k[0].shape[1]
-    prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :],
-                                   (b, n, tp))
-    suffix_mask = mask.reshape(b * n, 1, -1)
     new_k, new_v = [], []
-    scale = self._scale()
-    pallas, interpret = use_pallas(self.config.attention_impl)
 
     def attend(layer, q, k, v):
       # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
@@ -228,22 +225,54 @@ class LanguageModel:
         sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
       new_k.append(sk)
       new_v.append(sv)
-      hkv, g, d = q.shape[-3:]
-      if pallas:
-        o = cascade_decode(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix.lengths, sk, sv, mask,
-                           scale=scale, interpret=interpret)[0]
-        return o[:, :, None]
-      o_p, lse_p = attend_partial(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix_mask, scale)
-      o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, -1, hkv, d),
-                                  sv.reshape(b * n, -1, hkv, d), suffix_mask, scale)
-      o, _ = merge_partials(o_p, lse_p, o_s.reshape(b, n, hkv, g, d), lse_s.reshape(b, n, hkv, g))
-      return o[:, :, None]
+      return self._shared_prefix_attend(q, prefix, layer, sk, sv, mask)
 
     model = self._module(params)
     h = model.hidden(tokens[..., None], cos, sin, attend)[:, :, 0]
     new_cache = KVCache(prefix=prefix, k=tuple(new_k), v=tuple(new_v), mask=mask,
                         lengths=cache.lengths + active.astype(jnp.int32), step=step + 1, compact=cache.compact)
     return model.output(h), new_cache
+
+
+  def _shared_prefix_attend(self, q, prefix, layer, sk, sv, mask):
+    """q [B, N, 1, Hkv, G, D] over the shared prompt KV and each sample's suffix sk, sv
+    [B, N, Ts, Hkv, D] (valid slots: mask bool[B, N, Ts]), merged by log-sum-exp."""
+    b, n, _, hkv, g, d = q.shape
+    scale = self._scale()
+    pallas, interpret = use_pallas(self.config.attention_impl)
+    if pallas:
+      o = cascade_decode(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix.lengths, sk, sv, mask,
+                         scale=scale, interpret=interpret)[0]
+      return o[:, :, None]
+    tp = prefix.k[0].shape[1]
+    prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n, tp))
+    o_p, lse_p = attend_partial(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix_mask, scale)
+    o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, -1, hkv, d),
+                                sv.reshape(b * n, -1, hkv, d), mask.reshape(b * n, 1, -1), scale)
+    o, _ = merge_partials(o_p, lse_p, o_s.reshape(b, n, hkv, g, d), lse_s.reshape(b, n, hkv, g))
+    return o[:, :, None]
+
+  def init_paged_cache(self, prefix: PrefixCache, num_samples: int, max_len: int, page_size: int = 16,
+                       num_pages: int = 0) -> PagedKVCache:
+    """A paged suffix cache (see `tts_jax.models.paged`): resampling moves block tables."""
+    return init_paged_cache(prefix, self.config, num_samples, max_len, page_size, num_pages)
+
+  def _decode_paged(self, params, tokens, cache: PagedKVCache, active, cos, sin):
+    cache, page, offset = cache.prepare_write(active)
+    lengths = cache.lengths + active.astype(jnp.int32)
+    mask = cache.mask(lengths)
+    new_k, new_v = [], []
+
+    def attend(layer, q, k, v):
+      kp, vp = cache.write_layer(layer, page, offset, k[:, :, 0], v[:, :, 0])
+      new_k.append(kp)
+      new_v.append(vp)
+      sk, sv = cache.view(kp, vp)
+      return self._shared_prefix_attend(q, cache.prefix, layer, sk, sv, mask)
+
+    model = self._module(params)
+    h = model.hidden(tokens[..., None], cos, sin, attend)[:, :, 0]
+    return model.output(h), cache.replace(k=tuple(new_k), v=tuple(new_v), lengths=lengths)
 
 
 def init(config: ModelConfig, seed: int = 0) -> tuple[LanguageModel, dict]:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from tts_jax.models.paged import check_pages
 from tts_jax.sampling.logits import SamplingParams, process_logits
 from tts_jax.smc.potentials import as_potential, gather_state
 from tts_jax.smc.resampling import SCHEMES, ess, get_resampler
@@ -65,6 +66,9 @@ class SMCConfig:
   beam_width, group_size: survivors per group and the group size (select="beam";
     group_size 0 = N). dedup: identical particles count once in beam selection.
   proposal: the sampling distribution before twisting. pad_id fills unused positions.
+  page_size: > 0 keeps the policy's suffix KV in a paged cache (`tts_jax.models.paged`):
+    selection moves block tables and copies only duplicated partial pages; num_pages
+    pages per prompt (0: enough for no sharing at all).
   """
 
   num_particles: int = 8
@@ -81,6 +85,8 @@ class SMCConfig:
   dedup: bool = True
   proposal: SamplingParams = SamplingParams()
   pad_id: int = 0
+  page_size: int = 0
+  num_pages: int = 0
 
   def __post_init__(self):
     if self.num_particles < 1 or self.max_new_tokens < 1:
@@ -295,7 +301,6 @@ def _beam(cfg: SMCConfig, p: Particles) -> Particles:
   return _move(p, anc).replace(num_resamples=p.num_resamples + 1)
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "cfg", "potential", "twist"))
 def run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential, potential_params=None,
             twist=None, twist_params=None, reference_tokens=None, reference_lengths=None) -> Particles:
   """Runs the engine from B prompts.
@@ -314,7 +319,19 @@ def run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, p
   Returns:
     The final `Particles` (weights are not resampled after the last step:
     `final_log_z()` is log Z_hat, `normalized_weights()` the final importance weights).
+
+  Raises RuntimeError if a paged cache (cfg.page_size > 0) ran out of pages.
   """
+  p = _run_smc(lm, params, prompt_tokens, prompt_lengths, key, cfg=cfg, potential=potential,
+               potential_params=potential_params, twist=twist, twist_params=twist_params,
+               reference_tokens=reference_tokens, reference_lengths=reference_lengths)
+  check_pages(p.cache)
+  return p
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "cfg", "potential", "twist"))
+def _run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg, potential, potential_params, twist,
+             twist_params, reference_tokens, reference_lengths) -> Particles:
   potential = as_potential(potential)
   b, n, t_max = prompt_tokens.shape[0], cfg.num_particles, cfg.max_new_tokens
   reference = None
@@ -341,7 +358,8 @@ def run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, p
                 ancestors=jnp.broadcast_to(jnp.arange(n), (b, n)), num_resamples=jnp.zeros((b,), jnp.int32),
                 decoded=jnp.zeros((b,), jnp.int32), hash=jnp.zeros((b, n, 2), jnp.uint32),
                 logits=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])), twist_out=twist_out,
-                cache=lm.init_cache(prefix, n, t_max, compact=True), twist_cache=twist_cache,
+                cache=(lm.init_paged_cache(prefix, n, t_max, cfg.page_size, cfg.num_pages) if cfg.page_size
+                       else lm.init_cache(prefix, n, t_max, compact=True)), twist_cache=twist_cache,
                 potential_state=potential.init(potential_params, prompt_tokens, prompt_lengths, n, t_max))
 
   def cond(c):
