@@ -176,7 +176,7 @@ class LanguageModel:
     b = prefix.lengths.shape[0]
     shape = (b, num_samples, max_len, c.num_kv_heads, c.head_dim)
     zeros = tuple(jnp.zeros(shape, c.jnp_dtype) for _ in range(c.num_layers))
-    return KVCache(prefix=prefix, k=zeros, v=zeros,
+    return KVCache(prefix=prefix, k=zeros, v=tuple(jnp.zeros_like(x) for x in zeros),
                    mask=jnp.zeros((b, num_samples, max_len), bool),
                    lengths=jnp.zeros((b, num_samples), jnp.int32), step=jnp.zeros((), jnp.int32),
                    compact=compact)

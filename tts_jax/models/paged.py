@@ -150,7 +150,7 @@ def init_paged_cache(prefix, config, num_particles: int, max_len: int, page_size
   b = prefix.lengths.shape[0]
   shape = (b, num_pages, page_size, config.num_kv_heads, config.head_dim)
   zeros = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
-  return PagedKVCache(prefix=prefix, k=zeros, v=zeros, table=jnp.full((b, num_particles, m), -1, jnp.int32),
+  return PagedKVCache(prefix=prefix, k=zeros, v=tuple(jnp.zeros_like(x) for x in zeros), table=jnp.full((b, num_particles, m), -1, jnp.int32),
                       refcount=jnp.zeros((b, num_pages), jnp.int32),
                       lengths=jnp.zeros((b, num_particles), jnp.int32), oom=jnp.zeros((b,), bool),
                       page_size=page_size)
