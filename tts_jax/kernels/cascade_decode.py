@@ -27,6 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from tts_jax.kernels.dispatch import compiler_params as _compiler_params
+
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +127,9 @@ def _pad(x, axis, multiple):
   return jnp.pad(x, widths)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret", "platform"))
 def prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale: float | None = None,
-                     config: CascadeConfig = CascadeConfig(), interpret: bool = False):
+                     config: CascadeConfig = CascadeConfig(), interpret: bool = False, platform: str | None = None):
   """Phase 1 alone: all particles of each prompt over the shared prompt KV, read once per
   (prompt, KV head). Returns (out, m, l) as `cascade_decode` for the prefix keys only."""
   b, n, hkv, g, d = q.shape
@@ -147,16 +151,19 @@ def prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale: float | None 
                  jax.ShapeDtypeStruct((b, n, hkv, g), jnp.float32),
                  jax.ShapeDtypeStruct((b, n, hkv, g), jnp.float32)],
       interpret=interpret,
+      compiler_params=_compiler_params(platform),
   )(prefix_lengths.astype(jnp.int32), q, pk, pv)
   return o, m, l
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret", "platform"))
 def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, suffix_mask,
-                   scale: float | None = None, config: CascadeConfig = CascadeConfig(), interpret: bool = False):
+                   scale: float | None = None, config: CascadeConfig = CascadeConfig(), interpret: bool = False,
+                   platform: str | None = None):
   """Decode attention of N particles per prompt over the shared prompt KV + private suffix KV.
 
   See the module docstring for shapes. interpret: run in Pallas interpret mode (CPU).
+  platform: the lowering target ("gpu" selects the Triton backend; default: the current backend).
   """
   b, n, hkv, g, d = q.shape
   if prefix_k.shape[0] != b or prefix_k.shape[2:] != (hkv, d) or suffix_k.shape[:2] != (b, n) \
@@ -164,7 +171,7 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
     raise ValueError(f"shape mismatch: q {q.shape}, prefix_k {prefix_k.shape}, suffix_k {suffix_k.shape}, "
                      f"suffix_mask {suffix_mask.shape}")
   scale = d ** -0.5 if scale is None else scale
-  o_p, m_p, l_p = prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale, config, interpret)
+  o_p, m_p, l_p = prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale, config, interpret, platform)
   blk = min(config.block_suffix, pl.next_power_of_2(suffix_k.shape[2]))
   sk, sv = _pad(suffix_k, 2, blk), _pad(suffix_v, 2, blk)
   mask = _pad(suffix_mask.astype(jnp.int32), 2, blk)
@@ -187,4 +194,5 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
                  jax.ShapeDtypeStruct((b, n, hkv, g), jnp.float32),
                  jax.ShapeDtypeStruct((b, n, hkv, g), jnp.float32)],
       interpret=interpret,
+      compiler_params=_compiler_params(platform),
   )(q, sk, sv, mask, o_p, m_p, l_p)

@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from tts_jax.kernels.dispatch import compiler_params as _compiler_params
+
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,15 +91,16 @@ def _pad_to(x, axis, multiple):
   return jnp.pad(x, widths)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret"))
+@functools.partial(jax.jit, static_argnames=("scale", "config", "interpret", "platform"))
 def flash_prefill(q, k, v, lengths, scale: float | None = None, config: FlashConfig = FlashConfig(),
-                  interpret: bool = False):
+                  interpret: bool = False, platform: str | None = None):
   """Causal flash attention over right-padded rows.
 
   Args:
     q: [B, T, Hkv, G, D]; k, v: [B, T, Hkv, D]; lengths: int32[B] real tokens per row.
     scale: q.k multiplier (default D ** -0.5). config: block sizes.
     interpret: run the Pallas kernel in interpret mode (required on CPU).
+    platform: the lowering target ("gpu" selects the Triton backend; default: the current backend).
 
   Returns:
     (out float32[B, T, Hkv, G, D], lse float32[B, T, Hkv, G]).
@@ -126,6 +131,7 @@ def flash_prefill(q, k, v, lengths, scale: float | None = None, config: FlashCon
       out_shape=[jax.ShapeDtypeStruct((b, hkv * g, tp, d), jnp.float32),
                  jax.ShapeDtypeStruct((b, hkv * g, tp), jnp.float32)],
       interpret=interpret,
+      compiler_params=_compiler_params(platform),
   )(lengths.astype(jnp.int32), qh, kh, vh)
   out = out[:, :, :t].transpose(0, 2, 1, 3).reshape(b, t, hkv, g, d)
   lse = lse[:, :, :t].transpose(0, 2, 1).reshape(b, t, hkv, g)
