@@ -181,8 +181,8 @@ class ParticleFiltering(_Search):
 
 
 @dataclasses.dataclass(frozen=True)
-class BeamSearch(_Search):
-  """Step-level beam search: width N / M, M expansions per beam, ranked by the PRM."""
+class _TreeSearch(_Search):
+  """Fields of the tree searches: M = `expansions` per kept particle, ranked by the PRM."""
 
   verifier: Literal["prm", "oracle"] = "prm"
   expansions: int = 4
@@ -190,6 +190,12 @@ class BeamSearch(_Search):
   transform: Literal["log", "logit"] = "log"
   final: Final = "argmax"
   max_step_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearch(_TreeSearch):
+  """Step-level beam search: width N / M, M expansions per beam."""
+
   name: str = "beam search (PRM)"
 
   def smc_config(self, n, **kw):
@@ -197,15 +203,9 @@ class BeamSearch(_Search):
 
 
 @dataclasses.dataclass(frozen=True)
-class DVTS(_Search):
+class DVTS(_TreeSearch):
   """Diverse verifier tree search: N / M independent subtrees of M expansions."""
 
-  verifier: Literal["prm", "oracle"] = "prm"
-  expansions: int = 4
-  aggregate: Literal["last", "prod", "min"] = "last"
-  transform: Literal["log", "logit"] = "log"
-  final: Final = "argmax"
-  max_step_tokens: int = 0
   name: str = "DVTS (PRM)"
 
   def smc_config(self, n, **kw):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from tts_jax.kernels.blocks import check_powers_of_two, pad_to_multiple
 from tts_jax.kernels.dispatch import compiler_params as _compiler_params
 
 
@@ -41,9 +42,7 @@ class CascadeConfig:
   block_suffix: int = 64
 
   def __post_init__(self):
-    for v in (self.block_prefix, self.block_suffix):
-      if v < 1 or v & (v - 1):
-        raise ValueError(f"block sizes must be powers of two, got {self}")
+    check_powers_of_two(self)
 
 
 def cascade_decode_reference(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, suffix_mask,
@@ -118,15 +117,6 @@ def _suffix_kernel(q_ref, k_ref, v_ref, mask_ref, op_ref, mp_ref, lp_ref, o_ref,
   l_ref[...] = l
 
 
-def _pad(x, axis, multiple):
-  pad = (-x.shape[axis]) % multiple
-  if not pad:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths)
-
-
 @functools.partial(jax.jit, static_argnames=("scale", "config", "interpret", "platform"))
 def prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale: float | None = None,
                      config: CascadeConfig = CascadeConfig(), interpret: bool = False, platform: str | None = None):
@@ -135,7 +125,7 @@ def prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale: float | None 
   b, n, hkv, g, d = q.shape
   scale = d ** -0.5 if scale is None else scale
   blk = min(config.block_prefix, pl.next_power_of_2(prefix_k.shape[1]))
-  pk, pv = _pad(prefix_k, 1, blk), _pad(prefix_v, 1, blk)
+  pk, pv = pad_to_multiple(prefix_k, 1, blk), pad_to_multiple(prefix_v, 1, blk)
   tp = pk.shape[1]
   o, m, l = pl.pallas_call(
       functools.partial(_prefix_kernel, scale=scale, block=blk),
@@ -173,8 +163,8 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
   scale = d ** -0.5 if scale is None else scale
   o_p, m_p, l_p = prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale, config, interpret, platform)
   blk = min(config.block_suffix, pl.next_power_of_2(suffix_k.shape[2]))
-  sk, sv = _pad(suffix_k, 2, blk), _pad(suffix_v, 2, blk)
-  mask = _pad(suffix_mask.astype(jnp.int32), 2, blk)
+  sk, sv = pad_to_multiple(suffix_k, 2, blk), pad_to_multiple(suffix_v, 2, blk)
+  mask = pad_to_multiple(suffix_mask.astype(jnp.int32), 2, blk)
   ts = sk.shape[2]
   row = lambda i, j, h: (i, j, h, 0)
   return pl.pallas_call(

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from tts_jax.kernels.blocks import check_powers_of_two, pad_to_multiple
 from tts_jax.kernels.dispatch import compiler_params as _compiler_params
 
 
@@ -36,9 +37,7 @@ class FlashConfig:
   block_k: int = 64
 
   def __post_init__(self):
-    for v in (self.block_q, self.block_k):
-      if v < 1 or v & (v - 1):
-        raise ValueError(f"block sizes must be powers of two, got {self}")
+    check_powers_of_two(self)
 
 
 def flash_prefill_reference(q, k, v, lengths, scale: float | None = None):
@@ -82,15 +81,6 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_q, blo
   lse_ref[...] = jnp.where(ok, jnp.log(jnp.where(ok, l, 1.0)) + m, -jnp.inf)
 
 
-def _pad_to(x, axis, multiple):
-  pad = (-x.shape[axis]) % multiple
-  if not pad:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths)
-
-
 @functools.partial(jax.jit, static_argnames=("scale", "config", "interpret", "platform"))
 def flash_prefill(q, k, v, lengths, scale: float | None = None, config: FlashConfig = FlashConfig(),
                   interpret: bool = False, platform: str | None = None):
@@ -111,9 +101,9 @@ def flash_prefill(q, k, v, lengths, scale: float | None = None, config: FlashCon
   scale = d ** -0.5 if scale is None else scale
   bq, bk = min(config.block_q, t), min(config.block_k, t)
   blk = max(bq, bk)  # both powers of two (or t itself): the larger is a multiple of the smaller
-  qh = _pad_to(q.reshape(b, t, hkv * g, d).transpose(0, 2, 1, 3), 2, blk)  # [B, H, Tp, D]
-  kh = _pad_to(k.transpose(0, 2, 1, 3), 2, blk)  # [B, Hkv, Tp, D]
-  vh = _pad_to(v.transpose(0, 2, 1, 3), 2, blk)
+  qh = pad_to_multiple(q.reshape(b, t, hkv * g, d).transpose(0, 2, 1, 3), 2, blk)  # [B, H, Tp, D]
+  kh = pad_to_multiple(k.transpose(0, 2, 1, 3), 2, blk)  # [B, Hkv, Tp, D]
+  vh = pad_to_multiple(v.transpose(0, 2, 1, 3), 2, blk)
   tp = qh.shape[2]
   bq, bk = (bq, bk) if tp % bq == 0 and tp % bk == 0 else (blk, blk)
   kernel = functools.partial(_kernel, scale=scale, block_q=bq, block_k=bk)
