@@ -19,31 +19,19 @@ on the same device.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 
 from tts_jax.kernels import cascade_decode, cascade_decode_reference
+from timing import timed
 
 HQ, HKV, D = 32, 8, 128
-
-
-def timed(f, *args, repeats=5):
-  jax.block_until_ready(f(*args))
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts)
 
 
 def peak_bandwidth(dtype) -> float:
   """Bytes/s of a large device copy (read + write)."""
   x = jnp.ones((64 * 1024 * 1024 // jnp.dtype(dtype).itemsize,), dtype)
-  t = timed(jax.jit(lambda x: x * 2), x)
+  _, t = timed(jax.jit(lambda x: x * 2), x, repeats=5)
   return 2 * x.nbytes / t
 
 
@@ -87,7 +75,7 @@ def main():
       min_bytes = 2 * (tp + n * a.suffix) * HKV * D * dt.itemsize
       base = None
       for name, f in paths.items():
-        t = timed(f, q, pk, pv, plen, sk, sv, mask, repeats=3)
+        _, t = timed(f, q, pk, pv, plen, sk, sv, mask, repeats=3)
         base = t if base is None else base
         bw = min_bytes / t
         print(f"{n:4d} {tp:6d} {name:12s} {1e3 * t:9.2f} {min_bytes / 1e6:9.1f} {bw / 1e9:7.1f} {100 * bw / peak:6.1f} "

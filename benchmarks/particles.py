@@ -18,9 +18,6 @@ No stop token: every particle generates exactly --new-tokens tokens, in steps of
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 
@@ -30,6 +27,7 @@ from tts_jax.sampling import sample
 from tts_jax.search import best_of_n, particle_filter
 from tts_jax.smc import run_smc
 from tts_jax.smc.potentials import ValuePotential
+from timing import timed
 
 
 def zero(tokens, lengths, done):
@@ -40,18 +38,6 @@ def hashed(tokens, lengths, done):
   """A cheap potential that differs between particles: -((sum of tokens) mod 13) / 4."""
   mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
   return -(jnp.sum(jnp.where(mask, tokens, 0), axis=-1) % 13) / 4.0
-
-
-def timed(fn, repeats):
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
 
 
 def main():
@@ -92,7 +78,7 @@ def main():
   base = None
   print(f"{'run':8s} {'compile+1st s':>13s} {'median s':>9s} {'tok/s':>8s} {'vs sample':>9s}")
   for name, fn in runs.items():
-    first, med = timed(lambda: fn(jax.random.key(0)), a.repeats)
+    first, med = timed(fn, jax.random.key(0), repeats=a.repeats)
     base = med if base is None else base
     print(f"{name:8s} {first:13.2f} {med:9.3f} {tokens / med:8.0f} {med / base:8.2f}x")
 

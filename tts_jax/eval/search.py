@@ -78,6 +78,11 @@ class _Search:
   define `smc_config(n, **engine_kwargs) -> SMCConfig`."""
 
   kind = "search"
+  verifier: Literal["prm", "oracle"] = "prm"
+  aggregate: Literal["last", "prod", "min"] = "last"
+  transform: Literal["log", "logit"] = "log"
+  final: Final = "argmax"
+  max_step_tokens: int = 0
 
   def needs(self) -> tuple[str, ...]:
     return ("prm",) if self.verifier == "prm" else ()
@@ -162,14 +167,10 @@ class ParticleFiltering(_Search):
   weight. `incremental=True, transform="log"` is proper SMC for p(x) PRM(x) with
   ESS-triggered resampling."""
 
-  verifier: Literal["prm", "oracle"] = "prm"
-  aggregate: Literal["last", "prod", "min"] = "last"
   transform: Literal["log", "logit"] = "logit"
   incremental: bool = False
   resampler: str = "multinomial"
   ess_threshold: float = 1.0
-  final: Final = "argmax"
-  max_step_tokens: int = 0
   name: str = "particle filtering (PRM)"
 
   def smc_config(self, n, **kw):
@@ -184,12 +185,7 @@ class ParticleFiltering(_Search):
 class _TreeSearch(_Search):
   """Fields of the tree searches: M = `expansions` per kept particle, ranked by the PRM."""
 
-  verifier: Literal["prm", "oracle"] = "prm"
   expansions: int = 4
-  aggregate: Literal["last", "prod", "min"] = "last"
-  transform: Literal["log", "logit"] = "log"
-  final: Final = "argmax"
-  max_step_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,9 @@ class LogZBounds:
   eubo: float
   smc_lower_se: float
   csmc_upper_se: float
+  iwae_lower_se: float
+  iwae_upper_se: float
+  elbo_se: float
 
   @property
   def kl_q_sigma(self) -> tuple[float, float]:
@@ -75,4 +78,5 @@ def log_z_bounds(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConf
   eubo = runs["iwae_upper"].log_weights[:, 0]  # the reference's log w is an EUBO sample
   return LogZBounds(smc_lower=est["smc_lower"][0], csmc_upper=est["csmc_upper"][0], iwae_lower=est["iwae_lower"][0],
                     iwae_upper=est["iwae_upper"][0], elbo=_mean_se(elbo)[0], eubo=_mean_se(eubo)[0],
-                    smc_lower_se=est["smc_lower"][1], csmc_upper_se=est["csmc_upper"][1])
+                    smc_lower_se=est["smc_lower"][1], csmc_upper_se=est["csmc_upper"][1],
+                    iwae_lower_se=est["iwae_lower"][1], iwae_upper_se=est["iwae_upper"][1], elbo_se=_mean_se(elbo)[1])

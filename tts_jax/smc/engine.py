@@ -195,6 +195,7 @@ def _extend(lm, params, twist, twist_params, potential, potential_params, cfg: S
   start_len = p.length
   waiting0 = p.done
   prop = cfg.proposal
+  plain = prop == SamplingParams()  # the proposal is the model itself: one log-softmax serves both
   slot_ids = jnp.arange(n)[None, :] * t_max
 
   def cond(c):
@@ -203,8 +204,9 @@ def _extend(lm, params, twist, twist_params, potential, potential_params, cfg: S
   def body(c):
     p, waiting, logw = c
     active = ~waiting
-    logq_all = process_logits(p.logits, temperature=prop.temperature, top_k=prop.top_k, top_p=prop.top_p,
-                              min_p=prop.min_p)
+    logp_all = jax.nn.log_softmax(p.logits, axis=-1)
+    logq_all = logp_all if plain else process_logits(p.logits, temperature=prop.temperature, top_k=prop.top_k,
+                                                     top_p=prop.top_p, min_p=prop.min_p)
     if p.twist_out is not None:
       logq_all = jax.nn.log_softmax(logq_all + p.twist_out, axis=-1)
     tok_keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)))(keys, slot_ids + p.length)
@@ -217,7 +219,7 @@ def _extend(lm, params, twist, twist_params, potential, potential_params, cfg: S
       tok = jnp.where(forced, ref_tok, tok)
     tok = jnp.where(active, tok, cfg.pad_id)
     pick = lambda x: jnp.where(active, jnp.take_along_axis(x, tok[..., None], axis=-1)[..., 0], 0.0)
-    lp, lq = pick(jax.nn.log_softmax(p.logits, axis=-1)), pick(logq_all)
+    lp, lq = pick(logp_all), pick(logq_all)
     # Tokens go to each particle's own next position (slot = length), written via a one-hot mask.
     slot = jax.nn.one_hot(p.length, t_max, dtype=bool) & active[..., None]
     length = p.length + active.astype(jnp.int32)
