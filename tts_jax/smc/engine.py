@@ -259,13 +259,16 @@ def _resample(cfg: SMCConfig, keys, p: Particles, conditional: bool) -> Particle
   b, n = p.log_weights.shape
   resampler = get_resampler(cfg.resampler)
   need = (ess(p.log_weights) < cfg.ess_threshold * n) | (cfg.ess_threshold >= 1.0)  # 1: every step
+  need &= ~jnp.all(p.done, axis=1)  # a finished prompt is never selected again
   anc = jax.vmap(lambda k, lw: resampler(k, lw, n))(keys, p.log_weights)
   if conditional:
     anc = anc.at[:, 0].set(0)
   anc = jnp.where(need[:, None], anc, jnp.arange(n)[None, :])
   log_mean = jax.nn.logsumexp(p.log_weights, axis=-1) - jnp.log(n)
+  live = ~jnp.all(p.done, axis=1)
+  prev = p.ancestors
   p = _move(p, anc)
-  return p.replace(log_weights=jnp.where(need[:, None], 0.0, p.log_weights),
+  return p.replace(ancestors=jnp.where(live[:, None], anc, prev), log_weights=jnp.where(need[:, None], 0.0, p.log_weights),
                    log_z=jnp.where(need, p.log_z + log_mean, p.log_z),
                    num_resamples=p.num_resamples + need.astype(jnp.int32))
 
@@ -300,7 +303,10 @@ def _beam(cfg: SMCConfig, p: Particles) -> Particles:
   anc = jax.vmap(functools.partial(_beam_group, width=cfg.beam_width, dedup=cfg.dedup))(
       split(p.log_potential), split(p.done), split(p.hash), split(p.length))
   anc = (anc.reshape(b, n // g, g) + (jnp.arange(n // g) * g)[None, :, None]).reshape(b, n)
-  return _move(p, anc).replace(num_resamples=p.num_resamples + 1)
+  live = ~jnp.all(p.done, axis=1)  # a finished prompt is never selected again
+  anc = jnp.where(live[:, None], anc, jnp.arange(n)[None, :])
+  return _move(p, anc).replace(ancestors=jnp.where(live[:, None], anc, p.ancestors),
+                               num_resamples=p.num_resamples + live.astype(jnp.int32))
 
 
 def run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential, potential_params=None,
@@ -372,14 +378,15 @@ def _run_smc(lm, params, prompt_tokens, prompt_lengths, key, *, cfg, potential, 
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s))(keys)
     k_ext, k_sel = jax.vmap(jax.random.split, out_axes=1)(step_keys)
     before = p.length
+    live = ~jnp.all(p.done, axis=1)
     p, logw = _extend(lm, params, twist, twist_params, potential, potential_params, cfg, k_ext, p, reference)
     extended = p.length > before
     log_phi, pot_state = potential.score(potential_params, p.potential_state, p.tokens, p.length, p.done, extended)
     log_phi = jnp.where(extended, log_phi, p.log_potential)
     if cfg.incremental:
       log_weights = p.log_weights + jnp.where(extended, logw + log_phi - p.log_potential, 0.0)
-    else:
-      log_weights = log_phi
+    else:  # the current potential (Puri et al.); a prompt finished before this round keeps its weights
+      log_weights = jnp.where(live[:, None], log_phi, p.log_weights)
     p = p.replace(log_weights=log_weights, log_potential=log_phi, potential_state=pot_state)
     if cfg.select == "resample":
       select = lambda p: _resample(cfg, k_sel, p, reference is not None)
