@@ -4,7 +4,7 @@
 
 Side by side in this process, on one random Qwen2-architecture policy (float32):
   sample      `tts_jax.sampling.sample`: N samples per prompt, no selection (the baseline);
-  engine      `run_smc` with select="none" and a constant potential (the engine's own cost:
+  engine      `run_smc` with `NoSelect()` (best_of_n) and a constant potential (the engine's own cost:
               per-particle step boundaries and KV slots);
   pf          particle filtering, resampling at every step (systematic), with a cheap
               token-hash potential so that weights differ and resampling moves particles:
@@ -26,7 +26,7 @@ from tts_jax.models.value import init_value
 from tts_jax.sampling import sample
 from tts_jax.search import best_of_n, particle_filter
 from tts_jax.smc import run_smc
-from tts_jax.smc.potentials import ValuePotential
+from tts_jax.verifiers import ValuePotential
 from timing import timed
 
 

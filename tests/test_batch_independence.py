@@ -5,6 +5,8 @@ with prompts that keep running after A's particles have all finished: a finished
 prompt is never selected again.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from tests.tabular_target import make_target
 from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
+from tts_jax.smc import run_smc
 
 V, T = 4, 6
 FIELDS = ("tokens", "length", "logp", "logq", "log_weights", "log_potential", "log_z", "done", "steps",
@@ -23,12 +26,13 @@ def target():
   return make_target(vocab=V, max_new=T, prompt=(1, 2), stops=(3,), seed=11, phi_scale=1.0)
 
 
-STRATEGIES = {
-    "multinomial-1": particle_filter(6, resampler="multinomial", ess_threshold=1.0),
-    "systematic-0.5": particle_filter(6, resampler="systematic", ess_threshold=0.5),
-    "residual-1": particle_filter(6, resampler="residual", ess_threshold=1.0),
-    "stratified-puri": particle_filter(6, resampler="stratified", ess_threshold=1.0, incremental=False),
+STRATEGIES = {  # every selection strategy of the library, in each of its modes
+    "multinomial-1": particle_filter(6, "multinomial", 1.0),
+    "systematic-0.5": particle_filter(6, "systematic", 0.5),
+    "residual-1": particle_filter(6, "residual", 1.0),
+    "stratified-puri": particle_filter(6, "stratified", 1.0, incremental=False),
     "beam": beam_search(6, 3),
+    "beam-no-dedup": beam_search(6, 2, dedup=False),
     "dvts": dvts(6, 2),
     "none": best_of_n(6),
 }
@@ -36,8 +40,6 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_alone_equals_batched(target, name):
-  from tts_jax.smc import run_smc
-  import dataclasses
   cfg = dataclasses.replace(STRATEGIES[name], max_new_tokens=T, stop_tokens=(3,), delimiters=(0,))
   # Batch-mates: prompts that finish late (a prompt of 3s ends at once; these don't).
   prompts = jnp.asarray([[1, 2], [2, 1], [0, 0], [1, 1]], jnp.int32)

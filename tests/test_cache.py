@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tts_jax.models import forward, init, qwen2_config
-from tts_jax.models.attention import attend_partial, merge_partials
+from tts_jax.kernels import attend_partial, merge_partials
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tts_jax.eval.compute import forward_flops, kv_bytes_per_token, matmul_params, sampling_cost, scoring_cost
+from tts_jax.eval.cost import forward_flops, kv_bytes_per_token, matmul_params, sampling_cost, scoring_cost
 from tts_jax.models import ModelConfig, init
 
 

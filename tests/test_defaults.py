@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tts_jax.eval.metrics import mean_pass_at_k
-from tts_jax.tasks.defaults import DEFAULTS_DIR, load_default
-from tts_jax.tasks.report import REPORT_SEED, policy_pass_at_k, verifier_auc
+from tts_jax.tasks.shipped import DEFAULTS_DIR, load_default
+from tts_jax.eval.model_report import REPORT_SEED, policy_pass_at_k, verifier_auc
 
 
 @pytest.fixture(scope="module")

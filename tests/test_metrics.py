@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.eval.methods import BestOfN, MajorityVote, PassAtK
+from tts_jax.eval.pool_methods import BestOfN, MajorityVote, PassAtK
 from tts_jax.eval.metrics import best_of_k_exact, bootstrap_ci, mean_pass_at_k, pass_at_k, subset_indices
 from tts_jax.eval.pool import Pool
 from tts_jax.selection import majority_vote
@@ -88,7 +88,7 @@ def test_maj_at_k_from_a_pool_is_the_subset_expectation():
   pool = pool_from(rng.choice(3, p=pi, size=(3000, 12)))
   keys = jax.random.split(jax.random.key(0), 3000)
   for k in (3, 5):
-    acc, used, mc_var = MajorityVote().evaluate(pool, k, keys, 16)
+    acc, used, mc_var = MajorityVote().evaluate_pool(pool, k, keys, 16)
     exact = exact_majority_accuracy(pi, k)
     se = acc.std() / math.sqrt(len(acc))
     assert abs(acc.mean() - exact) < 4 * se, (k, acc.mean(), exact)
@@ -110,11 +110,11 @@ def test_toy_step_policy_best_of_n_closed_form():
   correct = (rng.random((P, n, K)) < q).all(-1)
   pool = pool_from(np.where(correct, 0, 1))
   for N in (1, 4, 16, 32):
-    acc, _, _ = BestOfN(verifier="orm").evaluate(pool, N, None, 0)
+    acc, _, _ = BestOfN(verifier="orm").evaluate_pool(pool, N, None, 0)
     truth = 1 - (1 - q ** K) ** N
     # per-problem values lie in [0, 1] with mean `truth`: variance <= truth (1 - truth)
     assert abs(acc.mean() - truth) < 4 * math.sqrt(truth * (1 - truth) / P), (N, acc.mean(), truth)
-    oracle, _, _ = PassAtK().evaluate(pool, N, None, 0)
+    oracle, _, _ = PassAtK().evaluate_pool(pool, N, None, 0)
     np.testing.assert_allclose(acc, oracle, atol=1e-12)
 
 

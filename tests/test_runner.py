@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from tts_jax.configs import ConfigError, apply_overrides, load_config
-from tts_jax.eval.experiment import Experiment, SamplingConfig
-from tts_jax.eval.methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
+from tts_jax.config_files import ConfigError, apply_overrides, load_config
+from tts_jax.eval import Experiment
+from tts_jax.eval.pool_methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
                                   ShortestMajority, WeightedMajority)
 from tts_jax.eval.runner import ResultsMismatch, run_experiment
-from tts_jax.tasks.defaults import DEFAULTS_DIR
+from tts_jax.tasks.shipped import DEFAULTS_DIR
 from tts_jax.tasks import ModChain
 
 
@@ -24,7 +24,7 @@ def experiment(models_dir, out_dir, **kw):
   base = dict(name="tiny", task=ModChain(), split="test", num_problems=6, models=models_dir,
               methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
                        AdaptiveConsistency(), InverseEntropyVote(), ShortestMajority(), RPC(max_subsets=4)),
-              budgets=(1, 2, 4), sampling=SamplingConfig(max_new_tokens=64), num_subsets=8, batch_problems=2,
+              budgets=(1, 2, 4), max_new_tokens=64, num_subsets=8, batch_problems=2,
               out_dir=str(out_dir))
   base.update(kw)
   return Experiment(**base)
@@ -99,12 +99,12 @@ def test_kill_minus_nine_then_rerun(models_dir, tmp_path):
   import time
   exp_file = tmp_path / "exp.py"
   exp_file.write_text(
-      "from tts_jax.eval.experiment import Experiment, SamplingConfig\n"
-      "from tts_jax.eval.methods import MajorityVote, BestOfN, AdaptiveConsistency\n"
+      "from tts_jax.eval import Experiment\n"
+      "from tts_jax.eval.pool_methods import MajorityVote, BestOfN, AdaptiveConsistency\n"
       "from tts_jax.tasks import ModChain\n"
       f"config = Experiment(name='kill', task=ModChain(), split='test', num_problems=8, models={models_dir!r},\n"
       "    methods=(MajorityVote(), BestOfN(verifier='orm'), AdaptiveConsistency()), budgets=(1, 2, 4),\n"
-      "    sampling=SamplingConfig(max_new_tokens=64), num_subsets=8, batch_problems=2, out_dir='OUT')\n")
+      "    max_new_tokens=64, num_subsets=8, batch_problems=2, out_dir='OUT')\n")
   cmd = lambda out: [sys.executable, "-m", "tts_jax.cli", "run", str(exp_file), "--set", f"out_dir={out}"]
   subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True)
   results = tmp_path / "killed" / "results.jsonl"

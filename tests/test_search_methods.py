@@ -8,17 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.eval.experiment import Experiment, SamplingConfig
-from tts_jax.eval.methods import PassAtK
-from tts_jax.eval.runner import run_experiment
-from tts_jax.eval.search import DVTS, BeamSearch, ParticleFiltering
+from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
 from tts_jax.models import init, qwen2_config
 from tts_jax.models.value import init_value, value_logits
 from tts_jax.search import best_of_n, particle_filter
-from tts_jax.smc import run_smc
-from tts_jax.smc.potentials import ValuePotential
-from tts_jax.tasks import ModChain
-from tts_jax.tasks.defaults import DEFAULTS_DIR
+from tts_jax.search import Beam
+from tts_jax.smc import Resample, SMCConfig, run_smc
+from tts_jax.tasks import ModChain, prompt_ids, step_oracle
+from tts_jax.tasks.shipped import DEFAULTS_DIR
+from tts_jax.verifiers import ValuePotential
 
 DELIM, EOS, T = 5, 7, 12
 
@@ -59,8 +57,8 @@ def test_incremental_prm_equals_offline_scoring(models, aggregate):
 
 def test_puri_weights_are_the_current_scores(models):
   lm, params, vm, vparams = models
-  cfg = particle_filter(4, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), resampler="multinomial",
-                        ess_threshold=1.0, incremental=False)
+  cfg = particle_filter(4, "multinomial", 1.0, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,),
+                        incremental=False)
   p = run_smc(lm, params, jnp.asarray([[1, 2, 3]]), jnp.asarray([3]), jax.random.key(1), cfg=cfg,
               potential=ValuePotential(vm.as_lm(), transform="logit"), potential_params=vparams)
   np.testing.assert_allclose(np.asarray(p.log_weights), np.asarray(p.log_potential))
@@ -73,7 +71,7 @@ def test_search_methods_in_the_runner(tmp_path):
                    methods=(PassAtK(), ParticleFiltering(incremental=True, transform="log", resampler="systematic",
                                                          ess_threshold=0.5, final="weighted_majority", name="smc"),
                             DVTS(expansions=2)),
-                   budgets=(2, 4), sampling=SamplingConfig(max_new_tokens=64), num_subsets=4, batch_problems=2,
+                   budgets=(2, 4), max_new_tokens=64, num_subsets=4, batch_problems=2,
                    out_dir=str(tmp_path / "full"))
   full = run_experiment(exp, quiet=True)
   for name in ("DVTS (PRM)", "smc"):
@@ -91,7 +89,6 @@ def test_search_methods_in_the_runner(tmp_path):
 
 
 def test_oracle_potential_checks_steps_and_answer():
-  from tts_jax.eval.search import OraclePotential
   task = ModChain()
   prob = task.split("test")[0]
   tok = task.tokenizer()
@@ -103,27 +100,30 @@ def test_oracle_potential_checks_steps_and_answer():
   sol, wrong = enc(text), enc(bad)
   assert len(sol) == len(wrong) and not np.array_equal(sol, wrong)
   first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
-  pot = OraclePotential(task, eps=0.01)
-  pot.problems[7] = prob
+  pot = step_oracle(task, eps=0.01)
+  prompt = np.asarray([prompt_ids(task, prob)], np.int32)  # the checker reads the problem off the prompt
   t = len(sol)
   tokens = np.zeros((1, 4, t), np.int32)
   tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
       wrong[:first_end]
   lengths = np.array([[t, t, first_end, first_end]], np.int32)
   done = np.array([[True, True, False, False]])
-  score, _ = jax.jit(lambda i, x, l, d: pot.score(i, (), x, l, d, None))(
-      jnp.asarray([7]), jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
+  state = pot.init(None, jnp.asarray(prompt), jnp.asarray([prompt.shape[1]]), 4, t)
+  score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
+      state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 0.99, 0.01]), rtol=1e-6)
 
 
 def test_bad_search_configs_are_named():
   with pytest.raises(ValueError, match="expansions M=4 must divide the number of particles N=6"):
     Experiment(name="x", task=ModChain(), methods=(BeamSearch(expansions=4),), budgets=(4, 6))
-  with pytest.raises(ValueError, match="select must be one of"):
-    from tts_jax.smc import SMCConfig
+  with pytest.raises(ValueError, match="select must be a SelectionStrategy"):
     SMCConfig(select="greedy")
-  with pytest.raises(ValueError, match="beam_width must be in"):
-    from tts_jax.smc import SMCConfig
-    SMCConfig(num_particles=8, select="beam", beam_width=9)
+  with pytest.raises(ValueError, match="beam width must be in"):
+    SMCConfig(num_particles=8, select=Beam(width=9))
+  with pytest.raises(ValueError, match="group_size=3 must divide num_particles=8"):
+    SMCConfig(num_particles=8, select=Beam(width=1, group_size=3))
+  with pytest.raises(ValueError, match="unknown resampler 'gumbel'"):
+    Resample("gumbel")
   with pytest.raises(ValueError, match="aggregate must be"):
     ValuePotential(None, aggregate="mean")

@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.selection import (adaptive_consistency, aggregate_steps, best_of_n, encode_answers,
+from tts_jax.selection import (adaptive_consistency, best_index, encode_answers,
                                inverse_entropy_vote, majority_vote, prune_mask, rpc_select,
                                shortest_majority_vote, vote_totals, weighted_majority_vote)
+from tts_jax.verifiers import aggregate_steps
 
 
 def test_encode_answers_by_first_appearance():
@@ -29,12 +30,12 @@ def test_votes_on_a_subset_of_a_pool_see_every_pool_id():
   np.testing.assert_array_equal(adaptive_consistency(sub, 0.5, num_answers=8)[0], [6])
 
 
-def test_weighted_vote_and_best_of_n():
+def test_weighted_vote_and_best_index():
   a = jnp.array([[0, 1, 1, 2]])
   np.testing.assert_array_equal(weighted_majority_vote(a, jnp.array([[0.9, 0.4, 0.4, 0.1]])), [0])
   np.testing.assert_array_equal(weighted_majority_vote(a, jnp.array([[0.5, 0.4, 0.4, 0.1]])), [1])
-  np.testing.assert_array_equal(best_of_n(jnp.array([[0.1, 0.7, 0.7, 0.2]])), [1])  # first on ties
-  np.testing.assert_array_equal(best_of_n(jnp.array([[0.1, 0.7, 0.7, 0.2]]), jnp.array([[1, 0, 0, 1]], bool)), [3])
+  np.testing.assert_array_equal(best_index(jnp.array([[0.1, 0.7, 0.7, 0.2]])), [1])  # first on ties
+  np.testing.assert_array_equal(best_index(jnp.array([[0.1, 0.7, 0.7, 0.2]]), jnp.array([[1, 0, 0, 1]], bool)), [3])
 
 
 def test_prm_aggregation():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tts_jax.models.tabular import random_tabular
-from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc import Resample, SMCConfig, run_smc
 
 V, T, DELIM, EOS = 4, 5, 0, 3
 PROMPT = [1, 2]
@@ -49,8 +49,8 @@ def setup():
 def test_z_hat_is_unbiased(setup, scheme, threshold):
   lm, params, potential, z = setup
   reps = 2000
-  cfg = SMCConfig(num_particles=4, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), resampler=scheme,
-                  ess_threshold=threshold)
+  cfg = SMCConfig(num_particles=4, max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,),
+                  select=Resample(scheme, threshold))
   toks = jnp.tile(jnp.asarray([PROMPT]), (reps, 1))
   p = run_smc(lm, params, toks, jnp.full((reps,), len(PROMPT)), jax.random.key(7), cfg=cfg, potential=potential)
   z_hat = np.exp(np.asarray(p.final_log_z(), np.float64))

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from tts_jax.configs import ConfigError, apply_overrides, load_config
-from tts_jax.eval.metrics import roc_auc
+from tts_jax.config_files import ConfigError, apply_overrides, load_config
+from tts_jax.verifiers import roc_auc
 from tts_jax.models import ModelConfig
 from tts_jax.tasks import ModChain
 from tts_jax.train import OptimConfig, PolicyTrainConfig, make_batch, train_policy

@@ -10,7 +10,7 @@ from scipy import stats
 from tests.tabular_target import make_target
 from tts_jax.models.tabular import TabularLM, enumerate_generations
 from tts_jax.sampling import SamplingParams
-from tts_jax.smc import SMCConfig, run_smc
+from tts_jax.smc import Resample, SMCConfig, run_smc
 from tts_jax.smc.bounds import log_z_bounds
 from tts_jax.smc.twists import CTLConfig, optimal_tabular_twists, train_twists
 
@@ -34,7 +34,7 @@ def test_optimal_twists_give_log_z_exactly(target, n, threshold):
                                  target.stops)
   twist = TabularLM(target.lm.vocab_size, target.lm.max_length)
   p = run_smc(target.lm, target.params, *target.prompts(50), jax.random.key(n),
-              cfg=_cfg(target, num_particles=n, ess_threshold=threshold), potential=target.potential,
+              cfg=_cfg(target, num_particles=n, select=Resample(ess_threshold=threshold)), potential=target.potential,
               twist=twist, twist_params={"logits": jnp.asarray(table)})
   assert np.all(np.asarray(p.done))
   np.testing.assert_allclose(np.asarray(p.final_log_z()), log_z, atol=2e-5)
@@ -82,8 +82,7 @@ def test_one_particle_elbo_and_eubo_give_the_exact_kls(target):
   kl_sq = float(np.sum(np.exp(log_s) * (log_s - log_q)))
   reps = 4000
   ref_t, ref_l = target.exact_samples(reps, seed=1)
-  cfg = _cfg(target, num_particles=1, ess_threshold=0.0, resampler="multinomial",
-             proposal=SamplingParams(temperature=temp))
+  cfg = _cfg(target, num_particles=1, select=Resample("multinomial", 0.0), proposal=SamplingParams(temperature=temp))
   lower = run_smc(target.lm, target.params, *target.prompts(reps), jax.random.key(0), cfg=cfg,
                   potential=target.potential)
   upper = run_smc(target.lm, target.params, *target.prompts(reps), jax.random.key(1), cfg=cfg,
@@ -104,7 +103,7 @@ def test_many_particle_outputs_follow_the_target(target, threshold):
   seqs, lu, log_z = target.log_sigma()
   reps, n = 3000, 64
   p = run_smc(target.lm, target.params, *target.prompts(reps), jax.random.key(11),
-              cfg=_cfg(target, num_particles=n, ess_threshold=threshold), potential=target.potential)
+              cfg=_cfg(target, num_particles=n, select=Resample(ess_threshold=threshold)), potential=target.potential)
   pick = jax.vmap(lambda k, lw: jax.random.categorical(k, lw))(jax.random.split(jax.random.key(12), reps),
                                                                 p.log_weights)
   rows = np.arange(reps)
@@ -155,7 +154,8 @@ def test_ctl_learns_the_optimal_twists_up_to_a_constant():
   np.testing.assert_allclose(before, 1.0)
   assert np.all(after < 0.05), after
   # The learned twists cut the variance of log Z_hat (N = 4, IS) by a large factor.
-  cfg4 = SMCConfig(num_particles=4, max_new_tokens=tgt.max_new, max_step_tokens=1, ess_threshold=0.0)
+  cfg4 = SMCConfig(num_particles=4, max_new_tokens=tgt.max_new, max_step_tokens=1, 
+                   select=Resample(ess_threshold=0.0))
   def var_log_z(tp):
     p = run_smc(tgt.lm, tgt.params, *tgt.prompts(2000), jax.random.key(3), cfg=cfg4, potential=tgt.potential,
                 twist=twist, twist_params=tp)
@@ -166,12 +166,13 @@ def test_ctl_learns_the_optimal_twists_up_to_a_constant():
 def test_transformer_twist_head_plumbing():
   """A zero twist head (psi = 1) changes nothing; a trained-for-a-few-steps head runs through CTL."""
   from tts_jax.models import init, qwen2_config
-  from tts_jax.models.twist import init_twist
+  from tts_jax.models.twist_head import init_twist
   cfg = qwen2_config(vocab_size=9, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, max_position_embeddings=32)
   lm, params = init(cfg, seed=0)
   twist, tparams = init_twist(cfg, seed=1, trunk_params=params)
-  smc = SMCConfig(num_particles=4, max_new_tokens=6, stop_tokens=(8,), max_step_tokens=2, ess_threshold=0.5)
+  smc = SMCConfig(num_particles=4, max_new_tokens=6, stop_tokens=(8,), max_step_tokens=2,
+                  select=Resample(ess_threshold=0.5))
   pot = lambda tokens, lengths, done: -jnp.sum(tokens == 3, axis=-1).astype(jnp.float32)
   prompts, plens = jnp.asarray([[1, 2, 3], [4, 5, 0]]), jnp.asarray([3, 2])
   plain = run_smc(lm, params, prompts, plens, jax.random.key(0), cfg=smc, potential=pot)

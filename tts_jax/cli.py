@@ -37,7 +37,7 @@ def _demo(args) -> None:
 
 
 def _train(args) -> None:
-  from tts_jax.configs import apply_overrides, load_config
+  from tts_jax.config_files import apply_overrides, load_config
   config = apply_overrides(load_config(args.experiment), args.set or [])
   from tts_jax.train import PolicyTrainConfig, train_policy
   if isinstance(config, PolicyTrainConfig):
@@ -51,7 +51,7 @@ def _train(args) -> None:
 
 
 def _run(args) -> None:
-  from tts_jax.configs import apply_overrides, load_config
+  from tts_jax.config_files import apply_overrides, load_config
   from tts_jax.eval.experiment import Experiment
   from tts_jax.eval.runner import run_experiment
   config = apply_overrides(load_config(args.experiment), args.set or [])
@@ -61,7 +61,7 @@ def _run(args) -> None:
 
 
 def _train_defaults(args) -> None:
-  from tts_jax.train.defaults import train_defaults
+  from tts_jax.train.retrain import train_defaults
   print(train_defaults(args.task, dest=args.dest))
 
 

@@ -3,9 +3,9 @@
     tts-jax run experiments/modchain/scaling.py
 """
 
-from tts_jax.eval.experiment import Experiment, SamplingConfig
-from tts_jax.eval.methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
-                                  ShortestMajority, WeightedMajority)
+from tts_jax.eval import (RPC, AdaptiveConsistency, BestOfN, Experiment, InverseEntropyVote, MajorityVote, PassAtK,
+                          ShortestMajority, WeightedMajority)
+from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import ModChain
 
 config = Experiment(
@@ -26,7 +26,8 @@ config = Experiment(
         RPC(),
     ),
     budgets=(1, 2, 4, 8, 16, 32, 64),
-    sampling=SamplingConfig(temperature=1.0, max_new_tokens=96),
+    sampling=SamplingParams(temperature=1.0),
+    max_new_tokens=96,
     seed=0,
     num_subsets=64,
     batch_problems=25,

@@ -8,9 +8,9 @@ potential, scoring every step incrementally. All on the shipped modchain policy 
 the last three rows replace the PRM by the task's exact step checker (an upper bound).
 """
 
-from tts_jax.eval.experiment import Experiment, SamplingConfig
-from tts_jax.eval.methods import BestOfN, MajorityVote, PassAtK, WeightedMajority
-from tts_jax.eval.search import DVTS, BeamSearch, ParticleFiltering
+from tts_jax.eval import (DVTS, BeamSearch, BestOfN, Experiment, MajorityVote, ParticleFiltering, PassAtK,
+                          WeightedMajority)
+from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import ModChain
 
 config = Experiment(
@@ -35,7 +35,8 @@ config = Experiment(
         ParticleFiltering(verifier="oracle", name="particle filtering (oracle PRM)"),
     ),
     budgets=(4, 8, 16, 32),
-    sampling=SamplingConfig(temperature=1.0, max_new_tokens=96),
+    sampling=SamplingParams(temperature=1.0),
+    max_new_tokens=96,
     seed=0,
     num_subsets=64,
     batch_problems=25,

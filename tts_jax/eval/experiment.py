@@ -9,16 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-  """How the pool is sampled (see `tts_jax.sampling.process_logits`)."""
-
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  min_p: float = 0.0
-  max_new_tokens: int = 96
+from tts_jax.sampling import SamplingParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +21,12 @@ class Experiment:
     task: a task dataclass (e.g. ModChain()).
     models: "default" (the task's shipped policy/ORM/PRM) or a directory laid out like
       tts_jax/tasks/defaults/<task> (policy/, orm/, prm/).
-    methods: selection methods (tts_jax.eval.methods).
+    methods: experiment methods (`tts_jax.eval.Method`: pool methods select among
+      pre-drawn samples, search methods run the particle engine).
     budgets: sample budgets N; the pool has max(budgets) samples per problem.
     split: the task split; num_problems: its first problems used.
-    sampling: how samples are drawn.
+    sampling: how tokens are drawn (the pool's samples and the search proposals).
+    max_new_tokens: the longest generation.
     seed: pool sampling and Monte Carlo seed.
     num_subsets: Monte Carlo subsets per problem and budget for voting methods.
     batch_problems: problems per sampling batch (a fixed partition: part of the resume contract).
@@ -47,7 +40,8 @@ class Experiment:
   models: str = "default"
   split: str = "test"
   num_problems: int = 200
-  sampling: SamplingConfig = SamplingConfig()
+  sampling: SamplingParams = SamplingParams()
+  max_new_tokens: int = 96
   seed: int = 0
   num_subsets: int = 64
   batch_problems: int = 25
@@ -64,10 +58,11 @@ class Experiment:
     if len(set(names)) != len(names):
       raise ValueError(f"method names must be unique, got {names}")
     for m in self.methods:
-      if hasattr(m, "check_budgets"):
-        m.check_budgets(self.budgets)
-    if self.num_problems < 1 or self.batch_problems < 1 or self.num_subsets < 1:
-      raise ValueError("num_problems, batch_problems and num_subsets must be >= 1")
+      m.check_budgets(self.budgets)
+    for name in ("num_problems", "batch_problems", "num_subsets", "max_new_tokens"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"Experiment.{name} must be an int >= 1, got {v!r}")
 
   @property
   def output_dir(self) -> str:

@@ -1,8 +1,12 @@
-"""Exact metrics over pools of samples."""
+"""Exact metrics over pools of samples: unbiased pass@k, best-of-k over subsets, subset draws,
+bootstrap confidence intervals."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from scipy.special import comb
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -22,26 +26,6 @@ def mean_pass_at_k(correct: np.ndarray, k: int) -> float:
   return float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(1)]))
 
 
-def roc_auc(scores, labels) -> float:
-  """Area under the ROC curve: P(score of a random positive > a random negative), ties
-  counting 1/2 (the Mann-Whitney U statistic). NaN when a class is empty."""
-  scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels, bool)
-  pos, neg = int(labels.sum()), int((~labels).sum())
-  if pos == 0 or neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores), np.float64)
-  sorted_scores = scores[order]
-  # Average ranks over ties.
-  boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-  starts = np.concatenate([[0], boundaries])
-  ends = np.concatenate([boundaries, [len(scores)]])
-  for s, e in zip(starts, ends):
-    ranks[order[s:e]] = (s + e + 1) / 2.0
-  return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
 def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarray:
   """Exact E[correct of the top-scored sample] over k-subsets of the n samples (without
   replacement), per problem; ties in score are broken uniformly at random.
@@ -54,7 +38,6 @@ def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarr
   p, n = scores.shape
   if not 1 <= k <= n:
     raise ValueError(f"need 1 <= k <= n={n}, got k={k}")
-  from scipy.special import comb
   weight = comb(n - 1 - np.arange(n), k - 1, exact=False) / comb(n, k, exact=False)  # by rank
   out = np.zeros(p)
   for r in range(p):
@@ -73,21 +56,8 @@ def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarr
 def subset_indices(keys, n: int, k: int, num_subsets: int):
   """int32[P, S, k]: S random k-subsets of range(n) (without replacement, in random order)
   per problem; problem p uses keys[p] only."""
-  import jax
   u = jax.vmap(lambda key: jax.random.uniform(key, (num_subsets, n)))(keys)
-  return jax.numpy.argsort(u, axis=-1)[..., :k]
-
-
-def mean_and_se(per_problem_subset: np.ndarray) -> tuple[np.ndarray, float]:
-  """float[P, S] per-subset outcomes -> (per-problem means float[P], standard error of the
-  mean over problems due to subsampling)."""
-  x = np.asarray(per_problem_subset, np.float64)
-  s = x.shape[1]
-  per_problem = x.mean(1)
-  if s < 2:
-    return per_problem, 0.0
-  var = x.var(1, ddof=1) / s
-  return per_problem, float(np.sqrt(var.sum()) / x.shape[0])
+  return jnp.argsort(u, axis=-1)[..., :k]
 
 
 def bootstrap_ci(per_problem: np.ndarray, num_resamples: int = 2000, level: float = 0.95,

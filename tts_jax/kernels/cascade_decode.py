@@ -29,9 +29,7 @@ from jax.experimental import pallas as pl
 
 from tts_jax.kernels.blocks import check_powers_of_two, pad_to_multiple
 from tts_jax.kernels.dispatch import compiler_params as _compiler_params
-
-
-
+from tts_jax.kernels.reference import attend_partial, merge_partials
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +46,6 @@ class CascadeConfig:
 def cascade_decode_reference(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, suffix_mask,
                              scale: float | None = None):
   """Pure jnp: `attend_partial` over the prefix and over each suffix, merged by log-sum-exp."""
-  from tts_jax.models.attention import attend_partial, merge_partials  # lazily: the models import the kernels
   b, n, hkv, g, d = q.shape
   scale = d ** -0.5 if scale is None else scale
   tp = prefix_k.shape[1]

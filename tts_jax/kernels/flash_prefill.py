@@ -9,7 +9,7 @@ Lengths that are not multiples of the block sizes are padded internally.
     out, lse = flash_prefill(q, k, v, lengths)          # Pallas (interpret=True on CPU)
     out, lse = flash_prefill_reference(q, k, v, lengths) # pure jnp, same contract
 
-Shapes follow `tts_jax.models.attention`: q [B, T, Hkv, G, D], k / v [B, T, Hkv, D];
+Shapes follow `tts_jax.kernels.reference`: q [B, T, Hkv, G, D], k / v [B, T, Hkv, D];
 out float32[B, T, Hkv, G, D], lse float32[B, T, Hkv, G].
 """
 
@@ -24,9 +24,7 @@ from jax.experimental import pallas as pl
 
 from tts_jax.kernels.blocks import check_powers_of_two, pad_to_multiple
 from tts_jax.kernels.dispatch import compiler_params as _compiler_params
-
-
-
+from tts_jax.kernels.reference import attend_partial, causal_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,6 @@ class FlashConfig:
 
 def flash_prefill_reference(q, k, v, lengths, scale: float | None = None):
   """Pure-jnp causal attention with the kernel's contract (see module docstring)."""
-  from tts_jax.models.attention import attend_partial, causal_mask  # lazily: the models import the kernels
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   return attend_partial(q, k, v, causal_mask(lengths, q.shape[1]), scale)
 

@@ -23,14 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from tts_jax.models.attention import attend_partial, causal_mask, merge_partials
+from tts_jax.kernels import attend_partial, cascade_decode, causal_mask, flash_prefill, merge_partials, use_pallas
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.paged import PagedKVCache, init_paged_cache
 from tts_jax.models.rope import rope_tables
 from tts_jax.models.transformer import Decoder
-from tts_jax.kernels.cascade_decode import cascade_decode
-from tts_jax.kernels.dispatch import use_pallas
-from tts_jax.kernels.flash_prefill import flash_prefill
 
 
 @struct.dataclass

@@ -15,10 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tts_jax.models.attention import causal_mask
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.lm import LanguageModel
-from tts_jax.models.rope import rope_tables
 from tts_jax.models.transformer import Decoder, Linear
 
 
@@ -43,13 +41,7 @@ class ValueModel:
 
   def values(self, params, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     """tokens int32[B, T] right-padded -> float32[B, T] value logits (meaningless past lengths)."""
-    b, t = tokens.shape
-    lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
-    mask = causal_mask(lengths, t)
-    cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
-    attend = self.as_lm()._causal_attend(mask, lengths)
-    model = nnx.merge(self.graphdef, params)
-    return model.output(model.hidden(tokens, cos, sin, attend))
+    return self.as_lm().forward(params, tokens, lengths)
 
   def as_lm(self) -> LanguageModel:
     """The same network under the `LanguageModel` contract: prefill / decode return value

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tts_jax.models.lm import LanguageModel
-from tts_jax.sampling.logits import SamplingParams, process_logits
+from tts_jax.models import CausalLM, pad_prompts
+from tts_jax.sampling.logits import SamplingParams
+from tts_jax.sampling.token_step import draw_tokens
 
 RUNNING, STOP, LENGTH = 0, 1, 2
 FINISH_REASONS = {RUNNING: "running", STOP: "stop", LENGTH: "length"}
@@ -64,23 +65,9 @@ def _entropy(logp: jax.Array) -> jax.Array:
   return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], multiple: int = 16, pad_id: int = 0):
-  """Right-pads ragged prompts: -> (int32[B, Tp], int32[B]) with Tp a multiple of `multiple`."""
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  if len(prompts) == 0:
-    raise ValueError("no prompts given")
-  if (lengths == 0).any():
-    raise ValueError(f"empty prompt at index {int(np.argmin(lengths))}; every prompt needs >= 1 token")
-  tp = -(-int(lengths.max()) // multiple) * multiple
-  tokens = np.full((len(prompts), tp), pad_id, np.int32)
-  for i, p in enumerate(prompts):
-    tokens[i, :len(p)] = np.asarray(p, np.int32)
-  return tokens, lengths
-
-
 @functools.partial(jax.jit, static_argnames=("lm", "num_samples", "max_new_tokens", "params_s",
                                              "stop_tokens", "pad_id", "share_prefix"))
-def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples: int,
+def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
                 max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
                 pad_id: int, share_prefix: bool) -> SampleOutput:
   b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
@@ -94,10 +81,6 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples
   layout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b * n, 1, *x.shape[2:]))
   unlayout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b, n, *x.shape[2:]))
 
-  def draw(t, logq):  # per-prompt keys: a prompt's samples do not depend on its batch-mates
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-    return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(step_keys, logq)
-  stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
   zeros_f = jnp.zeros((b, n, t_max), jnp.float32)
   out = SampleOutput(tokens=jnp.full((b, n, t_max), pad_id, jnp.int32),
                      lengths=jnp.zeros((b, n), jnp.int32),
@@ -112,31 +95,21 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples
     return (s.t < t_max) & ~jnp.all(s.done)
 
   def body(s: _LoopState):
-    logq = process_logits(s.logits, temperature=params_s.temperature, top_k=params_s.top_k,
-                          top_p=params_s.top_p, min_p=params_s.min_p)
-    if params_s.temperature == 0:
-      tok = jnp.argmax(logq, axis=-1).astype(jnp.int32)
-    else:
-      tok = draw(s.t, logq).astype(jnp.int32)
-    logp = jax.nn.log_softmax(s.logits, axis=-1)
     active = ~s.done
-    tok = jnp.where(active, tok, pad_id)
-
-    def pick(x):
-      return jnp.where(active, jnp.take_along_axis(x, tok[..., None], axis=-1)[..., 0], 0.0)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s.t))(keys)  # a prompt's draws depend on its key only
+    d = draw_tokens(s.logits, step_keys, active, proposal=params_s, stop_tokens=stop_tokens, pad_id=pad_id)
 
     def put(buf, x):
       return jax.lax.dynamic_update_slice_in_dim(buf, x[..., None].astype(buf.dtype), s.t, axis=2)
 
     o = s.out
-    o = SampleOutput(tokens=put(o.tokens, tok), lengths=o.lengths + active.astype(jnp.int32),
-                     finish_reason=o.finish_reason, logprobs=put(o.logprobs, pick(logp)),
-                     proposal_logprobs=put(o.proposal_logprobs, pick(logq)),
-                     entropy=put(o.entropy, jnp.where(active, _entropy(logp), 0.0)))
-    hit = active & jnp.any(tok[..., None] == stops, axis=-1)
-    done = s.done | hit
-    reason = jnp.where(hit, STOP, s.reason)
-    logits, cache = lm.decode(params, layout(tok), s.cache, active=layout(~done))
+    o = SampleOutput(tokens=put(o.tokens, d.tokens), lengths=o.lengths + active.astype(jnp.int32),
+                     finish_reason=o.finish_reason, logprobs=put(o.logprobs, d.logp),
+                     proposal_logprobs=put(o.proposal_logprobs, d.logq),
+                     entropy=put(o.entropy, jnp.where(active, _entropy(d.model_logprobs), 0.0)))
+    done = s.done | d.stopped
+    reason = jnp.where(d.stopped, STOP, s.reason)
+    logits, cache = lm.decode(params, layout(d.tokens), s.cache, active=layout(~done))
     logits = unlayout(logits)
     return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o)
 
@@ -145,7 +118,7 @@ def _sample_jit(lm: LanguageModel, params, tokens, lengths, keys, *, num_samples
   return final.out.replace(finish_reason=reason)
 
 
-def sample(lm, params, prompts, *, key: jax.Array, num_samples: int = 1,
+def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 1,
            max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, stop_tokens: Sequence[int] = (), pad_id: int = 0,
            prompt_lengths=None, share_prefix: bool = True) -> SampleOutput:

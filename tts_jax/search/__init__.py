@@ -1,5 +1,8 @@
-"""Verifier-guided search on the particle engine: step-level beam search, DVTS, best-of-N."""
+"""Verifier-guided search on the particle engine: step-level beam search, DVTS, best-of-N
+(and, from `tts_jax.smc`, particle filtering)."""
 
-from tts_jax.search.beam import beam_search, best_of_n, dvts, particle_filter, top_distinct
+from tts_jax.search.beam import Beam, beam_search, dvts
+from tts_jax.search.best_of_n import best_of_n
+from tts_jax.smc import particle_filter
 
-__all__ = ["beam_search", "best_of_n", "dvts", "particle_filter", "top_distinct"]
+__all__ = ["Beam", "beam_search", "dvts", "best_of_n", "particle_filter"]

@@ -1,22 +1,79 @@
-"""Search methods as configurations of the particle engine (`tts_jax.smc.run_smc`).
+"""Step-level beam search and DVTS as one selection strategy, `Beam`.
 
-All four spend the same budget of N particles per prompt and differ only in `select`:
+After every step each group of `group_size` particles keeps its `width` best distinct
+particles by potential and refills the group with copies of them:
 
-  best_of_n        N independent samples, scored (select="none");
-  beam_search      keep the top N / M distinct particles by potential after every step,
-                   each continued by M expansions (one group of N; Snell et al. 2024);
-  dvts             N / M independent subtrees of M particles, each keeping its best one
-                   and expanding it M times (diverse verifier tree search, Beeching et al. 2024);
-  particle_filter  resample by weight (Puri et al. 2025: every step, weights from the
-                   current PRM score; or proper SMC with ESS-triggered resampling).
+  beam search  one group of N, width N / M: M expansions per beam (Snell et al. 2024);
+  DVTS         N / M independent groups of M, width 1 (diverse verifier tree search,
+               Beeching et al. 2024).
+
+Finished survivors keep one slot each (they are complete answers and are never
+extended again); the remaining slots go round-robin to the unfinished survivors (to
+all survivors if none is unfinished).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from tts_jax.smc.engine import Particles, SMCConfig
+from tts_jax.smc import SMCConfig
+from tts_jax.smc.particles import Particles
+from tts_jax.smc.strategy import Selection, SelectionStrategy, copy_selected
+
+
+def _beam_group(score, done, hash_, length, width: int, dedup: bool):
+  """Ancestors int32[G] for one group (see the module docstring)."""
+  g = score.shape[0]
+  idx = jnp.arange(g)
+  if dedup:
+    same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
+    dup = jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
+  else:
+    dup = jnp.zeros((g,), bool)
+  order = jnp.lexsort((idx, -score, dup))  # distinct first, then by score (desc), then index
+  top = order[:width]
+  valid = ~dup[top]
+  nv = jnp.sum(valid)
+  fin, unf = valid & done[top], valid & ~done[top]
+  nf, nu = jnp.sum(fin), jnp.sum(unf)
+  fin_first = top[jnp.argsort(~fin, stable=True)]
+  unf_first = top[jnp.argsort(~unf, stable=True)]
+  return jnp.where(idx < nf, fin_first[jnp.minimum(idx, width - 1)],
+                   jnp.where(nu > 0, unf_first[(idx - nf) % jnp.maximum(nu, 1)], top[idx % jnp.maximum(nv, 1)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Beam(SelectionStrategy):
+  """Keep the top `width` distinct particles of each group of `group_size` (0: all N) by
+  potential. dedup: identical particles (same tokens) count once."""
+
+  width: int = 1
+  group_size: int = 0
+  dedup: bool = True
+
+  def group(self, num_particles: int) -> int:
+    """Particles per group."""
+    return self.group_size or num_particles
+
+  def validate(self, num_particles: int) -> None:
+    g = self.group(num_particles)
+    if self.group_size < 0 or num_particles % g:
+      raise ValueError(f"group_size={self.group_size} must divide num_particles={num_particles}")
+    if not 1 <= self.width <= g:
+      raise ValueError(f"beam width must be in [1, group size {g}], got {self.width}")
+
+  def select(self, keys: jax.Array, p: Particles) -> Selection:
+    b, n = p.shape
+    g = self.group(n)
+    split = lambda x: x.reshape((b * (n // g), g) + x.shape[2:])
+    anc = jax.vmap(functools.partial(_beam_group, width=self.width, dedup=self.dedup))(
+        split(p.log_potential), split(p.done), split(p.hash), split(p.length))
+    anc = (anc.reshape(b, n // g, g) + (jnp.arange(n // g) * g)[None, :, None]).reshape(b, n)
+    return copy_selected(p, anc)
 
 
 def _check(n: int, m: int):
@@ -24,45 +81,15 @@ def _check(n: int, m: int):
     raise ValueError(f"expansions M={m} must divide the number of particles N={n}")
 
 
-def best_of_n(num_particles: int, **kw) -> SMCConfig:
-  """N independent particles (no selection): scores at every step, nothing else."""
-  return SMCConfig(num_particles=num_particles, select="none", **kw)
-
-
-def beam_search(num_particles: int, expansions: int, **kw) -> SMCConfig:
-  """Step-level beam search: beam width N / M, M expansions per beam."""
+def beam_search(num_particles: int, expansions: int, dedup: bool = True, **kw) -> SMCConfig:
+  """Step-level beam search: beam width N / M, M expansions per beam; other SMCConfig fields
+  as keywords."""
   _check(num_particles, expansions)
-  return SMCConfig(num_particles=num_particles, select="beam", beam_width=num_particles // expansions,
-                   group_size=0, **kw)
+  return SMCConfig(num_particles=num_particles, select=Beam(width=num_particles // expansions, dedup=dedup), **kw)
 
 
-def dvts(num_particles: int, expansions: int, **kw) -> SMCConfig:
-  """DVTS: N / M independent subtrees, each a width-1 beam search with M expansions."""
+def dvts(num_particles: int, expansions: int, dedup: bool = True, **kw) -> SMCConfig:
+  """DVTS: N / M independent subtrees, each a width-1 beam search with M expansions; other
+  SMCConfig fields as keywords."""
   _check(num_particles, expansions)
-  return SMCConfig(num_particles=num_particles, select="beam", beam_width=1, group_size=expansions, **kw)
-
-
-def particle_filter(num_particles: int, **kw) -> SMCConfig:
-  """Particle filtering (select="resample"); pass resampler / ess_threshold / incremental."""
-  return SMCConfig(num_particles=num_particles, select="resample", **kw)
-
-
-def top_distinct(particles: Particles, k: int) -> tuple[jax.Array, jax.Array]:
-  """The k best distinct particles of each prompt by final potential.
-
-  Returns (int32[B, k] particle indices, best first; bool[B, k] valid: False where a
-  prompt has fewer than k distinct particles).
-  """
-  score, h, length = particles.log_potential, particles.hash, particles.length
-  n = score.shape[1]
-  if not 1 <= k <= n:
-    raise ValueError(f"k must be in [1, N={n}], got {k}")
-  idx = jnp.arange(n)
-
-  def one(score, h, length):
-    same = (length[:, None] == length[None, :]) & jnp.all(h[:, None] == h[None, :], axis=-1)
-    dup = jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
-    order = jnp.lexsort((idx, -score, dup))[:k]
-    return order, ~dup[order]
-
-  return jax.vmap(one)(score, h, length)
+  return SMCConfig(num_particles=num_particles, select=Beam(width=1, group_size=expansions, dedup=dedup), **kw)

@@ -2,10 +2,9 @@
 
 from tts_jax.selection.adaptive import adaptive_consistency
 from tts_jax.selection.rpc import prune_mask, rpc_select
-from tts_jax.selection.voting import (aggregate_steps, best_of_n, encode_answers, inverse_entropy_vote,
-                                      majority_vote, shortest_majority_vote, vote_totals,
-                                      weighted_majority_vote)
+from tts_jax.selection.voting import (best_index, encode_answers, inverse_entropy_vote, majority_vote,
+                                      shortest_majority_vote, vote_totals, weighted_majority_vote)
 
-__all__ = ["adaptive_consistency", "prune_mask", "rpc_select", "aggregate_steps", "best_of_n", "encode_answers",
+__all__ = ["adaptive_consistency", "prune_mask", "rpc_select", "best_index", "encode_answers",
            "inverse_entropy_vote", "majority_vote", "shortest_majority_vote", "vote_totals",
            "weighted_majority_vote"]

@@ -9,12 +9,12 @@ vmappable), given:
     take `num_answers`, the id range, when the N samples are a subset of a larger pool.
   plus per-method inputs (scores, lengths, log-probs, entropies).
 
-and returning int32[...] the chosen sample index (best-of-N) or the chosen answer id
+and returning int32[...] the chosen sample index (`best_index`) or the chosen answer id
 (votes). A problem whose samples have no answer returns -1.
 
 Tie-breaking (deterministic, documented):
   votes: the highest total wins; ties go to the answer that appeared first.
-  best-of-N: the highest score wins; ties go to the earliest sample.
+  best_index: the highest score wins; ties go to the earliest sample.
 """
 
 from __future__ import annotations
@@ -68,35 +68,13 @@ def weighted_majority_vote(answers: jax.Array, weights: jax.Array, num_answers: 
   return _argmax_answer(vote_totals(answers, weights, num_answers), answers)
 
 
-def best_of_n(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+def best_index(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   """Index of the highest-scoring sample (first on ties). scores: float[..., N];
   valid: bool[..., N] restricts the choice (e.g. samples with an answer). -> int32[...]."""
   s = scores.astype(jnp.float32)
   if valid is not None:
     s = jnp.where(valid, s, -jnp.inf)
   return jnp.argmax(s, axis=-1).astype(jnp.int32)
-
-
-def aggregate_steps(step_scores: jax.Array, step_mask: jax.Array, how: str) -> jax.Array:
-  """PRM step scores -> one score per sample.
-
-  step_scores: float[..., N, S] probabilities in [0, 1] at each step; step_mask: bool[..., N, S]
-  marks real steps. how: "last" (the final step's score), "min", "prod" (product), "mean".
-  Samples with no steps get 0.
-  """
-  has = jnp.any(step_mask, axis=-1)
-  if how == "last":
-    last = jnp.max(jnp.where(step_mask, jnp.arange(step_mask.shape[-1]), -1), axis=-1)
-    out = jnp.take_along_axis(step_scores, jnp.maximum(last, 0)[..., None], axis=-1)[..., 0]
-  elif how == "min":
-    out = jnp.min(jnp.where(step_mask, step_scores, jnp.inf), axis=-1)
-  elif how == "prod":
-    out = jnp.exp(jnp.sum(jnp.where(step_mask, jnp.log(jnp.maximum(step_scores, 1e-30)), 0.0), axis=-1))
-  elif how == "mean":
-    out = jnp.sum(jnp.where(step_mask, step_scores, 0.0), axis=-1) / jnp.maximum(jnp.sum(step_mask, axis=-1), 1)
-  else:
-    raise ValueError(f"unknown PRM aggregation {how!r}; use 'last', 'min', 'prod' or 'mean'")
-  return jnp.where(has, out, 0.0)
 
 
 def inverse_entropy_vote(answers: jax.Array, mean_entropy: jax.Array, num_answers: int | None = None) -> jax.Array:

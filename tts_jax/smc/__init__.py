@@ -1,12 +1,20 @@
-"""Sequential Monte Carlo: resampling, the particle engine, potentials, twists, log Z bounds."""
+"""Sequential Monte Carlo: the particle state and engine, selection strategies, resampling,
+twisted SMC (optimal tabular twists, contrastive twist learning), log Z bounds."""
 
 from tts_jax.smc.bounds import LogZBounds, log_z_bounds
-from tts_jax.smc.engine import SELECTS, Particles, SMCConfig, run_smc
-from tts_jax.smc.potentials import SequencePotential, ValuePotential, as_potential, gather_state
+from tts_jax.smc.engine import (SMCConfig, SMCModels, SMCParams, apply_selection, extend, init_particles,
+                                prompt_keys, reweight, run, run_smc)
+from tts_jax.smc.particle_filter import particle_filter
+from tts_jax.smc.particles import Particles, move, take_particles
+from tts_jax.smc.resample import Resample
 from tts_jax.smc.resampling import SCHEMES, ess, get_resampler, multinomial, residual, stratified, systematic
+from tts_jax.smc.strategy import NoSelect, Selection, SelectionStrategy, copy_selected, keep_all
 from tts_jax.smc.twists import CTLConfig, ctl_loss, optimal_tabular_twists, token_log_twists, train_twists
 
-__all__ = ["LogZBounds", "log_z_bounds", "SELECTS", "Particles", "SMCConfig", "run_smc", "SequencePotential",
-           "ValuePotential", "as_potential", "gather_state", "SCHEMES", "ess", "get_resampler", "multinomial",
-           "residual", "stratified", "systematic", "CTLConfig", "ctl_loss", "optimal_tabular_twists",
-           "token_log_twists", "train_twists"]
+
+
+__all__ = ["LogZBounds", "log_z_bounds", "SMCConfig", "SMCModels", "SMCParams", "apply_selection", "extend",
+           "init_particles", "prompt_keys", "reweight", "run", "run_smc", "Particles", "move", "take_particles",
+           "Resample", "SCHEMES", "ess", "get_resampler", "multinomial", "residual", "stratified", "systematic",
+           "NoSelect", "Selection", "SelectionStrategy", "copy_selected", "keep_all", "CTLConfig", "ctl_loss",
+           "optimal_tabular_twists", "token_log_twists", "train_twists", "particle_filter"]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc.resample import Resample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +59,12 @@ def log_z_bounds(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConf
                  twist_params=None) -> LogZBounds:
   """All bounds for B replicate prompts (each row one independent estimate).
 
-  cfg: the SMC config (its resampler is replaced by multinomial, the threshold by 1,
+  cfg: the SMC config (its selection is replaced by multinomial resampling, threshold 1,
     so that the SMC and CSMC runs are the same algorithm). reference_tokens int32[B, T],
     reference_lengths int32[B]: one exact sample of sigma per row.
   """
-  smc = dataclasses.replace(cfg, select="resample", resampler="multinomial", ess_threshold=1.0)
-  iwae = dataclasses.replace(smc, ess_threshold=0.0)
+  smc = dataclasses.replace(cfg, select=Resample("multinomial", 1.0))
+  iwae = dataclasses.replace(cfg, select=Resample("multinomial", 0.0))
   kw = dict(potential=potential, potential_params=potential_params, twist=twist, twist_params=twist_params)
   ref = dict(reference_tokens=reference_tokens, reference_lengths=reference_lengths)
   keys = jax.random.split(key, 4)

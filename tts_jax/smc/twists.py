@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc.resample import Resample
 
 
 def optimal_tabular_twists(lm, params, prompt, max_new_tokens: int, log_phi, stop_tokens=()) -> np.ndarray:
@@ -112,11 +113,11 @@ def train_twists(lm, params, twist, twist_params, prompt_tokens, prompt_lengths,
   """Contrastive twist learning with Adam.
 
   smc: the engine config of the target (delimiters, stop tokens, T, proposal); its
-    num_particles / ess_threshold are replaced by CTL's (importance sampling).
+    num_particles and selection are replaced by CTL's (importance sampling).
   callback(step, twist_params, loss) is called after every update (e.g. to log).
   Returns the trained twist params.
   """
-  cfg = dataclasses.replace(smc, num_particles=ctl.num_particles, ess_threshold=0.0, select="resample")
+  cfg = dataclasses.replace(smc, num_particles=ctl.num_particles, select=Resample(ess_threshold=0.0))
   opt = optax.adam(ctl.learning_rate)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))

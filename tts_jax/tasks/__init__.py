@@ -1,18 +1,15 @@
-"""Synthetic reasoning tasks with exact verifiers, and their shipped default models."""
+"""Synthetic reasoning tasks with exact verifiers, their shipped default models, rollouts,
+and their exact step checkers as potentials."""
 
-from tts_jax.tasks.base import ANSWER, EOS, PAD, STEP, split_steps, word_tokenizer
+from tts_jax.tasks.base import ANSWER, EOS, PAD, STEP, completion_text, prompt_ids, split_steps, word_tokenizer
 from tts_jax.tasks.countdown import Countdown, CountdownProblem, reachable
 from tts_jax.tasks.modchain import ModChain, ModChainProblem
+from tts_jax.tasks.oracle import TaskChecker, prefix_correct, step_oracle
+from tts_jax.tasks.registry import TASKS, get_task
+from tts_jax.tasks.rollout import Completions, complete, grade, task_prompts
+from tts_jax.tasks.shipped import DefaultModels, available_defaults, load_default
 
-TASKS = {"modchain": ModChain, "countdown": Countdown}
-
-
-def get_task(name: str, **knobs):
-  """A task by name ("modchain", "countdown"), with optional difficulty knobs."""
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
-  return TASKS[name](**knobs)
-
-
-__all__ = ["ANSWER", "EOS", "PAD", "STEP", "split_steps", "word_tokenizer", "Countdown", "CountdownProblem",
-           "reachable", "ModChain", "ModChainProblem", "TASKS", "get_task"]
+__all__ = ["ANSWER", "EOS", "PAD", "STEP", "completion_text", "prompt_ids", "split_steps", "word_tokenizer",
+           "Countdown", "CountdownProblem", "reachable", "ModChain", "ModChainProblem", "TaskChecker",
+           "prefix_correct", "step_oracle", "TASKS", "get_task", "Completions", "complete", "grade", "task_prompts",
+           "DefaultModels", "available_defaults", "load_default"]

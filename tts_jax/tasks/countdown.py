@@ -58,7 +58,8 @@ def reachable(pool: tuple[int, ...], target: int) -> bool:
 @dataclasses.dataclass(frozen=True)
 class CountdownProblem:
   """numbers: the available numbers (in prompt order); target: the number to reach;
-  steps: one solution ((a, op, b, result), ...) found by the generator."""
+  steps: one solution ((a, op, b, result), ...) found by the generator (empty when the problem
+  was parsed from its prompt)."""
 
   numbers: tuple[int, ...]
   target: int
@@ -118,6 +119,14 @@ class Countdown(SplitsMixin):
 
   def prompt(self, problem: CountdownProblem) -> str:
     return f"{' '.join(map(str, problem.numbers))} -> {problem.target} :"
+
+  def parse_prompt(self, text: str) -> CountdownProblem:
+    """The problem a prompt states (the inverse of `prompt`; `steps` is empty: the generator's
+    own solution is not part of the prompt). Raises ValueError on a malformed prompt."""
+    m = re.fullmatch(r"((?:\d+ )+)-> (\d+) :", text.strip())
+    if m is None:
+      raise ValueError(f"not a countdown prompt ('a b c -> target :'): {text!r}")
+    return CountdownProblem(numbers=tuple(int(x) for x in m.group(1).split()), target=int(m.group(2)), steps=())
 
   def solution(self, problem: CountdownProblem) -> str:
     steps = [f"{a} {op} {b} = {r} {STEP}" for a, op, b, r in problem.steps]

@@ -118,6 +118,30 @@ class ModChain(SplitsMixin):
     body = " , ".join(f"{v} = {l} {o} {r}" for v, l, o, r in problem.assignments)
     return f"{body} , ? {problem.query} :"
 
+  def parse_prompt(self, text: str) -> ModChainProblem:
+    """The problem a prompt states (the inverse of `prompt`): assignments and query as listed;
+    `needed` and `answer` recomputed from them. Raises ValueError on a malformed prompt."""
+    body, sep, tail = text.rpartition(" , ? ")
+    query = tail.removesuffix(" :").strip()
+    assignments = []
+    for part in body.split(" , ") if sep else ():
+      m = re.fullmatch(r"([a-z]) = (\w+) ([+\-*]) (\w+)", part.strip())
+      if m is None:
+        raise ValueError(f"not a modchain assignment: {part!r} in prompt {text!r}")
+      assignments.append(m.groups())
+    defs = {a[0]: a for a in assignments}
+    if not sep or query not in defs:
+      raise ValueError(f"not a modchain prompt (no '? var :' query over its assignments): {text!r}")
+    needed, stack = set(), [query]
+    while stack:  # the query's ancestors
+      var = stack.pop()
+      if var in defs and var not in needed:
+        needed.add(var)
+        stack += [x for x in defs[var][1::2] if not x.isdigit()]
+    return ModChainProblem(assignments=tuple(assignments), query=query,
+                           needed=tuple(a[0] for a in assignments if a[0] in needed),
+                           answer=self.values(assignments)[query])
+
   def solution(self, problem: ModChainProblem) -> str:
     vals = self.values(problem.assignments)
     defs = {a[0]: a for a in problem.assignments}

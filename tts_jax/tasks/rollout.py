@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tts_jax.models import pad_prompts
 from tts_jax.sampling import sample
 from tts_jax.tasks.base import EOS, PAD, completion_text, prompt_ids
 
@@ -38,20 +39,14 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
   """
   tok = task.tokenizer()
   eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
-  width = max(len(p) for p in prompts)
-  width = -(-width // 16) * 16
+  tokens, lengths = pad_prompts(prompts, pad_id=pad)
   outs = []
   for start in range(0, len(prompts), batch_prompts):
-    chunk = prompts[start:start + batch_prompts]
-    chunk = chunk + [chunk[0]] * (batch_prompts - len(chunk))
-    toks = np.full((batch_prompts, width), pad, np.int32)
-    for r, p in enumerate(chunk):
-      toks[r, :len(p)] = p
-    idx = np.minimum(np.arange(start, start + batch_prompts), len(prompts) - 1)
-    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(idx + index_offset))
-    out = sample(lm, params, toks, prompt_lengths=np.array([len(p) for p in chunk], np.int32),
-                 key=keys, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                 temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)
+    idx = np.arange(start, start + batch_prompts)
+    rows = np.where(idx < len(prompts), idx, start)  # the last batch is padded with copies of its first prompt
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(rows + index_offset))
+    out = sample(lm, params, tokens[rows], prompt_lengths=lengths[rows], key=keys, num_samples=num_samples,
+                 max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)
     outs.append(jax.device_get(out))
   cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]
   tokens, lengths = cat("tokens"), cat("lengths")

@@ -11,12 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tts_jax.eval.metrics import mean_pass_at_k
-from tts_jax.models import ModelConfig, init
+from tts_jax.models import ModelConfig, init, pad_prompts
 from tts_jax.models.io import save_model
-from tts_jax.tasks.base import PAD, example_ids
-from tts_jax.tasks.rollout import complete, grade, task_prompts
-from tts_jax.train import loop
+from tts_jax.tasks import PAD, complete, grade, task_prompts
+from tts_jax.tasks.base import example_ids
+from tts_jax.train.loop import run as train_loop
 from tts_jax.train.optim import OptimConfig, make_optimizer
 
 
@@ -57,13 +56,10 @@ def make_batch(task, step: int, batch_size: int, max_len: int, seed: int) -> dic
   longest = max(len(ids) for ids, _ in examples)
   if longest > max_len:
     raise ValueError(f"training example of {longest} tokens exceeds max_len={max_len}")
-  width = min(max_len, -(-longest // 16) * 16)  # few distinct shapes, little padding
-  tokens = np.full((batch_size, width), pad, np.int32)
-  lengths = np.zeros(batch_size, np.int32)
-  mask = np.zeros((batch_size, width - 1), np.float32)
+  tokens, lengths = pad_prompts([ids for ids, _ in examples], pad_id=pad)
+  tokens = tokens[:, :max_len]  # few distinct shapes, little padding
+  mask = np.zeros((batch_size, tokens.shape[1] - 1), np.float32)
   for i, (ids, n_prompt) in enumerate(examples):
-    tokens[i, :len(ids)] = ids
-    lengths[i] = len(ids)
     mask[i, n_prompt - 1:len(ids) - 1] = 1.0
   return {"tokens": tokens, "lengths": lengths, "loss_mask": mask}
 
@@ -106,9 +102,9 @@ def train_policy(config: PolicyTrainConfig, stop_after: int | None = None) -> tu
   def eval_fn(p, step):
     correct = evaluate_policy(task, lm, p, val, num_samples=config.eval_samples,
                               max_new_tokens=budget, key=jax.random.key(step))
-    return {"val_pass@1": mean_pass_at_k(correct, 1)}
+    return {"val_pass@1": float(np.mean(correct))}  # pass@1 = the fraction correct
 
-  params, log = loop.run(
+  params, log = train_loop(
       params=params, loss_fn=policy_loss(lm),
       batch_fn=lambda s: make_batch(task, s, config.batch_size, config.max_len, config.seed),
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,

@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tts_jax.eval.metrics import roc_auc
+from tts_jax.models import pad_prompts
 from tts_jax.models.io import load_model, save_model
-from tts_jax.models.value import init_value, value_logits
+from tts_jax.models.value import init_value
 from tts_jax.tasks.base import PAD, STEP
 from tts_jax.tasks.rollout import complete, grade, task_prompts
-from tts_jax.train import loop
+from tts_jax.train.loop import run as train_loop
 from tts_jax.train.optim import OptimConfig, make_optimizer
+from tts_jax.verifiers import delimiter_positions, roc_auc, value_logits_chunked, within_group_auc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +78,10 @@ def _sequences(prompts, comps):
 
 
 def _pack(seqs, positions, labels, groups, pad) -> ValueData:
-  width = -(-max(len(s) for s in seqs) // 16) * 16
-  m = len(seqs)
-  data = ValueData(tokens=np.full((m, width), pad, np.int32), lengths=np.array([len(s) for s in seqs], np.int32),
-                   weight=np.zeros((m, width), np.float32), target=np.zeros((m, width), np.float32),
-                   group=np.asarray(groups, np.int32))
-  for i, (s, pos, lab) in enumerate(zip(seqs, positions, labels)):
-    data.tokens[i, :len(s)] = s
+  tokens, lengths = pad_prompts(seqs, pad_id=pad)
+  data = ValueData(tokens=tokens, lengths=lengths, weight=np.zeros(tokens.shape, np.float32),
+                   target=np.zeros(tokens.shape, np.float32), group=np.asarray(groups, np.int32))
+  for i, (pos, lab) in enumerate(zip(positions, labels)):
     data.weight[i, pos] = 1.0
     data.target[i, pos] = lab
   return data
@@ -108,7 +106,7 @@ def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, 
     labels = [[float(c)] for c in correct]
     return _pack(seqs, positions, labels, [p for p, _ in owners], pad), oracle
   # PRM: score every step delimiter, and the final token with the outcome.
-  steps_at = [[i for i in range(len(prompts[p]), len(s)) if s[i] == step_id] for s, (p, _) in zip(seqs, owners)]
+  steps_at = [delimiter_positions(s, len(prompts[p]), (step_id,)) for s, (p, _) in zip(seqs, owners)]
   if rollouts:
     prefixes = {}
     for s, (p, _), at in zip(seqs, owners, steps_at):
@@ -153,18 +151,12 @@ def value_loss(vm, ranking_weight: float = 0.0):
 
 def evaluate_verifier(kind: str, vm, params, data: ValueData) -> dict:
   """ROC AUC of the value model's scores at the labelled positions of exactly-labelled data."""
-  scores = []
-  for i in range(0, len(data.tokens), 256):
-    scores.append(np.asarray(value_logits(vm, params, jnp.asarray(data.tokens[i:i + 256]),
-                                          jnp.asarray(data.lengths[i:i + 256]))))
-  scores = np.concatenate(scores)
+  scores = value_logits_chunked(vm, params, data.tokens, data.lengths)
   sel = data.weight > 0
   last = data.lengths - 1
   final, final_y = scores[np.arange(len(last)), last], data.target[np.arange(len(last)), last] > 0.5
-  within = [roc_auc(final[data.group == g], final_y[data.group == g]) for g in np.unique(data.group)]
-  within = [a for a in within if a == a]
   return {f"{kind}_auc": roc_auc(scores[sel], data.target[sel] > 0.5),
-          "outcome_auc_within_problem": float(np.mean(within)) if within else float("nan"),
+          "outcome_auc_within_problem": within_group_auc(final, final_y, data.group),
           "positive_rate": float(np.mean(data.target[sel] > 0.5))}
 
 
@@ -205,7 +197,7 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
     return {"tokens": train.tokens[idx], "lengths": train.lengths[idx], "weight": train.weight[idx],
             "target": train.target[idx], "group": train.group[idx]}
 
-  params, log = loop.run(
+  params, log = train_loop(
       params=params, loss_fn=value_loss(vm, config.ranking_weight), batch_fn=batch_fn,
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
       checkpoint_dir=config.out_dir, checkpoint_every=config.checkpoint_every,

@@ -1,4 +1,8 @@
-"""Compute accounting: tokens, FLOPs and KV-cache bytes of sampling and scoring.
+"""Compute accounting: tokens, FLOPs and KV-cache bytes of sampling, scoring and search.
+
+Every experiment method reports one `Cost` per problem: `pool_cost` for methods that
+select among pre-drawn samples (expected cost of the samples they use), `search_cost`
+for runs of the particle engine (the tokens actually decoded).
 
 FLOPs follow the usual transformer count (Kaplan et al. 2020): a forward pass over
 one token at context length c costs 2 * N_matmul + 4 * L * c * (heads * head_dim),
@@ -10,6 +14,9 @@ is shared by its samples); verifiers re-read prompt + completion per sample.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
+
+import numpy as np
 
 from tts_jax.models.config import ModelConfig
 
@@ -77,3 +84,38 @@ def scoring_cost(config: ModelConfig, prompt_len: int, completion_lens) -> Cost:
     flops += forward_flops(config, prompt_len + n, head_outputs=1)
     toks += prompt_len + n
   return Cost(verifier_tokens=toks, flops=flops)
+
+
+def pool_cost(policy: ModelConfig, verifiers: Sequence[ModelConfig], prompt_len: int, completion_lens,
+              used: float) -> Cost:
+  """Expected compute of `used` samples drawn from a pool whose samples have lengths
+  `completion_lens` (the pool means of per-sample costs), plus one prefill of the prompt;
+  each verifier model re-reads prompt + completion of every sample used."""
+  lens = np.asarray(completion_lens, np.float64)
+  per_sample = np.array([forward_flops(policy, n, context_start=prompt_len) for n in lens]).mean()
+  flops = forward_flops(policy, prompt_len) + used * per_sample
+  verifier_tokens = 0.0
+  for vc in verifiers:
+    flops += used * np.mean([forward_flops(vc, prompt_len + n, head_outputs=1) for n in lens])
+    verifier_tokens += used * (prompt_len + lens.mean())
+  generated = used * lens.mean()
+  return Cost(prompt_tokens=float(prompt_len), generated_tokens=float(generated),
+              verifier_tokens=float(verifier_tokens), flops=float(flops),
+              kv_bytes=float(kv_bytes_per_token(policy) * (prompt_len + generated)))
+
+
+def search_cost(policy: ModelConfig, verifier: ModelConfig | None, prompt_len: int, decoded: float,
+                num_particles: int) -> Cost:
+  """Compute of one engine run on one prompt: one prefill, `decoded` policy tokens over N
+  particles (discarded particles included), and, with a verifier model scored incrementally
+  beside the policy, its prefill and the same tokens once each."""
+  per_particle = decoded / num_particles
+  flops = forward_flops(policy, prompt_len) + num_particles * forward_flops(policy, per_particle,
+                                                                            context_start=prompt_len)
+  verifier_tokens = 0.0
+  if verifier is not None:
+    flops += (forward_flops(verifier, prompt_len, head_outputs=1)
+              + num_particles * forward_flops(verifier, per_particle, prompt_len, 1))
+    verifier_tokens = float(prompt_len) + decoded
+  return Cost(prompt_tokens=float(prompt_len), generated_tokens=float(decoded), verifier_tokens=verifier_tokens,
+              flops=float(flops), kv_bytes=float(kv_bytes_per_token(policy) * (prompt_len + decoded)))

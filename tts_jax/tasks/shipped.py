@@ -1,8 +1,8 @@
 """The shipped default models of a task: policy, ORM and PRM, loaded without training.
 
     d = tts_jax.tasks.load_default("modchain")
-    out = sample(d.policy, d.policy_params, prompts, ...)
-    scores = value_logits(d.prm, d.prm_params, tokens, lengths)
+    out = sample(d.policy, d.policy_params, [prompt_ids(d.task, problem)], ...)
+    p_correct = outcome_probabilities(d.orm, d.orm_params, sequences)
 
 They live in tts_jax/tasks/defaults/<task>/{policy,orm,prm}/ (config.json +
 model.safetensors), with report.json holding their measured quality.
@@ -15,6 +15,7 @@ import json
 import os
 
 from tts_jax.models.io import load_model
+from tts_jax.tasks.registry import get_task
 
 DEFAULTS_DIR = os.path.join(os.path.dirname(__file__), "defaults")
 
@@ -44,7 +45,6 @@ def available_defaults() -> list[str]:
 
 def load_default(task: str = "modchain", directory: str | None = None) -> DefaultModels:
   """Loads the shipped policy, ORM and PRM of `task` (or of a `directory` laid out the same way)."""
-  from tts_jax.tasks import get_task
   root = directory or os.path.join(DEFAULTS_DIR, task)
   if not os.path.isdir(root):
     raise FileNotFoundError(f"no default models for task {task!r} at {root}; available: "

@@ -1,6 +1,6 @@
 """Measures a task's default models: pass@k of the policy, ROC AUC of the ORM and PRM.
 
-    python -m tts_jax.tasks.report modchain [--dir DIR] [--samples 16] [--write]
+    python -m tts_jax.eval.model_report modchain [--dir DIR] [--samples 16] [--write]
 
 Samples `--samples` completions per problem of the "test" and "hard" splits at
 temperature 1 and reports unbiased pass@1/4/16, then scores the test completions
@@ -16,14 +16,12 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.eval.metrics import mean_pass_at_k, roc_auc
-from tts_jax.models.value import value_logits
-from tts_jax.tasks.base import STEP
-from tts_jax.tasks.defaults import DEFAULTS_DIR, load_default
-from tts_jax.tasks.rollout import complete, grade, task_prompts
+from tts_jax.eval.metrics import mean_pass_at_k
+from tts_jax.tasks import STEP, complete, grade, load_default, task_prompts
+from tts_jax.tasks.shipped import DEFAULTS_DIR
+from tts_jax.verifiers import delimiter_positions, roc_auc, score_sequences
 
 REPORT_SEED = 1234
 
@@ -46,24 +44,14 @@ def verifier_auc(d, problems, comps, correct):
     for n in range(comps.tokens.shape[1]):
       seqs.append(prompts[p] + comps.tokens[p, n, :comps.lengths[p, n]].tolist())
       owners.append((p, n))
-  width = -(-max(map(len, seqs)) // 16) * 16
-  toks = np.zeros((len(seqs), width), np.int32)
-  for i, s in enumerate(seqs):
-    toks[i, :len(s)] = s
-  lens = np.array([len(s) for s in seqs], np.int32)
-
-  def scores(model, params):
-    return np.concatenate([np.asarray(value_logits(model, params, jnp.asarray(toks[i:i + 256]),
-                                                   jnp.asarray(lens[i:i + 256]))) for i in range(0, len(seqs), 256)])
-
-  orm = scores(d.orm, d.orm_params)
-  orm_auc = roc_auc(orm[np.arange(len(seqs)), lens - 1], correct.reshape(-1))
-  prm = scores(d.prm, d.prm_params)
+  orm = score_sequences(d.orm, d.orm_params, seqs)
+  orm_auc = roc_auc([s[-1] for s in orm], correct.reshape(-1))
+  prm = score_sequences(d.prm, d.prm_params, seqs)
   s_all, y_all = [], []
   for i, (p, n) in enumerate(owners):
-    at = [j for j in range(len(prompts[p]), lens[i]) if toks[i, j] == step_id]
+    at = delimiter_positions(seqs[i], len(prompts[p]), (step_id,))
     labels = d.task.step_labels(problems[p], comps.texts[p][n])
-    s_all += [prm[i, j] for j in at]
+    s_all += [prm[i][j] for j in at]
     y_all += labels[:len(at)]
   return {"orm_auc": orm_auc, "prm_step_auc": roc_auc(s_all, y_all), "prm_steps": len(y_all),
           "prm_step_positive_rate": float(np.mean(y_all))}
@@ -79,7 +67,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   d = load_default(args.task, args.dir)
   report = {"task": args.task, "seed": REPORT_SEED, "samples_per_problem": args.samples,
-            "command": f"python -m tts_jax.tasks.report {args.task} --samples {args.samples}"}
+            "command": f"python -m tts_jax.eval.model_report {args.task} --samples {args.samples}"}
   t0 = time.perf_counter()
   for split in ("test", "hard"):
     correct, comps, problems = policy_pass_at_k(d, split, args.samples, args.max_new_tokens)

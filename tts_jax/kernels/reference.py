@@ -1,6 +1,7 @@
-"""Attention as partial softmaxes merged by log-sum-exp (pure jnp).
+"""Reference attention (pure jnp): partial softmaxes merged by log-sum-exp.
 
-Every attention in the library is one or more calls of `attend_partial` over a
+The bottom of the library: the models use it for their XLA attention path and the
+Pallas kernels of this package test against it. Every attention in the library is one or more calls of `attend_partial` over a
 subset of keys, each returning its normalised output and its log-sum-exp, and
 `merge_partials` combining them exactly. Shared-prefix ("cascade") decoding
 attends over the prompt KV once per prompt (all N samples of a prompt are the

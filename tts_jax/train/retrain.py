@@ -5,7 +5,7 @@
 runs experiments/train/<task>_{policy,orm,prm}.py in order (each resumes if
 interrupted), copies the three exported models into tts_jax/tasks/defaults/<task>
 (or DIR), and records the training times in its report.json. Then
-`python -m tts_jax.tasks.report <task> --write` measures and records their quality.
+`python -m tts_jax.eval.model_report <task> --write` measures and records their quality.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 import shutil
 import time
 
-from tts_jax.configs import load_config
-from tts_jax.tasks.defaults import DEFAULTS_DIR
+from tts_jax.config_files import load_config
+from tts_jax.tasks.shipped import DEFAULTS_DIR
 from tts_jax.train.policy import train_policy
 from tts_jax.train.verifier import train_verifier
 

@@ -1,39 +1,23 @@
-"""Potentials: log phi per particle at each step boundary (contract 2 of DESIGN.md).
+"""Potentials: stateless functions of the tokens, and value models scored incrementally.
 
-A potential has three pure methods, all jittable:
-
-    state = pot.init(params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens)
-    state = pot.advance(params, tokens[B, N], state, active[B, N])      # one token per particle
-    log_phi[B, N], state = pot.score(params, state, tokens, lengths, done, extended)  # at a step end
-
-and its state supports `gather_state(state, ancestors)` (resampling moves it with the
-particles). `SequencePotential` wraps a stateless function of the generated tokens
-(oracles, tabular potentials, host checkers through `jax.pure_callback`).
-`ValuePotential` runs a value model (a PRM / ORM) token by token alongside the
-policy with its own KV cache, so scoring a step costs the step's tokens only; it
-never re-reads the prefix as text.
+`SequencePotential` wraps a stateless function of the generated tokens (oracles,
+tabular potentials). `ValuePotential` runs a value model (a PRM / ORM) token by token
+alongside the policy with its own KV cache, so scoring a step costs the step's tokens
+only; it never re-reads the prefix as text. See `tts_jax.verifiers.base` for the protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-# fn(tokens int32[B, N, T], lengths int32[B, N], done bool[B, N]) -> log phi float32[B, N]
-PotentialFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-def gather_state(state, ancestors: jax.Array):
-  """The state of particles `ancestors` int32[B, N'] (per prompt): via `state.gather` if it
-  has one, else every leaf is indexed along axis 1."""
-  if hasattr(state, "gather"):
-    return state.gather(ancestors)
-  take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
-  return jax.tree.map(take, state)
+from tts_jax.models import CausalLM
+from tts_jax.verifiers.base import PotentialFn
+from tts_jax.verifiers.steps import accumulate_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +64,7 @@ class ValuePotential:
   model: a `LanguageModel` whose outputs are value logits (`ValueModel.as_lm()`).
   """
 
-  model: object
+  model: CausalLM
   aggregate: Literal["last", "prod", "min"] = "last"
   transform: Literal["log", "logit"] = "log"
 
@@ -103,13 +87,7 @@ class ValuePotential:
 
   def score(self, params, state: ValueState, tokens, lengths, done, extended):
     r = jax.nn.log_sigmoid(state.last) if self.transform == "log" else state.last
-    if self.aggregate == "last":
-      agg = r
-    elif self.aggregate == "prod":
-      agg = state.agg + r
-    else:
-      agg = jnp.where(state.scored == 0, r, jnp.minimum(state.agg, r))
-    agg = jnp.where(extended, agg, state.agg)
+    agg = jnp.where(extended, accumulate_step(self.aggregate, state.agg, r, state.scored), state.agg)
     return agg, state.replace(agg=agg, scored=state.scored + extended.astype(jnp.int32))
 
 

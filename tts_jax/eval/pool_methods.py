@@ -1,6 +1,8 @@
-"""Selection methods as frozen config dataclasses, evaluated on a pool at a budget k.
+"""Pool methods: select among pre-drawn samples (frozen config dataclasses).
 
-`method.evaluate(pool, k, keys, num_subsets)` (keys: one PRNG key per problem) returns
+Each is an experiment method (`tts_jax.eval.method.Method`): `evaluate(batch, k, index)`
+reads the batch's shared pool. Its core, `evaluate_pool(pool, k, keys, num_subsets)`
+(keys: one PRNG key per problem), returns
 (accuracy float64[P], samples used float64[P], Monte Carlo variance of each problem's
 accuracy estimate float64[P]) as expectations over k-subsets of the pool (without replacement): exact for
 pass@k and best-of-k, and for the other methods whenever all C(n, k) subsets fit in
@@ -11,6 +13,7 @@ correctness of the first sample in the subset that gave that answer.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
 import math
@@ -20,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tts_jax.eval.batch import Batch
+from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k, subset_indices
 from tts_jax.eval.pool import Pool
 from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_select,
@@ -27,6 +32,32 @@ from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, major
 
 Verifier = Literal["orm", "prm"]
 Aggregate = Literal["last", "min", "prod", "mean"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolMethod(abc.ABC):
+  """Base of the pool methods. Subclasses define `evaluate_pool` (and `verifiers` if they
+  read verifier scores)."""
+
+  name: str = "pool method"
+
+  def verifiers(self) -> tuple[str, ...]:
+    """The shipped verifiers this method reads ("orm", "prm")."""
+    return ()
+
+  def check_budgets(self, budgets) -> None:
+    """Every budget works for a pool method."""
+
+  @abc.abstractmethod
+  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
+    """-> (accuracy float64[P], samples used float64[P], Monte Carlo variance float64[P])."""
+
+  def evaluate(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
+    pool = batch.pool(self.verifiers())
+    acc, used, mc_var = self.evaluate_pool(pool, budget, batch.subset_keys(budget, index),
+                                           batch.experiment.num_subsets)
+    return [Outcome(accuracy=acc[i], samples=used[i], mc_var=mc_var[i],
+                    cost=batch.pool_cost(i, used[i], self.verifiers())) for i in range(len(acc))]
 
 
 def _take(x: np.ndarray, idx) -> jax.Array:
@@ -43,50 +74,45 @@ def _outcome(pool: Pool, idx, chosen) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class PassAtK:
+class PassAtK(PoolMethod):
   """Oracle: some sample among k is correct (unbiased pass@k; an upper bound)."""
 
   name: str = "pass@k (oracle)"
 
-  def needs(self) -> tuple[str, ...]:
-    return ()
-
-  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
     n = pool.shape[1]
     acc = np.array([pass_at_k(n, int(c), k) for c in pool.correct.sum(1)])
     return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
 
 
 @dataclasses.dataclass(frozen=True)
-class BestOfN:
+class BestOfN(PoolMethod):
   """The sample with the highest verifier score (exact over subsets; score ties split evenly)."""
 
   verifier: Verifier = "orm"
   aggregate: Aggregate = "last"
   name: str = "best-of-N (ORM)"
 
-  def needs(self) -> tuple[str, ...]:
-    """The verifiers this method reads ("orm", "prm")."""
+  def verifiers(self) -> tuple[str, ...]:
     return (self.verifier,)
 
-  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
     acc = best_of_k_exact(pool.verifier_scores(self.verifier, self.aggregate), pool.correct, k)
     return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Vote:
+class _Vote(PoolMethod):
   """Base of the Monte Carlo voting methods."""
 
   name: str = "vote"
   order_free = True  # the rule ignores sample order (one subset suffices at k = n)
 
-  def needs(self) -> tuple[str, ...]:
-    return ()
+  @abc.abstractmethod
+  def choose(self, pool: Pool, idx):
+    """idx int32[P, S, k] subsets -> (answer ids [P, S], samples used [P, S])."""
 
-  # Subclasses define choose(pool, idx int32[P, S, k]) -> (answer ids [P, S], samples used [P, S]).
-
-  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
     p, n = pool.shape
     exact = (self.order_free or k == 1) and math.comb(n, k) <= num_subsets
     if exact:  # few enough subsets: enumerate them all (e.g. k = 1 or k = n)
@@ -118,8 +144,7 @@ class WeightedMajority(_Vote):
   aggregate: Aggregate = "last"
   name: str = "weighted majority (PRM)"
 
-  def needs(self) -> tuple[str, ...]:
-    """The verifiers this method reads ("orm", "prm")."""
+  def verifiers(self) -> tuple[str, ...]:
     return (self.verifier,)
 
   def choose(self, pool, idx):
@@ -157,9 +182,9 @@ class RPC(_Vote):
   max_subsets: int = 16
   name: str = "RPC"
 
-  def evaluate(self, pool: Pool, k: int, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
     # k = 1 is cheap (no fit below 4 samples) and then exact; larger k caps the subsets.
-    return super().evaluate(pool, k, keys, num_subsets if k == 1 else min(num_subsets, self.max_subsets))
+    return super().evaluate_pool(pool, k, keys, num_subsets if k == 1 else min(num_subsets, self.max_subsets))
 
   def choose(self, pool, idx):
     idx = np.asarray(idx)
@@ -183,6 +208,3 @@ class AdaptiveConsistency(_Vote):
     chosen, used = adaptive_consistency(_take(pool.answers, idx), self.threshold, num_answers=pool.shape[1])
     return chosen, np.asarray(used)
 
-
-METHODS = {c.__name__: c for c in (PassAtK, BestOfN, MajorityVote, WeightedMajority, InverseEntropyVote,
-                                   ShortestMajority, RPC, AdaptiveConsistency)}

@@ -1,0 +1,88 @@
+"""The verifiers layer: one step aggregation (offline = incremental), the step finder, the
+pure oracle (the problem read off the prompt), chunked scoring = one forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tts_jax.models import qwen2_config
+from tts_jax.models.value import init_value, value_logits
+from tts_jax.tasks import Countdown, ModChain, prompt_ids, step_oracle
+from tts_jax.verifiers import (accumulate_step, aggregate_steps, delimiter_positions, score_sequences, step_ends,
+                               within_group_auc)
+
+
+@pytest.mark.parametrize("how", ["last", "min", "prod"])
+def test_incremental_aggregation_equals_offline(how):
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(0.01, 1.0, size=(50, 7)).astype(np.float32)
+  counts = rng.integers(1, 8, size=50)
+  mask = np.arange(7)[None, :] < counts[:, None]
+  total = jnp.zeros(50)
+  for s in range(7):
+    step = accumulate_step(how, total, jnp.log(probs[:, s]), jnp.full(50, s))
+    total = jnp.where(s < counts, step, total)
+  np.testing.assert_allclose(np.exp(np.asarray(total)), np.asarray(aggregate_steps(probs, mask, how)), rtol=1e-5)
+
+
+def test_step_ends_count_a_final_delimiter_once():
+  assert delimiter_positions([9, 5, 1, 5, 2], 1, (5,)) == [1, 3]
+  assert step_ends([9, 5, 1, 5, 2], 1, (5,)) == [1, 3, 4]
+  assert step_ends([9, 5, 1, 5], 1, (5,)) == [1, 3]  # ends with a delimiter: counted once
+  assert step_ends([9, 5, 1, 5], 2, (5,)) == [3]  # delimiters in the prompt are not steps
+  assert step_ends([9], 1, (5,)) == []  # nothing generated
+
+
+def test_within_group_auc_ignores_between_group_differences():
+  # Group 0 is easy (high scores), group 1 hard; within each, right > wrong: perfect ranking.
+  scores = [0.9, 0.8, 0.2, 0.1]
+  labels = [True, False, True, False]
+  assert within_group_auc(scores, labels, [0, 0, 1, 1]) == 1.0
+  assert within_group_auc([0.1, 0.9, 0.5, 0.6], labels, [0, 0, 1, 1]) == 0.0
+  assert np.isnan(within_group_auc([1, 2], [True, True], [0, 0]))
+
+
+@pytest.mark.parametrize("task", [ModChain(), Countdown()])
+def test_prompts_parse_back_to_their_problems(task):
+  for p in task.split("test")[:100]:
+    q = task.parse_prompt(task.prompt(p))
+    sol = task.solution(p)
+    assert task.verify(q, sol) and all(task.step_labels(q, sol))
+  with pytest.raises(ValueError, match="not a"):
+    task.parse_prompt("hello world")
+
+
+def test_oracle_is_pure_in_its_arguments():
+  """One compiled score serves any problem: the problem comes in through the prompt tokens."""
+  task = ModChain()
+  tok = task.tokenizer()
+  pot = step_oracle(task)
+  probs = task.split("test")[:2]
+  assert step_oracle(task) == pot and hash(step_oracle(task)) == hash(pot)  # a static jit argument
+  score = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None)[0])
+  for prob, other in (probs, probs[::-1]):
+    ids = tok.encode(task.solution(prob), add_special_tokens=False) + [tok.token_to_id("<eos>")]
+    prompts = [prompt_ids(task, prob), prompt_ids(task, other)]
+    width = max(map(len, prompts))
+    pt = np.zeros((2, width), np.int32)
+    for i, p in enumerate(prompts):
+      pt[i, :len(p)] = p
+    state = pot.init(None, jnp.asarray(pt), jnp.asarray([len(p) for p in prompts]), 1, len(ids))
+    tokens = jnp.asarray(np.tile(np.asarray(ids, np.int32), (2, 1, 1)))
+    out = np.asarray(score(state, tokens, jnp.full((2, 1), len(ids)), jnp.ones((2, 1), bool)))
+    # Row 0 is prob's own solution (right); row 1 pairs it with the other problem (wrong).
+    np.testing.assert_allclose(out[:, 0], np.log([0.99, 0.01]), rtol=1e-6)
+  assert score._cache_size() == 1
+
+
+def test_chunked_scoring_equals_one_forward_pass():
+  cfg = qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=64)
+  vm, params = init_value(cfg, seed=1)
+  rng = np.random.default_rng(2)
+  seqs = [rng.integers(0, 13, size=n).tolist() for n in rng.integers(1, 40, size=7)]
+  out = score_sequences(vm, params, seqs, chunk=3)
+  for s, o in zip(seqs, out):
+    want = np.asarray(value_logits(vm, params, jnp.asarray([s]), jnp.asarray([len(s)])))[0]
+    np.testing.assert_allclose(o, want, atol=1e-5)

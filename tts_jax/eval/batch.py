@@ -1,0 +1,91 @@
+"""What every method of one runner batch shares: problems, prompts, models, a lazy pool, keys.
+
+The pool (max(budgets) samples per problem) is drawn, graded and scored at most once per
+batch and only when a method asks for it; each verifier model scores it at most once.
+Random streams (all pure in the experiment seed, the problem's index in the split, the
+budget and the method's index, so they do not depend on the batching):
+
+  pool samples        problem i: fold_in(key(seed), i)
+  pool-method subsets problem i: fold_in(fold_in(fold_in(key(seed + 1), i), budget), method)
+  search runs         problem i: fold_in(fold_in(fold_in(key(seed + 2), method), budget), i)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tts_jax.eval.cost import Cost, pool_cost
+from tts_jax.eval.experiment import Experiment
+from tts_jax.eval.pool import Pool, build_pool, score_pool
+from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts
+
+
+@dataclasses.dataclass
+class Batch:
+  """Problems [start, start + len(problems)) of the experiment's split."""
+
+  experiment: Experiment
+  models: DefaultModels
+  problems: list
+  start: int
+  _scored: set = dataclasses.field(default_factory=set)
+
+  @property
+  def task(self):
+    return self.experiment.task
+
+  @functools.cached_property
+  def prompts(self) -> list[list[int]]:
+    """The problems' prompt token ids ([BOS] + prompt)."""
+    return task_prompts(self.task, self.problems)
+
+  @functools.cached_property
+  def completions(self) -> Completions:
+    """max(budgets) samples of every problem."""
+    exp, m = self.experiment, self.models
+    return complete(self.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
+                    key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
+                    temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
+                    min_p=exp.sampling.min_p, batch_prompts=exp.batch_problems, index_offset=self.start)
+
+  @functools.cached_property
+  def _pool(self) -> Pool:
+    return build_pool(self.task, self.problems, self.prompts, self.completions)
+
+  def pool(self, verifiers: tuple[str, ...] = ()) -> Pool:
+    """The graded pool, with the scores of `verifiers` ("orm", "prm")."""
+    for v in verifiers:
+      if v not in self._scored:
+        model, params = getattr(self.models, v), getattr(self.models, f"{v}_params")
+        score_pool(self._pool, self.task, self.prompts, self.completions, v, model, params)
+        self._scored.add(v)
+    return self._pool
+
+  def pool_cost(self, i: int, used: float, verifiers: tuple[str, ...]) -> Cost:
+    """Expected compute for problem i of `used` pool samples scored by `verifiers`."""
+    pool = self._pool
+    return pool_cost(self.models.policy.config, [getattr(self.models, v).config for v in verifiers],
+                     int(pool.prompt_lens[i]), pool.lengths[i], used)
+
+  def subset_keys(self, budget: int, index: int) -> jax.Array:
+    """[P] keys for pool method `index`'s random subsets at `budget`."""
+    root = jax.random.key(self.experiment.seed + 1)
+    ids = np.arange(self.start, self.start + len(self.problems))
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, i), budget), index))(ids)
+
+  def padded(self) -> tuple[list, list[list[int]]]:
+    """(problems, prompts) padded to `batch_problems` with copies of the first, so every batch
+    of a run has one shape."""
+    pad = self.experiment.batch_problems - len(self.problems)
+    return self.problems + [self.problems[0]] * pad, self.prompts + [self.prompts[0]] * pad
+
+  def search_keys(self, budget: int, index: int) -> jax.Array:
+    """[batch_problems] keys for search method `index` at `budget` (rows past the batch pad)."""
+    root = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.experiment.seed + 2), index), budget)
+    ids = jnp.arange(self.experiment.batch_problems) + self.start
+    return jax.vmap(lambda j: jax.random.fold_in(root, j))(ids)

@@ -1,0 +1,154 @@
+"""Search methods: particle filtering, beam search and DVTS as experiment methods.
+
+Each budget N is one run of the particle engine per batch of problems (unlike pool
+methods, which select among pre-drawn samples); the answer is the best particle
+("argmax") or a vote weighted by the final weights / verifier probabilities, and the
+cost is the compute actually spent (policy tokens decoded, discarded particles
+included; PRM tokens scored incrementally beside the policy).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tts_jax.eval.batch import Batch
+from tts_jax.eval.cost import search_cost
+from tts_jax.eval.method import Outcome
+from tts_jax.models import pad_prompts
+from tts_jax.search import beam_search, dvts, particle_filter
+from tts_jax.smc import Particles, SMCConfig, run_smc
+from tts_jax.tasks import EOS, PAD, STEP, completion_text, step_oracle
+from tts_jax.verifiers import ValuePotential
+
+Final = Literal["argmax", "weighted_majority"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchMethod(abc.ABC):
+  """Common fields. verifier: the potential, the shipped PRM ("prm") or the task's exact
+  step checker ("oracle"); aggregate: how the PRM's step scores combine; transform: a step
+  score r is read as log r or logit r; final: the answer is the best particle ("argmax") or
+  a vote weighted by `final_weights`; max_step_tokens: a cap on a step's length (0: steps
+  end at the task's delimiter only). Subclasses define `smc_config(n, **engine_fields)`."""
+
+  verifier: Literal["prm", "oracle"] = "prm"
+  aggregate: Literal["last", "prod", "min"] = "last"
+  transform: Literal["log", "logit"] = "log"
+  final: Final = "argmax"
+  max_step_tokens: int = 0
+
+  @abc.abstractmethod
+  def smc_config(self, n: int, **kw) -> SMCConfig:
+    """The engine config at budget N; `kw` are the task's engine fields (delimiters, ...)."""
+
+  def verifiers(self) -> tuple[str, ...]:
+    return ("prm",) if self.verifier == "prm" else ()
+
+  def check_budgets(self, budgets) -> None:
+    """Raises ValueError now for a budget this method cannot run (e.g. N not divisible by M)."""
+    if self.verifier not in ("prm", "oracle"):
+      raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
+    for n in budgets:
+      self.smc_config(n)
+
+  def potential(self, models, task):
+    if self.verifier == "oracle":
+      return step_oracle(task, self.transform), None
+    return ValuePotential(models.prm.as_lm(), aggregate=self.aggregate, transform=self.transform), models.prm_params
+
+  def final_weights(self, particles: Particles) -> np.ndarray:
+    """float[B, N] vote weights of the final particles (here: the potential as a probability)."""
+    return np.exp(np.asarray(particles.log_potential, np.float64))
+
+  def evaluate(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
+    exp, models, task = batch.experiment, batch.models, batch.task
+    tok = task.tokenizer()
+    eos, pad, step = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(STEP)
+    problems, prompts = batch.padded()
+    tokens, lengths = pad_prompts(prompts, pad_id=pad)
+    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=(step,), stop_tokens=(eos,),
+                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=pad)
+    potential, pparams = self.potential(models, task)
+    p = run_smc(models.policy, models.policy_params, jnp.asarray(tokens), jnp.asarray(lengths),
+                batch.search_keys(budget, index), cfg=cfg, potential=potential, potential_params=pparams)
+    p = jax.device_get(p)
+    return self._outcomes(batch, lengths, p, budget)[:len(batch.problems)]
+
+  def _answer(self, task, texts, score, weights) -> str:
+    if self.final == "argmax":
+      return texts[int(np.argmax(score))]
+    votes: dict = {}
+    for t, w in zip(texts, weights):
+      a = task.extract_answer(t)
+      if a is not None:
+        votes[a] = votes.get(a, 0.0) + float(w)
+    best = max(votes, key=votes.get) if votes else None
+    return next((t for t in texts if task.extract_answer(t) == best), texts[0])
+
+  def _outcomes(self, batch: Batch, plens, p: Particles, n: int) -> list[Outcome]:
+    task, models = batch.task, batch.models
+    weights, score = self.final_weights(p), np.asarray(p.log_potential)
+    verifier = models.prm.config if self.verifier == "prm" else None
+    out = []
+    for i, prob in enumerate(batch.padded()[0][:len(batch.problems)]):
+      texts = [completion_text(task, p.tokens[i, j, :p.length[i, j]]) for j in range(n)]
+      text = self._answer(task, texts, score[i], weights[i])
+      out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n),
+                         cost=search_cost(models.policy.config, verifier, plens[i], float(p.decoded[i]), n),
+                         extra=(("resamples", float(p.num_resamples[i])),)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleFiltering(SearchMethod):
+  """Particle filtering with PRM potentials. The defaults follow Puri et al. 2025:
+  multinomial resampling at every step with weights = the current PRM score as a logit
+  (`incremental=False`, `transform="logit"`), answer = the particle with the largest
+  weight. `incremental=True, transform="log"` is proper SMC for p(x) PRM(x) with
+  ESS-triggered resampling."""
+
+  transform: Literal["log", "logit"] = "logit"
+  incremental: bool = False
+  resampler: str = "multinomial"
+  ess_threshold: float = 1.0
+  name: str = "particle filtering (PRM)"
+
+  def smc_config(self, n, **kw):
+    return particle_filter(n, scheme=self.resampler, ess_threshold=self.ess_threshold,
+                           incremental=self.incremental, **kw)
+
+  def final_weights(self, particles):
+    return np.asarray(particles.normalized_weights(), np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TreeSearch(SearchMethod, abc.ABC):
+  """Fields of the tree searches: M = `expansions` per kept particle, ranked by the potential."""
+
+  expansions: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearch(_TreeSearch):
+  """Step-level beam search: width N / M, M expansions per beam."""
+
+  name: str = "beam search (PRM)"
+
+  def smc_config(self, n, **kw):
+    return beam_search(n, min(self.expansions, n), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class DVTS(_TreeSearch):
+  """Diverse verifier tree search: N / M independent subtrees of M expansions."""
+
+  name: str = "DVTS (PRM)"
+
+  def smc_config(self, n, **kw):
+    return dvts(n, min(self.expansions, n), **kw)

@@ -1,0 +1,42 @@
+"""The SMC selection strategy: resample by weight when the effective sample size is low."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from tts_jax.smc.particles import Particles
+from tts_jax.smc.resampling import SCHEMES, ess, get_resampler
+from tts_jax.smc.strategy import Selection, SelectionStrategy
+
+
+@dataclasses.dataclass(frozen=True)
+class Resample(SelectionStrategy):
+  """Resample each prompt's particles with `scheme` when ESS < ess_threshold x N
+  (1 = after every step, 0 = never: importance sampling). Resampled weights are reset
+  to 0 and log Z accumulates the log mean weight, so Z_hat stays unbiased."""
+
+  scheme: str = "systematic"
+  ess_threshold: float = 0.5
+
+  def __post_init__(self):
+    if self.scheme not in SCHEMES:
+      raise ValueError(f"unknown resampler {self.scheme!r}; choose from {sorted(SCHEMES)}")
+    if not 0.0 <= self.ess_threshold <= 1.0:
+      raise ValueError(f"ess_threshold must be in [0, 1], got {self.ess_threshold}")
+
+  def select(self, keys: jax.Array, particles: Particles) -> Selection:
+    lw = particles.log_weights
+    b, n = lw.shape
+    need = (ess(lw) < self.ess_threshold * n) | (self.ess_threshold >= 1.0)  # 1: every step
+    resampler = get_resampler(self.scheme)
+    ancestors = jax.vmap(lambda k, w: resampler(k, w, n))(keys, lw)
+    return Selection(ancestors=ancestors, log_weights=jnp.zeros_like(lw),
+                     log_z_increment=jax.nn.logsumexp(lw, axis=-1) - jnp.log(n), selected=need)
+
+  def check_reference(self) -> None:
+    if self.scheme != "multinomial" or self.ess_threshold not in (0.0, 1.0):
+      raise ValueError("conditional SMC (a reference) needs Resample('multinomial') with ess_threshold 0 or 1; "
+                       f"got {self.scheme!r}, {self.ess_threshold}")

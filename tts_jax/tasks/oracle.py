@@ -1,0 +1,47 @@
+"""A task's exact step checker as a potential: what a perfect PRM would give.
+
+    potential = step_oracle(task)            # an OraclePotential; params None
+    run_smc(..., potential=potential)
+
+A particle is right so far while every finished step is right (the task's exact
+`step_labels`) and, once done, its answer is (`verify`). The problem is parsed from
+the prompt's own token ids, so the potential has no state outside its arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal, Sequence
+
+from tts_jax.tasks.base import STEP, completion_text, split_steps
+from tts_jax.verifiers import OraclePotential
+
+
+@functools.lru_cache(maxsize=4096)
+def _problem(task, prompt_text: str):
+  return task.parse_prompt(prompt_text)
+
+
+def prefix_correct(task, problem, text: str, done: bool) -> bool:
+  """Whether a (partial) completion is right so far: its whole steps are right and, if it
+  is done, so is its answer. A step still being written (no delimiter yet) is not judged."""
+  steps, _ = split_steps(text)
+  whole = len(steps) if text.rstrip().endswith(STEP) or done else len(steps) - 1
+  return all(task.step_labels(problem, text)[:max(whole, 0)]) and (not done or task.verify(problem, text))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskChecker:
+  """`StepChecker` of a task: (prompt ids, completion ids, done) -> right so far."""
+
+  task: object
+
+  def __call__(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> bool:
+    problem = _problem(self.task, completion_text(self.task, prompt_ids))
+    return prefix_correct(self.task, problem, completion_text(self.task, completion_ids), done)
+
+
+def step_oracle(task, transform: Literal["log", "logit"] = "log", eps: float = 0.01) -> OraclePotential:
+  """The task's exact checker as a potential: log r or logit r, r = 1 - eps while right, eps after."""
+  return OraclePotential(TaskChecker(task), transform=transform, eps=eps)

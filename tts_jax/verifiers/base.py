@@ -1,0 +1,49 @@
+"""Contract 2 of the design: a potential scores particles, log phi per particle.
+
+PRMs, ORMs, twists' targets, exact checkers and LM judges all fit one protocol of
+three pure, jittable methods:
+
+    state = pot.init(params, prompt_tokens[B, Tp], prompt_lengths[B], num_particles, max_new_tokens)
+    state = pot.advance(params, tokens[B, N], state, active[B, N])    # one token per particle
+    log_phi[B, N], state = pot.score(params, state, tokens[B, N, T], lengths[B, N], done[B, N],
+                                     extended[B, N])                  # at a step end
+
+`score` is called when particles reach a step boundary; `extended` marks the ones that
+grew since the last call (the others must keep their previous score). The state moves
+with the particles when they are resampled: `gather_state(state, ancestors)` uses
+`state.gather(ancestors)` if it has one, else indexes every leaf along axis 1.
+A potential object is hashable (a static argument of jit); everything that varies
+from batch to batch goes through `params` or `init`'s arguments, never hidden state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+# fn(tokens int32[B, N, T], lengths int32[B, N], done bool[B, N]) -> log phi float32[B, N]
+PotentialFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@runtime_checkable
+class Potential(Protocol):
+  """Scores particles at step boundaries (see the module docstring for shapes)."""
+
+  def init(self, params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array, num_particles: int,
+           max_new_tokens: int) -> Any: ...
+
+  def advance(self, params: Any, tokens: jax.Array, state: Any, active: jax.Array) -> Any: ...
+
+  def score(self, params: Any, state: Any, tokens: jax.Array, lengths: jax.Array, done: jax.Array,
+            extended: jax.Array) -> tuple[jax.Array, Any]: ...
+
+
+def gather_state(state, ancestors: jax.Array):
+  """The state of particles `ancestors` int32[B, N'] (per prompt): via `state.gather` if it
+  has one, else every leaf is indexed along axis 1."""
+  if hasattr(state, "gather"):
+    return state.gather(ancestors)
+  take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
+  return jax.tree.map(take, state)
