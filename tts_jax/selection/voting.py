@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +48,8 @@ def vote_totals(answers: jax.Array, weights: jax.Array | None = None,
   (default 1); num_answers: A, the id range (default N: enough when ids were assigned
   within these N samples; pass the pool size when voting on a subset of a pool).
   """
+  if weights is not None:
+    chex.assert_equal_shape([answers, weights])
   n = answers.shape[-1] if num_answers is None else num_answers
   w = jnp.ones(answers.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
   onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)  # -1 -> all zeros
@@ -73,6 +76,7 @@ def best_index(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   valid: bool[..., N] restricts the choice (e.g. samples with an answer). -> int32[...]."""
   s = scores.astype(jnp.float32)
   if valid is not None:
+    chex.assert_equal_shape([scores, valid])
     s = jnp.where(valid, s, -jnp.inf)
   return jnp.argmax(s, axis=-1).astype(jnp.int32)
 
@@ -89,6 +93,7 @@ def shortest_majority_vote(answers: jax.Array, lengths: jax.Array, num_answers: 
   """Shortest majority vote (Zeng et al. 2025): answer a scores c(a) / l(a), its vote count
   over the mean length (tokens) of its samples, so a frequent answer reached by shorter
   chains wins. lengths: int/float[..., N]."""
+  chex.assert_equal_shape([answers, lengths])
   n = answers.shape[-1] if num_answers is None else num_answers
   onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)
   counts = jnp.sum(onehot, axis=-2)
