@@ -103,3 +103,26 @@ def test_the_checker_sees_function_level_imports(tmp_path):
   f.write_text("def f():\n  from tts_jax.eval import runner\n  import tts_jax.models.lm\n")
   found = [m for m, _ in imports(str(f), "tts_jax.kernels.mod", {"tts_jax.eval.runner"})]
   assert found == ["tts_jax.eval", "tts_jax.eval.runner", "tts_jax.models.lm"]
+
+
+def test_the_documented_strategy_example_runs():
+  """The worked example of docs/ARCHITECTURE.md ("How to add a selection strategy") is real code."""
+  import jax
+  import numpy as np
+
+  from tests.tabular_target import make_target
+  from tts_jax.smc import SMCConfig, run_smc
+  text = open(os.path.join(ROOT, "docs", "ARCHITECTURE.md")).read()
+  section = text[text.index("## How to add a selection strategy"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  namespace = {}
+  exec(compile(code, "ARCHITECTURE.md", "exec"), namespace)
+  top_half = namespace["TopHalf"]()
+  with pytest.raises(ValueError, match="even number"):
+    SMCConfig(num_particles=5, select=top_half)
+  tgt = make_target(vocab=4, max_new=4, prompt=(1,), stops=(), seed=3)
+  cfg = SMCConfig(num_particles=8, max_new_tokens=4, max_step_tokens=1, select=top_half)
+  p = run_smc(tgt.lm, tgt.params, *tgt.prompts(3), jax.random.key(0), cfg=cfg, potential=tgt.potential)
+  anc = np.asarray(p.ancestors)
+  np.testing.assert_array_equal(anc[:, :4], anc[:, 4:])  # the second half copies the first
+  assert int(np.asarray(p.num_resamples).min()) == 3  # selected after every step but the last
