@@ -19,8 +19,9 @@ from tts_jax.verifiers import OraclePotential
 
 
 @functools.lru_cache(maxsize=4096)
-def _problem(task, prompt_text: str):
-  return task.parse_prompt(prompt_text)
+def _problem(task, prompt_ids: tuple[int, ...]):
+  """The problem a prompt states: decoded and parsed once per distinct prompt, not per particle."""
+  return task.parse_prompt(completion_text(task, prompt_ids))
 
 
 def prefix_correct(task, problem, text: str, done: bool) -> bool:
@@ -38,7 +39,7 @@ class TaskChecker:
   task: object
 
   def __call__(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> bool:
-    problem = _problem(self.task, completion_text(self.task, prompt_ids))
+    problem = _problem(self.task, tuple(int(t) for t in prompt_ids))
     return prefix_correct(self.task, problem, completion_text(self.task, completion_ids), done)
 
 
