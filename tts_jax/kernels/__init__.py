@@ -1,17 +1,19 @@
 """Attention: the pure-jnp reference (partial softmax + log-sum-exp merge) and the Pallas
 kernels (causal flash prefill, shared-prefix cascade decode).
 
-Each kernel has a pure-jnp `*_reference` with the same contract, a block-size config,
-and runs with `interpret=True` on CPU. `use_pallas(impl)` is the model's dispatch rule.
+Each kernel has a pure-jnp `*_reference` with the same contract and runs with
+`interpret=True` on CPU; `plan` tiles and pads any shape per backend (and reports each
+configuration's on-chip bytes); `attention_path` is the model's dispatch rule.
 """
 
-from tts_jax.kernels.cascade_decode import (CascadeConfig, cascade_decode, cascade_decode_reference,
-                                            prefix_attention)
-from tts_jax.kernels.dispatch import use_pallas
-from tts_jax.kernels.flash_prefill import FlashConfig, flash_prefill, flash_prefill_reference
+from tts_jax.kernels.cascade_decode import cascade_decode, cascade_decode_reference, prefix_attention
+from tts_jax.kernels.dispatch import MEASURED_FASTER, AttentionPath, attention_path
+from tts_jax.kernels.flash_prefill import flash_prefill, flash_prefill_reference
+from tts_jax.kernels.plan import H100, TPU, DecodePlan, PrefillPlan, Target, UnsupportedShape, plan_decode, plan_prefill
 from tts_jax.kernels.reference import attend_partial, causal_mask, merge_partials
 
 
-__all__ = ["CascadeConfig", "cascade_decode", "cascade_decode_reference", "prefix_attention", "FlashConfig",
-           "flash_prefill", "flash_prefill_reference", "use_pallas", "attend_partial", "causal_mask",
+__all__ = ["cascade_decode", "cascade_decode_reference", "prefix_attention", "MEASURED_FASTER", "AttentionPath",
+           "attention_path", "flash_prefill", "flash_prefill_reference", "H100", "TPU", "DecodePlan", "PrefillPlan",
+           "Target", "UnsupportedShape", "plan_decode", "plan_prefill", "attend_partial", "causal_mask",
            "merge_partials"]

@@ -37,6 +37,9 @@ class RopeScaling:
       )
 
 
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A decoder-only transformer of the Llama-3 / Qwen2 / Qwen2.5 / Qwen3 families.
@@ -61,7 +64,10 @@ class ModelConfig:
       logits are always computed in float32.
     attention_impl: "xla" (pure jnp attention), "pallas" (the Pallas kernels of
       `tts_jax.kernels`; interpret mode on CPU) or "auto" (Pallas on GPU and TPU,
-      XLA on CPU).
+      XLA elsewhere until a kernel is measured faster; see `tts_jax.kernels.attention_path`).
+    matmul_precision: what the model's matmuls compute in, on every backend: "float32"
+      (default: float32 means float32, also on GPUs whose default is TF32), "tensorfloat32",
+      "bfloat16" or "default" (the backend's choice). Products always accumulate in float32.
     family: informational name of the architecture ("llama", "qwen2", "qwen3").
   """
 
@@ -82,6 +88,7 @@ class ModelConfig:
   max_position_embeddings: int = 4096
   dtype: str = "float32"
   attention_impl: AttentionImpl = "auto"
+  matmul_precision: str = "float32"
   family: str = "qwen2"
 
   def __post_init__(self):
@@ -98,6 +105,9 @@ class ModelConfig:
       raise ValueError(f"unsupported dtype {self.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
     if self.attention_impl not in ("auto", "xla", "pallas"):
       raise ValueError(f"attention_impl must be 'auto', 'xla' or 'pallas', got {self.attention_impl!r}")
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                       f"got {self.matmul_precision!r}")
 
   @property
   def jnp_dtype(self):

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from tts_jax.kernels import attend_partial, cascade_decode, causal_mask, flash_prefill, merge_partials, use_pallas
+from tts_jax.kernels import attend_partial, attention_path, cascade_decode, causal_mask, flash_prefill, merge_partials
+from tts_jax.kernels.blocks import pad_axis
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.paged import PagedKVCache, init_paged_cache
 from tts_jax.models.rope import rope_tables
@@ -78,6 +79,22 @@ class KVCache:
                    mask=take(self.mask), lengths=take(self.lengths), step=self.step, compact=self.compact)
 
 
+PREFIX_ALIGN = 128  # prompt KV length multiple on the Pallas decode path (GPU and TPU key blocks divide it)
+
+
+def _in_precision(method):
+  """Traces a LanguageModel method under its config's matmul precision (float32 by default,
+  so a float32 model is float32 on GPUs too, whose default for float32 matmuls is TF32)."""
+
+  @functools.wraps(method)
+  def wrapped(self, *args, **kwargs):
+    precision = self.config.matmul_precision
+    with jax.default_matmul_precision(None if precision == "default" else precision):
+      return method(self, *args, **kwargs)
+
+  return wrapped
+
+
 @dataclasses.dataclass(frozen=True)
 class LanguageModel:
   """A decoder LM as pure functions of (params, inputs). Hashable: a valid jit static arg.
@@ -107,16 +124,17 @@ class LanguageModel:
 
   def _causal_attend(self, mask, lengths):
     """Causal self-attention over right-padded rows: the Pallas flash kernel or XLA."""
-    pallas, interpret = use_pallas(self.config.attention_impl)
+    path = attention_path(self.config.attention_impl, "prefill")
     scale = self._scale()
 
     def attend(layer, q, k, v):
-      if pallas:
-        return flash_prefill(q, k, v, lengths, scale=scale, interpret=interpret)[0]
+      if path.pallas:
+        return flash_prefill(q, k, v, lengths, scale=scale, interpret=path.interpret, platform=path.platform)[0]
       return attend_partial(q, k, v, mask, scale)[0]
 
     return attend
 
+  @_in_precision
   def forward(self, params, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     """Full-sequence logits without a cache.
 
@@ -137,6 +155,7 @@ class LanguageModel:
     model = self._module(params)
     return model.output(model.hidden(tokens, cos, sin, attend))
 
+  @_in_precision
   def prefill(self, params, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, PrefixCache]:
     """Runs the prompts once and keeps their KV.
 
@@ -164,6 +183,11 @@ class LanguageModel:
     model = self._module(params)
     h = model.hidden(tokens, cos, sin, attend)
     last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    if attention_path(self.config.attention_impl, "decode").pallas:
+      # Keep the prompt KV a whole number of the decode kernel's key blocks, so that
+      # decoding never pads (copies) it.
+      size = -(-t // PREFIX_ALIGN) * PREFIX_ALIGN
+      ks, vs = [pad_axis(x, 1, size) for x in ks], [pad_axis(x, 1, size) for x in vs]
     return model.output(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
 
   def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int, compact: bool = False) -> KVCache:
@@ -178,6 +202,7 @@ class LanguageModel:
                    lengths=jnp.zeros((b, num_samples), jnp.int32), step=jnp.zeros((), jnp.int32),
                    compact=compact)
 
+  @_in_precision
   def decode(self, params, tokens: jax.Array, cache: KVCache,
              active: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Feeds one token per sample.
@@ -236,10 +261,10 @@ class LanguageModel:
     [B, N, Ts, Hkv, D] (valid slots: mask bool[B, N, Ts]), merged by log-sum-exp."""
     b, n, _, hkv, g, d = q.shape
     scale = self._scale()
-    pallas, interpret = use_pallas(self.config.attention_impl)
-    if pallas:
+    path = attention_path(self.config.attention_impl, "decode")
+    if path.pallas:
       o = cascade_decode(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix.lengths, sk, sv, mask,
-                         scale=scale, interpret=interpret)[0]
+                         scale=scale, interpret=path.interpret, platform=path.platform)[0]
       return o[:, :, None]
     tp = prefix.k[0].shape[1]
     prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n, tp))

@@ -45,7 +45,7 @@ class Linear(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = x @ self.kernel[...]
+    y = jnp.matmul(x, self.kernel[...], preferred_element_type=jnp.float32).astype(x.dtype)  # f32 accumulation
     if self.bias is not None:
       y = y + self.bias[...]
     return y
