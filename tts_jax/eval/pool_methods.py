@@ -27,7 +27,7 @@ from tts_jax.eval.batch import Batch
 from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k, subset_indices
 from tts_jax.eval.pool import Pool
-from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_select,
+from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_vote,
                                shortest_majority_vote, weighted_majority_vote)
 
 Verifier = Literal["orm", "prm"]
@@ -176,24 +176,25 @@ class ShortestMajority(_Vote):
 
 @dataclasses.dataclass(frozen=True)
 class RPC(_Vote):
-  """Perplexity consistency with reasoning pruning (host code; keep num_subsets modest)."""
+  """Perplexity consistency with reasoning pruning, on device (vmapped over problems and
+  subsets; the Weibull-mixture fits run batched). max_subsets: an optional cap below the
+  experiment's num_subsets (None: no cap)."""
 
   prune: bool = True
-  max_subsets: int = 16
+  max_subsets: int | None = None
   name: str = "RPC"
 
   def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    # k = 1 is cheap (no fit below 4 samples) and then exact; larger k caps the subsets.
-    return super().evaluate_pool(pool, k, keys, num_subsets if k == 1 else min(num_subsets, self.max_subsets))
+    cap = num_subsets if self.max_subsets is None or k == 1 else min(num_subsets, self.max_subsets)
+    return super().evaluate_pool(pool, k, keys, cap)
 
   def choose(self, pool, idx):
-    idx = np.asarray(idx)
-    chosen = np.zeros(idx.shape[:2], np.int32)
-    for i in range(idx.shape[0]):
-      for j in range(idx.shape[1]):
-        sub = idx[i, j]
-        chosen[i, j] = rpc_select(pool.answers[i, sub], pool.mean_logprob[i, sub], pool.seq_ids[i, sub], self.prune)
-    return jnp.asarray(chosen), np.full(idx.shape[:2], idx.shape[-1])
+    chosen = _rpc(_take(pool.answers, idx), _take(pool.mean_logprob, idx), _take(pool.seq_ids, idx),
+                  prune=self.prune, num_answers=pool.shape[1])
+    return chosen, np.full(idx.shape[:2], idx.shape[-1])
+
+
+_rpc = jax.jit(rpc_vote, static_argnames=("prune", "num_answers"))
 
 
 @dataclasses.dataclass(frozen=True)

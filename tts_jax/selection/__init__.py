@@ -1,10 +1,10 @@
 """Selection: turning N finished samples into one answer (best-of-N, votes, RPC, adaptive)."""
 
 from tts_jax.selection.adaptive import adaptive_consistency
-from tts_jax.selection.rpc import prune_mask, rpc_select
+from tts_jax.selection.rpc import fit_weibull_mixture, mixture_nll, prune_mask, rpc_vote
 from tts_jax.selection.voting import (best_index, encode_answers, inverse_entropy_vote, majority_vote,
                                       shortest_majority_vote, vote_totals, weighted_majority_vote)
 
-__all__ = ["adaptive_consistency", "prune_mask", "rpc_select", "best_index", "encode_answers",
+__all__ = ["adaptive_consistency", "fit_weibull_mixture", "mixture_nll", "prune_mask", "rpc_vote", "best_index", "encode_answers",
            "inverse_entropy_vote", "majority_vote", "shortest_majority_vote", "vote_totals",
            "weighted_majority_vote"]
