@@ -1,0 +1,54 @@
+"""RPC selection on device vs the host reference (numpy + scipy per subset), side by side.
+
+    python benchmarks/selection.py [--problems 25] [--subsets 64] [--k 4 8 16 32]
+
+The pool shape of the main experiment's batches (25 problems); each (problem, subset)
+needs one Weibull-mixture fit. Prints seconds per call (after compilation) and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.reference_rpc import rpc_select  # noqa: E402
+from tts_jax.selection import rpc_vote  # noqa: E402
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--problems", type=int, default=25)
+  ap.add_argument("--subsets", type=int, default=64)
+  ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
+  a = ap.parse_args()
+  rng = np.random.default_rng(0)
+  vote = jax.jit(rpc_vote, static_argnames=("prune", "num_answers"))
+  print(f"backend {jax.default_backend()}; {a.problems} problems x {a.subsets} subsets")
+  print(f"{'k':>4s} {'host s':>8s} {'device s':>9s} {'compile s':>9s} {'speedup':>8s} {'agree':>6s}")
+  for k in a.k:
+    shape = (a.problems, a.subsets, k)
+    answers = rng.integers(-1, 4, shape)
+    lp = np.log(rng.uniform(0.001, 1.0, shape))
+    seq = rng.integers(0, 10 ** 6, shape)
+    t0 = time.perf_counter()
+    jax.block_until_ready(vote(answers, lp, seq, num_answers=k))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    got = np.asarray(jax.block_until_ready(vote(answers, lp, seq, num_answers=k)))
+    dev = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = np.array([[rpc_select(answers[i, j], lp[i, j], seq[i, j]) for j in range(a.subsets)]
+                    for i in range(a.problems)])
+    host = time.perf_counter() - t0
+    print(f"{k:4d} {host:8.2f} {dev:9.3f} {compile_s:9.1f} {host / dev:7.1f}x {np.mean(got == ref):6.2f}")
+
+
+if __name__ == "__main__":
+  main()
