@@ -177,11 +177,11 @@ class ShortestMajority(_Vote):
 @dataclasses.dataclass(frozen=True)
 class RPC(_Vote):
   """Perplexity consistency with reasoning pruning, on device (vmapped over problems and
-  subsets; the Weibull-mixture fits run batched). max_subsets: an optional cap below the
-  experiment's num_subsets (None: no cap)."""
+  subsets; the Weibull-mixture fits run batched). max_subsets: a cap below the
+  experiment's num_subsets for k > 1 (one fit per subset; None: no cap)."""
 
   prune: bool = True
-  max_subsets: int | None = None
+  max_subsets: int | None = 16
   name: str = "RPC"
 
   def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
