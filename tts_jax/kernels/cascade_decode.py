@@ -94,6 +94,11 @@ def _suffix_kernel(last_ref, q_ref, k_ref, v_ref, mask_ref, op_ref, mp_ref, lp_r
   l_ref[...] = l
 
 
+def _partial_shapes(rows: tuple[int, ...], d: int) -> list[jax.ShapeDtypeStruct]:
+  """float32 (out [*rows, D], m [*rows, 1], l [*rows, 1]) of a partial softmax."""
+  return [jax.ShapeDtypeStruct(rows + (d,), jnp.float32)] + [jax.ShapeDtypeStruct(rows + (1,), jnp.float32)] * 2
+
+
 def _merge_chunks(o, m, l):
   """Log-sum-exp merge over axis 2 (chunks) of o [B, H, S, R, D], m / l [B, H, S, R, 1]."""
   m_all = jnp.max(m, axis=2, keepdims=True)
@@ -124,9 +129,7 @@ def _prefix_phase(q_rows, prefix_k, prefix_v, lengths, plan: DecodePlan, scale, 
                 pl.BlockSpec((None, None, plan.rows, d), lambda i, h, t, s: (i, h, t, 0)),
                 kv_spec, kv_spec],
       out_specs=[out_block(d), out_block(1), out_block(1)],
-      out_shape=[jax.ShapeDtypeStruct((b, hkv, splits, r, d), jnp.float32),
-                 jax.ShapeDtypeStruct((b, hkv, splits, r, 1), jnp.float32),
-                 jax.ShapeDtypeStruct((b, hkv, splits, r, 1), jnp.float32)],
+      out_shape=_partial_shapes((b, hkv, splits, r), d),
       interpret=interpret,
       compiler_params=compiler_params(platform, plan.prefix_bytes()),
   )(lengths, q_rows, pk, pv)
@@ -205,9 +208,7 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
                 pl.BlockSpec((None, None, 1, ts), lambda i, j, h: (i, j, 0, 0)),
                 head(dp), head(1), head(1)],
       out_specs=[head(dp), head(1), head(1)],
-      out_shape=[jax.ShapeDtypeStruct((b, n, hkv, gp, dp), jnp.float32),
-                 jax.ShapeDtypeStruct((b, n, hkv, gp, 1), jnp.float32),
-                 jax.ShapeDtypeStruct((b, n, hkv, gp, 1), jnp.float32)],
+      out_shape=_partial_shapes((b, n, hkv, gp), dp),
       interpret=interpret,
       compiler_params=compiler_params(platform, plan.suffix_bytes()),
   )(last, qg, sk, sv, mask, o_p, m_p, l_p)

@@ -142,7 +142,8 @@ def rpc_vote(answers: jax.Array, mean_logprob: jax.Array, sample_ids: jax.Array 
   same = (ids[..., :, None] == ids[..., None, :]) & keep[..., None, :] & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])
   first = keep & ~jnp.any(same, axis=-1)
   a = n if num_answers is None else num_answers
-  scores = jnp.einsum("...n,...na->...a", jnp.where(first, probs, 0.0), jax.nn.one_hot(answers, a, dtype=jnp.float32))
-  scores = jnp.where(jnp.einsum("...n,...na->...a", first.astype(jnp.float32),
-                                jax.nn.one_hot(answers, a, dtype=jnp.float32)) > 0, scores, -jnp.inf)
+  onehot = jax.nn.one_hot(answers, a, dtype=jnp.float32)
+  scores = jnp.einsum("...n,...na->...a", jnp.where(first, probs, 0.0), onehot)
+  voted = jnp.einsum("...n,...na->...a", first.astype(jnp.float32), onehot) > 0
+  scores = jnp.where(voted, scores, -jnp.inf)
   return jnp.where(jnp.any(has, axis=-1), jnp.argmax(scores, axis=-1), -1).astype(jnp.int32)
