@@ -55,13 +55,13 @@ def test_summary_is_consistent(models_dir, tmp_path):
   assert 0 < oracle[0]["accuracy"] < oracle[-1]["accuracy"] < 1  # the pool has right and wrong samples
   for name, rows in s["methods"].items():
     for r, o in zip(rows, oracle):
-      assert r["accuracy"] <= o["accuracy"] + 1e-9, name  # nothing beats the oracle
+      assert r["accuracy"] <= o["accuracy"] + 1e-6, name  # nothing beats the oracle (float32 metrics)
       assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     assert all(a["flops"] <= b["flops"] for a, b in zip(rows, rows[1:]))
   # With one sample every method returns that sample: all equal pass@1 (exactly: the
-  # n single-sample subsets are enumerated).
+  # n single-sample subsets are enumerated; metrics are float32 array code).
   for name, rows in s["methods"].items():
-    assert abs(rows[0]["accuracy"] - oracle[0]["accuracy"]) < 1e-12, name
+    assert abs(rows[0]["accuracy"] - oracle[0]["accuracy"]) < 1e-6, name
     assert rows[0]["mc_se"] == 0.0
   ver = s["methods"]["best-of-N (ORM)"]
   assert all(r["verifier_tokens"] > 0 for r in ver)

@@ -113,10 +113,10 @@ def _random_prob_pools(rng, count, n):
   return np.array(out)
 
 
-@pytest.mark.parametrize("n", [4, 8, 16, 32])
+@pytest.mark.parametrize("n", [4, 8, 16, 32, 64])
 def test_rpc_weibull_fit_is_at_least_as_good_as_scipy(n):
-  """The batched L-BFGS fit (exact gradients, fixed iterations) against the host reference's
-  scipy L-BFGS-B (numerical gradients) from its single start, both judged in float64."""
+  """The batched EM fit (fixed iterations, 12 starts) against the host reference's scipy
+  L-BFGS-B (numerical gradients) from its single start, both judged in float64."""
   from scipy.optimize import minimize  # noqa: PLC0415
 
   from tests.reference_rpc import _mixture_nll  # noqa: PLC0415
@@ -128,8 +128,10 @@ def test_rpc_weibull_fit_is_at_least_as_good_as_scipy(n):
     ref = minimize(_mixture_nll, [0.5, 1.0, 1.0, 1.5, 2.0], args=(x,), bounds=[(0.2, 0.8)] + [(0.01, None)] * 4)
     gaps.append(_stable_nll(theta, x) - _stable_nll(ref.x, x))
   gaps = np.array(gaps)
-  assert gaps.max() <= 0.1, gaps.max()  # never meaningfully worse (float32 vs float64)
-  assert (gaps < -1e-3).sum() >= 5  # and often better (several starts)
+  assert gaps.max() <= 0.05, gaps.max()  # never meaningfully worse (float32 vs float64)
+  # and often better where the likelihood is degenerate (few points: spikes), from its
+  # several starts; at n = 64 both mostly reach the same optimum.
+  assert (gaps < -1e-3).sum() >= (2 if n == 64 else 20)
 
 
 def test_rpc_on_device_equals_the_host_reference():

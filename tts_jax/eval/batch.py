@@ -66,17 +66,17 @@ class Batch:
         self._scored.add(v)
     return self._pool
 
-  def pool_cost(self, i: int, used: float, verifiers: tuple[str, ...]) -> Cost:
-    """Expected compute for problem i of `used` pool samples scored by `verifiers`."""
+  def pool_cost(self, used, verifiers: tuple[str, ...]) -> list[list[Cost]]:
+    """Expected compute ([K][P]) of `used` float[K, P] pool samples scored by `verifiers`."""
     pool = self._pool
     return pool_cost(self.models.policy.config, [getattr(self.models, v).config for v in verifiers],
-                     int(pool.prompt_lens[i]), pool.lengths[i], used)
+                     pool.prompt_lens, pool.lengths, used)
 
-  def subset_keys(self, budget: int, index: int) -> jax.Array:
-    """[P] keys for pool method `index`'s random subsets at `budget`."""
-    root = jax.random.key(self.experiment.seed + 1)
-    ids = np.arange(self.start, self.start + len(self.problems))
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, i), budget), index))(ids)
+  def subset_keys(self, budgets, index: int) -> jax.Array:
+    """[K, batch_problems] keys for pool method `index`'s random subsets at each of `budgets`
+    (rows past the batch pad)."""
+    return _subset_keys(jax.random.key(self.experiment.seed + 1), jnp.asarray(budgets, jnp.int32),
+                        jnp.arange(self.experiment.batch_problems) + self.start, index)
 
   def padded(self) -> tuple[list, list[list[int]]]:
     """(problems, prompts) padded to `batch_problems` with copies of the first, so every batch
@@ -89,3 +89,9 @@ class Batch:
     root = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.experiment.seed + 2), index), budget)
     ids = jnp.arange(self.experiment.batch_problems) + self.start
     return jax.vmap(lambda j: jax.random.fold_in(root, j))(ids)
+
+
+@jax.jit
+def _subset_keys(root, budgets, ids, index):
+  one = lambda i, k: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, i), k), index)  # noqa: E731
+  return jax.vmap(lambda k: jax.vmap(lambda i: one(i, k))(ids))(budgets)

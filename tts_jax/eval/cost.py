@@ -86,22 +86,29 @@ def scoring_cost(config: ModelConfig, prompt_len: int, completion_lens) -> Cost:
   return Cost(verifier_tokens=toks, flops=flops)
 
 
-def pool_cost(policy: ModelConfig, verifiers: Sequence[ModelConfig], prompt_len: int, completion_lens,
-              used: float) -> Cost:
-  """Expected compute of `used` samples drawn from a pool whose samples have lengths
-  `completion_lens` (the pool means of per-sample costs), plus one prefill of the prompt;
-  each verifier model re-reads prompt + completion of every sample used."""
+def pool_cost(policy: ModelConfig, verifiers: Sequence[ModelConfig], prompt_lens, completion_lens,
+              used) -> list[list[Cost]]:
+  """Expected compute of `used` samples drawn from pools whose samples have lengths
+  `completion_lens` (the pool means of per-sample costs), plus one prefill of each prompt;
+  each verifier model re-reads prompt + completion of every sample used.
+
+  prompt_lens: int[P]; completion_lens: int[P, n]; used: float[K, P] (K budgets) ->
+  Cost per budget and problem ([K][P]). Vectorised over problems and budgets.
+  """
+  plen = np.asarray(prompt_lens, np.float64)
   lens = np.asarray(completion_lens, np.float64)
-  per_sample = np.array([forward_flops(policy, n, context_start=prompt_len) for n in lens]).mean()
-  flops = forward_flops(policy, prompt_len) + used * per_sample
-  verifier_tokens = 0.0
+  used = np.asarray(used, np.float64)
+  per_sample = forward_flops(policy, lens, context_start=plen[:, None]).mean(-1)
+  flops = forward_flops(policy, plen) + used * per_sample
+  verifier_tokens = np.zeros_like(used)
   for vc in verifiers:
-    flops += used * np.mean([forward_flops(vc, prompt_len + n, head_outputs=1) for n in lens])
-    verifier_tokens += used * (prompt_len + lens.mean())
-  generated = used * lens.mean()
-  return Cost(prompt_tokens=float(prompt_len), generated_tokens=float(generated),
-              verifier_tokens=float(verifier_tokens), flops=float(flops),
-              kv_bytes=float(kv_bytes_per_token(policy) * (prompt_len + generated)))
+    flops = flops + used * forward_flops(vc, plen[:, None] + lens, head_outputs=1).mean(-1)
+    verifier_tokens = verifier_tokens + used * (plen + lens.mean(-1))
+  generated = used * lens.mean(-1)
+  kv = kv_bytes_per_token(policy) * (plen + generated)
+  return [[Cost(prompt_tokens=float(plen[i]), generated_tokens=float(generated[b, i]),
+                verifier_tokens=float(verifier_tokens[b, i]), flops=float(flops[b, i]), kv_bytes=float(kv[b, i]))
+           for i in range(used.shape[1])] for b in range(used.shape[0])]
 
 
 def search_cost(policy: ModelConfig, verifier: ModelConfig | None, prompt_len: int, decoded: float,

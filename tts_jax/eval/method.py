@@ -1,11 +1,12 @@
 """The experiment-method contract: every method of the main job, pool or search, is run the
 same way by the runner and reports the same record.
 
-    outcomes = method.evaluate(batch, budget, index)   # one Outcome per problem of the batch
+    outcomes = method.evaluate(batch, index)   # {budget: one Outcome per problem of the batch}
 
 `batch` (`tts_jax.eval.batch.Batch`) gives the problems, their prompts, the models,
 a shared pool of samples (drawn and scored at most once per batch, only if a method
-asks for it) and the PRNG keys of each (method, budget). `index` is the method's
+asks for it) and the PRNG keys of each (method, budget). A method sees all budgets at
+once, so it can evaluate them in one compiled call (pool methods do). `index` is the method's
 position in the experiment (it seeds the method's own random streams).
 """
 
@@ -54,5 +55,5 @@ class Method(Protocol):
   def check_budgets(self, budgets: Sequence[int]) -> None:
     """Raises ValueError now (when the experiment is built) for a budget it cannot run."""
 
-  def evaluate(self, batch: "Batch", budget: int, index: int) -> list[Outcome]:
-    """One Outcome per problem of the batch."""
+  def evaluate(self, batch: "Batch", index: int) -> dict[int, list[Outcome]]:
+    """For each budget of the experiment, one Outcome per problem of the batch."""

@@ -1,63 +1,64 @@
-"""Exact metrics over pools of samples: unbiased pass@k, best-of-k over subsets, subset draws,
-bootstrap confidence intervals."""
+"""Exact metrics over pools of samples, as array code (jittable, vmappable; float32):
+unbiased pass@k and best-of-k over k-subsets; and the bootstrap confidence interval of a
+summary (host numpy)."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import comb
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
+def pass_at_k(n: int, c, k) -> jax.Array:
   """Unbiased pass@k (Chen et al. 2021) from c correct among n samples, in the stable form
-  1 - prod_{i=n-c+1}^{n} (1 - k / i)."""
-  if not 0 <= c <= n or not 1 <= k <= n:
+  1 - prod_{i=n-c+1}^{n} (1 - k / i). c, k: int or int[...] (traced is fine) -> float32[...].
+  Python ints are checked: 0 <= c <= n and 1 <= k <= n."""
+  if isinstance(c, int) and isinstance(k, int) and not (0 <= c <= n and 1 <= k <= n):
     raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-  if n - c < k:
-    return 1.0
-  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+  c = jnp.asarray(c, jnp.float32)[..., None]
+  kf = jnp.asarray(k, jnp.float32)[..., None]
+  i = jnp.arange(1, n + 1, dtype=jnp.float32)
+  terms = jnp.where(i > n - c, jnp.log1p(-jnp.minimum(kf / i, 1.0)), 0.0)
+  return jnp.where(n - c[..., 0] < kf[..., 0], 1.0, -jnp.expm1(jnp.sum(terms, axis=-1)))
 
 
-def mean_pass_at_k(correct: np.ndarray, k: int) -> float:
+def mean_pass_at_k(correct, k: int) -> float:
   """Mean unbiased pass@k over problems; correct: bool[P, n]."""
   correct = np.asarray(correct, bool)
-  n = correct.shape[1]
-  return float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(1)]))
+  return float(jnp.mean(pass_at_k(correct.shape[1], correct.sum(1), k)))
 
 
-def best_of_k_exact(scores: np.ndarray, correct: np.ndarray, k: int) -> np.ndarray:
+def best_of_k_exact(scores, correct, k) -> jax.Array:
   """Exact E[correct of the top-scored sample] over k-subsets of the n samples (without
   replacement), per problem; ties in score are broken uniformly at random.
 
-  scores: float[P, n]; correct: bool[P, n] -> float64[P].
+  scores: float[P, n]; correct: bool[P, n]; k: int or int32 scalar (traced is fine) -> float32[P].
   The top sample of a random k-subset is the i-th highest (0-based) with probability
   C(n-1-i, k-1) / C(n, k); a tie group shares its probability mass equally.
   """
-  scores, correct = np.asarray(scores, np.float64), np.asarray(correct, np.float64)
-  p, n = scores.shape
-  if not 1 <= k <= n:
+  scores = jnp.asarray(scores, jnp.float32)
+  correct = jnp.asarray(correct, jnp.float32)
+  chex.assert_equal_shape([scores, correct])
+  n = scores.shape[-1]
+  if isinstance(k, int) and not 1 <= k <= n:
     raise ValueError(f"need 1 <= k <= n={n}, got k={k}")
-  weight = comb(n - 1 - np.arange(n), k - 1, exact=False) / comb(n, k, exact=False)  # by rank
-  out = np.zeros(p)
-  for r in range(p):
-    order = np.argsort(-scores[r], kind="mergesort")
-    s, c = scores[r, order], correct[r, order]
-    i = 0
-    while i < n:
-      j = i
-      while j + 1 < n and s[j + 1] == s[i]:
-        j += 1
-      out[r] += weight[i:j + 1].sum() * c[i:j + 1].mean()
-      i = j + 1
-  return out
+  kf = jnp.asarray(k, jnp.float32)
+  # weight_0 = k / n; weight_{i+1} = weight_i (n - k - i) / (n - 1 - i): the i highest are out, sample i is in.
+  i = jnp.arange(n - 1, dtype=jnp.float32)
+  ratios = jnp.maximum(n - kf - i, 0.0) / (n - 1 - i)
+  weight = (kf / n) * jnp.concatenate([jnp.ones(1), jnp.cumprod(ratios)])
 
+  def one(s, c):
+    order = jnp.argsort(-s, stable=True)
+    s, c = s[order], c[order]
+    group = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), (s[1:] != s[:-1]).astype(jnp.int32)]))
+    mass = jax.ops.segment_sum(weight, group, num_segments=n)
+    hits = jax.ops.segment_sum(c, group, num_segments=n)
+    size = jax.ops.segment_sum(jnp.ones(n), group, num_segments=n)
+    return jnp.sum(mass * hits / jnp.maximum(size, 1.0))
 
-def subset_indices(keys, n: int, k: int, num_subsets: int):
-  """int32[P, S, k]: S random k-subsets of range(n) (without replacement, in random order)
-  per problem; problem p uses keys[p] only."""
-  u = jax.vmap(lambda key: jax.random.uniform(key, (num_subsets, n)))(keys)
-  return jnp.argsort(u, axis=-1)[..., :k]
+  return jax.vmap(one)(scores.reshape(-1, n), correct.reshape(-1, n)).reshape(scores.shape[:-1])
 
 
 def bootstrap_ci(per_problem: np.ndarray, num_resamples: int = 2000, level: float = 0.95,

@@ -44,6 +44,14 @@ class Pool:
   def shape(self) -> tuple[int, int]:
     return self.answers.shape
 
+  def padded(self, rows: int) -> "Pool":
+    """This pool with problems repeated from the first up to `rows` (fixed shapes for jit)."""
+    pad = rows - self.shape[0]
+    if pad <= 0:
+      return self
+    grow = lambda x: None if x is None else np.concatenate([x, np.repeat(x[:1], pad, axis=0)])  # noqa: E731
+    return Pool(**{f.name: grow(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
   def verifier_scores(self, verifier: str, aggregate: str = "last") -> np.ndarray:
     """float32[P, n] per-sample probability from the ORM, or the PRM aggregated by `aggregate`."""
     if verifier == "orm":

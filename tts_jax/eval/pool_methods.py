@@ -1,22 +1,26 @@
 """Pool methods: select among pre-drawn samples (frozen config dataclasses).
 
-Each is an experiment method (`tts_jax.eval.method.Method`): `evaluate(batch, k, index)`
-reads the batch's shared pool. Its core, `evaluate_pool(pool, k, keys, num_subsets)`
-(keys: one PRNG key per problem), returns
-(accuracy float64[P], samples used float64[P], Monte Carlo variance of each problem's
-accuracy estimate float64[P]) as expectations over k-subsets of the pool (without replacement): exact for
-pass@k and best-of-k, and for the other methods whenever all C(n, k) subsets fit in
-`num_subsets` (they are then enumerated), Monte Carlo over `num_subsets` random
-subsets (in random order) otherwise. A voting method picks an answer; the outcome is the
-correctness of the first sample in the subset that gave that answer.
+Each is an experiment method (`tts_jax.eval.method.Method`): `evaluate(batch, index)`
+reads the batch's shared pool and returns every budget's outcomes. Its core,
+`evaluate_pool(pool, budgets, keys, num_subsets)` (keys: [K, P], one PRNG key per budget
+and problem), returns (accuracy, samples used, Monte Carlo variance of each problem's
+accuracy estimate), each float[K, P], as expectations over k-subsets of the pool (drawn
+without replacement): exact for pass@k and best-of-k, and for the other methods whenever
+all C(n, k) subsets fit in `num_subsets` (they are then enumerated), Monte Carlo over
+`num_subsets` random subsets (in random order) otherwise. A voting method picks an
+answer; the outcome is the correctness of the first sample in the subset that gave it.
+
+All of it is array code: one jitted call per method and batch evaluates every budget
+(subsets are rank arrays of one shape for every k, `tts_jax.eval.subsets`), vmapped over
+budgets, problems and subsets. Only RPC, whose Weibull-mixture fit scales with the subset
+size, gathers its subsets and compiles once per budget.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import itertools
-import math
+import functools
 from typing import Literal
 
 import jax
@@ -25,8 +29,9 @@ import numpy as np
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.method import Outcome
-from tts_jax.eval.metrics import best_of_k_exact, pass_at_k, subset_indices
+from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
+from tts_jax.eval.subsets import enumerable, enumerated_ranks, random_ranks
 from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_vote,
                                shortest_majority_vote, weighted_majority_vote)
 
@@ -49,28 +54,21 @@ class PoolMethod(abc.ABC):
     """Every budget works for a pool method."""
 
   @abc.abstractmethod
-  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    """-> (accuracy float64[P], samples used float64[P], Monte Carlo variance float64[P])."""
+  def evaluate_pool(self, pool: Pool, budgets: tuple[int, ...], keys, num_subsets: int):
+    """-> (accuracy, samples used, Monte Carlo variance), each float[K, P] for K budgets."""
 
-  def evaluate(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
-    pool = batch.pool(self.verifiers())
-    acc, used, mc_var = self.evaluate_pool(pool, budget, batch.subset_keys(budget, index),
-                                           batch.experiment.num_subsets)
-    return [Outcome(accuracy=acc[i], samples=used[i], mc_var=mc_var[i],
-                    cost=batch.pool_cost(i, used[i], self.verifiers())) for i in range(len(acc))]
-
-
-def _take(x: np.ndarray, idx) -> jax.Array:
-  return jnp.take_along_axis(jnp.asarray(x)[:, None, :], idx, axis=-1)
+  def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
+    budgets, p = batch.experiment.budgets, len(batch.problems)
+    pool = batch.pool(self.verifiers()).padded(batch.experiment.batch_problems)
+    acc, used, mc_var = jax.device_get(self.evaluate_pool(pool, budgets, batch.subset_keys(budgets, index),
+                                                          batch.experiment.num_subsets))
+    costs = batch.pool_cost(used[:, :p], self.verifiers())
+    return {k: [Outcome(accuracy=acc[b, i], samples=used[b, i], mc_var=mc_var[b, i], cost=costs[b][i])
+                for i in range(p)] for b, k in enumerate(budgets)}
 
 
-def _outcome(pool: Pool, idx, chosen) -> np.ndarray:
-  """float[P, S]: correctness of the first sample in each subset whose answer is `chosen`."""
-  ans, cor = _take(pool.answers, idx), _take(pool.correct, idx)
-  hit = ans == chosen[..., None]
-  first = jnp.argmax(hit, axis=-1)
-  ok = jnp.take_along_axis(cor, first[..., None], axis=-1)[..., 0] & jnp.any(hit, axis=-1) & (chosen >= 0)
-  return np.asarray(ok, np.float64)
+def _budget_array(budgets) -> jax.Array:
+  return jnp.asarray(budgets, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +77,15 @@ class PassAtK(PoolMethod):
 
   name: str = "pass@k (oracle)"
 
-  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    n = pool.shape[1]
-    acc = np.array([pass_at_k(n, int(c), k) for c in pool.correct.sum(1)])
-    return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
+  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+    return _pass_at_k(jnp.asarray(pool.correct), _budget_array(budgets))
+
+
+@jax.jit
+def _pass_at_k(correct, ks):
+  acc = pass_at_k(correct.shape[1], correct.sum(1)[None, :], ks[:, None])
+  used = jnp.broadcast_to(ks[:, None], acc.shape).astype(jnp.float32)
+  return acc, used, jnp.zeros_like(acc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,34 +99,94 @@ class BestOfN(PoolMethod):
   def verifiers(self) -> tuple[str, ...]:
     return (self.verifier,)
 
-  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    acc = best_of_k_exact(pool.verifier_scores(self.verifier, self.aggregate), pool.correct, k)
-    return acc, np.full(len(acc), float(k)), np.zeros(len(acc))
+  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+    return _best_of_k(pool.verifier_scores(self.verifier, self.aggregate), jnp.asarray(pool.correct),
+                      _budget_array(budgets))
+
+
+@jax.jit
+def _best_of_k(scores, correct, ks):
+  acc = jax.vmap(lambda k: best_of_k_exact(scores, correct, k))(ks)
+  used = jnp.broadcast_to(ks[:, None], acc.shape).astype(jnp.float32)
+  return acc, used, jnp.zeros_like(acc)
+
+
+def _subset_ranks(order_free: bool, n: int, budgets, keys, num_subsets: int):
+  """(ranks int32[K, P, S, n], subset weights float32[K, S], exact bool[K]) for `budgets`:
+  enumerated where C(n, k) fits in S (and order does not matter, or k = 1), random else."""
+  ranks = random_ranks(keys, n, num_subsets)
+  exact = np.array([(order_free or k == 1) and enumerable(n, k, num_subsets) for k in budgets])
+  weights = np.ones((len(budgets), num_subsets), np.float32)
+  if exact.any():
+    ranks = np.array(ranks)
+    for b, k in enumerate(budgets):
+      if exact[b]:
+        ranks[b], weights[b] = enumerated_ranks(n, k, num_subsets)
+  return jnp.asarray(ranks), weights, exact
+
+
+def _outcome(answers, correct, rank, member, chosen):
+  """float32[P, S]: correctness of the first sample (in subset order) whose answer is `chosen`.
+  answers, correct: [P, n]; rank, member: [P, S, n]; chosen: int32[P, S]."""
+  hit = member & (answers[:, None, :] == chosen[..., None])
+  first = jnp.argmin(jnp.where(hit, rank, rank.shape[-1]), axis=-1)
+  ok = jnp.take_along_axis(jnp.broadcast_to(correct[:, None, :], hit.shape), first[..., None], axis=-1)[..., 0]
+  return (ok & jnp.any(hit, axis=-1) & (chosen >= 0)).astype(jnp.float32)
+
+
+def _summarise(out, used, weights, exact):
+  """Subset outcomes [P, S] -> (accuracy, samples used, Monte Carlo variance), each [P]."""
+  total = jnp.sum(weights)
+  acc = jnp.sum(out * weights, axis=-1) / total
+  var = jnp.sum(weights * (out - acc[:, None]) ** 2, axis=-1) / jnp.maximum(total - 1, 1) / total
+  return acc, jnp.sum(used * weights, axis=-1) / total, jnp.where(exact, 0.0, var)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Vote(PoolMethod):
-  """Base of the Monte Carlo voting methods."""
+  """Base of the Monte Carlo voting methods: `choose` maps each subset (a membership mask
+  and an order over the pool) to an answer id."""
 
   name: str = "vote"
   order_free = True  # the rule ignores sample order (one subset suffices at k = n)
 
   @abc.abstractmethod
-  def choose(self, pool: Pool, idx):
-    """idx int32[P, S, k] subsets -> (answer ids [P, S], samples used [P, S])."""
+  def choose(self, arrays: dict, rank, member, k):
+    """arrays: the pool's [P, n] arrays; rank, member: [P, S, n]; k: int32 scalar ->
+    (answer ids int32[P, S], samples used [P, S])."""
 
-  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    p, n = pool.shape
-    exact = (self.order_free or k == 1) and math.comb(n, k) <= num_subsets
-    if exact:  # few enough subsets: enumerate them all (e.g. k = 1 or k = n)
-      idx = jnp.broadcast_to(jnp.asarray(list(itertools.combinations(range(n), k)), jnp.int32)[None],
-                             (p, math.comb(n, k), k))
-    else:
-      idx = subset_indices(keys, n, k, num_subsets)
-    chosen, used = self.choose(pool, idx)
-    out = _outcome(pool, idx, chosen)
-    mc_var = np.zeros(p) if exact else out.var(1, ddof=1) / idx.shape[1]
-    return out.mean(1), np.asarray(used, np.float64).mean(1), mc_var
+  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+    ranks, weights, exact = _subset_ranks(self.order_free, pool.shape[1], budgets, keys, num_subsets)
+    return _evaluate_votes(self, _arrays(pool, self.verifiers(), getattr(self, "aggregate", "last")),
+                           ranks, _budget_array(budgets), weights, exact)
+
+
+def _arrays(pool: Pool, verifiers, aggregate) -> dict:
+  out = {f: jnp.asarray(getattr(pool, f)) for f in ("answers", "correct", "lengths", "mean_entropy",
+                                                      "mean_logprob", "seq_ids")}
+  if verifiers:
+    out["scores"] = pool.verifier_scores(verifiers[0], aggregate)
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate_votes(method: _Vote, arrays, ranks, ks, weights, exact):
+  def one_budget(rank, k, w, ex):
+    member = rank < k
+    chosen, used = method.choose(arrays, rank, member, k)
+    out = _outcome(arrays["answers"], arrays["correct"], rank, member, chosen)
+    return _summarise(out, jnp.broadcast_to(used, out.shape).astype(jnp.float32), w, ex)
+
+  return jax.vmap(one_budget)(ranks, ks, weights, exact)
+
+
+def _members(answers, member):
+  """answers [P, n] seen by each subset: int32[P, S, n], -1 outside it."""
+  return jnp.where(member, answers[:, None, :], -1)
+
+
+def _per_subset(x, member):
+  return jnp.broadcast_to(x[:, None, :], member.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +195,8 @@ class MajorityVote(_Vote):
 
   name: str = "majority vote"
 
-  def choose(self, pool, idx):
-    return majority_vote(_take(pool.answers, idx), pool.shape[1]), np.full(idx.shape[:2], idx.shape[-1])
+  def choose(self, arrays, rank, member, k):
+    return majority_vote(_members(arrays["answers"], member), member.shape[-1]), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +210,9 @@ class WeightedMajority(_Vote):
   def verifiers(self) -> tuple[str, ...]:
     return (self.verifier,)
 
-  def choose(self, pool, idx):
-    w = _take(pool.verifier_scores(self.verifier, self.aggregate), idx)
-    return weighted_majority_vote(_take(pool.answers, idx), w, pool.shape[1]), np.full(idx.shape[:2], idx.shape[-1])
+  def choose(self, arrays, rank, member, k):
+    return weighted_majority_vote(_members(arrays["answers"], member), _per_subset(arrays["scores"], member),
+                                  member.shape[-1]), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +221,9 @@ class InverseEntropyVote(_Vote):
 
   name: str = "inverse-entropy vote"
 
-  def choose(self, pool, idx):
-    return (inverse_entropy_vote(_take(pool.answers, idx), _take(pool.mean_entropy, idx), pool.shape[1]),
-            np.full(idx.shape[:2], idx.shape[-1]))
+  def choose(self, arrays, rank, member, k):
+    return inverse_entropy_vote(_members(arrays["answers"], member), _per_subset(arrays["mean_entropy"], member),
+                                member.shape[-1]), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,32 +232,9 @@ class ShortestMajority(_Vote):
 
   name: str = "shortest majority vote"
 
-  def choose(self, pool, idx):
-    return (shortest_majority_vote(_take(pool.answers, idx), _take(pool.lengths, idx), pool.shape[1]),
-            np.full(idx.shape[:2], idx.shape[-1]))
-
-
-@dataclasses.dataclass(frozen=True)
-class RPC(_Vote):
-  """Perplexity consistency with reasoning pruning, on device (vmapped over problems and
-  subsets; the Weibull-mixture fits run batched). max_subsets: a cap below the
-  experiment's num_subsets for k > 1 (one fit per subset; None: no cap)."""
-
-  prune: bool = True
-  max_subsets: int | None = 16
-  name: str = "RPC"
-
-  def evaluate_pool(self, pool: Pool, k: int, keys, num_subsets: int):
-    cap = num_subsets if self.max_subsets is None or k == 1 else min(num_subsets, self.max_subsets)
-    return super().evaluate_pool(pool, k, keys, cap)
-
-  def choose(self, pool, idx):
-    chosen = _rpc(_take(pool.answers, idx), _take(pool.mean_logprob, idx), _take(pool.seq_ids, idx),
-                  prune=self.prune, num_answers=pool.shape[1])
-    return chosen, np.full(idx.shape[:2], idx.shape[-1])
-
-
-_rpc = jax.jit(rpc_vote, static_argnames=("prune", "num_answers"))
+  def choose(self, arrays, rank, member, k):
+    return shortest_majority_vote(_members(arrays["answers"], member), _per_subset(arrays["lengths"], member),
+                                  member.shape[-1]), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +245,39 @@ class AdaptiveConsistency(_Vote):
   name: str = "adaptive self-consistency"
   order_free = False
 
-  def choose(self, pool, idx):
-    chosen, used = adaptive_consistency(_take(pool.answers, idx), self.threshold, num_answers=pool.shape[1])
-    return chosen, np.asarray(used)
+  def choose(self, arrays, rank, member, k):
+    order = jnp.argsort(rank, axis=-1)  # the pool's samples in this subset's drawing order
+    in_order = jnp.take_along_axis(_per_subset(arrays["answers"], member), order, axis=-1)
+    return adaptive_consistency(in_order, self.threshold, num_answers=member.shape[-1], max_samples=k)
 
+
+@dataclasses.dataclass(frozen=True)
+class RPC(PoolMethod):
+  """Perplexity consistency with reasoning pruning, on device (vmapped over problems and
+  subsets; the Weibull-mixture fits run batched). max_subsets: a cap below the
+  experiment's num_subsets for k > 1 (one fit per subset; None: no cap). Each budget's
+  subsets are gathered to [P, S, k] (the fit's cost grows with k), so RPC compiles once
+  per budget."""
+
+  prune: bool = True
+  max_subsets: int | None = 16
+  name: str = "RPC"
+
+  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+    arrays = _arrays(pool, (), "last")
+    ranks, weights, exact = _subset_ranks(True, pool.shape[1], budgets, keys, num_subsets)
+    rows = []
+    for b, k in enumerate(budgets):
+      cap = num_subsets if self.max_subsets is None or k == 1 or exact[b] else min(num_subsets, self.max_subsets)
+      rows.append(_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k=k, prune=self.prune))
+    return tuple(jnp.stack(x) for x in zip(*rows))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "prune"))
+def _rpc_budget(arrays, rank, weights, exact, k: int, prune: bool):
+  idx = jnp.argsort(rank, axis=-1)[..., :k]  # [P, S, k]: the subset in drawing order
+  take = lambda x: jnp.take_along_axis(_per_subset(x, rank), idx, axis=-1)  # noqa: E731
+  chosen = rpc_vote(take(arrays["answers"]), take(arrays["mean_logprob"]), take(arrays["seq_ids"]), prune=prune,
+                    num_answers=rank.shape[-1])
+  out = _outcome(arrays["answers"], arrays["correct"], rank, rank < k, chosen)
+  return _summarise(out, jnp.full(out.shape, float(k)), weights, exact)

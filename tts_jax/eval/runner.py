@@ -60,8 +60,8 @@ def _completed_batches(path: str, lines_per_batch: int) -> int:
 def _batch_records(exp: Experiment, models, batch_index: int, problems) -> list[dict]:
   """One record per (problem, budget): every method's outcome."""
   batch = Batch(experiment=exp, models=models, problems=problems, start=batch_index * exp.batch_problems)
-  by_budget = {k: {m.name: m.evaluate(batch, k, i) for i, m in enumerate(exp.methods)} for k in exp.budgets}
-  return [{"problem": batch.start + i, "budget": k, "methods": {name: o[i].record() for name, o in by_budget[k].items()}}
+  by_method = {m.name: m.evaluate(batch, i) for i, m in enumerate(exp.methods)}
+  return [{"problem": batch.start + i, "budget": k, "methods": {name: o[k][i].record() for name, o in by_method.items()}}
           for i in range(len(problems)) for k in exp.budgets]
 
 

@@ -66,7 +66,11 @@ class SearchMethod(abc.ABC):
     """float[B, N] vote weights of the final particles (here: the potential as a probability)."""
     return np.exp(np.asarray(particles.log_potential, np.float64))
 
-  def evaluate(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
+  def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
+    return {k: self.evaluate_budget(batch, k, index) for k in batch.experiment.budgets}
+
+  def evaluate_budget(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
+    """One engine run at budget N = `budget`: one Outcome per problem of the batch."""
     exp, models, task = batch.experiment, batch.models, batch.task
     tok = task.tokenizer()
     eos, pad, step = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(STEP)

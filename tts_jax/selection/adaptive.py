@@ -13,20 +13,23 @@ from jax.scipy.special import betainc
 
 
 def adaptive_consistency(answers: jax.Array, threshold: float = 0.95, min_samples: int = 1,
-                         num_answers: int | None = None) -> tuple[jax.Array, jax.Array]:
+                         num_answers: int | None = None, max_samples=None) -> tuple[jax.Array, jax.Array]:
   """answers: int32[..., N] in sampling order (-1 = none), ids in [0, num_answers) ->
-  (chosen answer id int32[...] (-1 if none), samples used int32[...] in [1, N]).
+  (chosen answer id int32[...] (-1 if none), samples used int32[...] in [1, max_samples]).
 
-  Ties in the majority go to the answer that appeared first.
+  max_samples: the budget, int or int32[...] (traced is fine; default N): only the first
+  max_samples answers can be drawn. Ties in the majority go to the answer that appeared first.
   """
   n = answers.shape[-1]
+  limit = jnp.asarray(n if max_samples is None else max_samples, jnp.int32)[..., None]
+  answers = jnp.where(jnp.arange(n) < limit, answers, -1)
   depth = max(n if num_answers is None else num_answers, 2)
   counts = jnp.cumsum(jax.nn.one_hot(answers, depth, dtype=jnp.float32), axis=-2)  # [..., N(prefix), A]
   top2 = jax.lax.top_k(counts, 2)[0]
   v1, v2 = top2[..., 0], top2[..., 1]
   confident = (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)) > threshold
-  confident &= (jnp.arange(n) + 1 >= min_samples) & (v1 > 0)
-  stop = jnp.where(jnp.any(confident, axis=-1), jnp.argmax(confident, axis=-1), n - 1)  # index of last used
+  confident &= (jnp.arange(n) + 1 >= min_samples) & (v1 > 0) & (jnp.arange(n) < limit)
+  stop = jnp.where(jnp.any(confident, axis=-1), jnp.argmax(confident, axis=-1), limit[..., 0] - 1)  # last used
   used_counts = jnp.take_along_axis(counts, stop[..., None, None], axis=-2)[..., 0, :]
   has = used_counts.sum(-1) > 0
   chosen = jnp.where(has, jnp.argmax(used_counts, axis=-1), -1).astype(jnp.int32)

@@ -7,142 +7,175 @@ Perplexity Consistency scores each answer by the sum of p_i over its *distinct*
 remaining samples (identical completions count once, so the score estimates the
 answer's probability mass) and picks the highest.
 
-Everything is array code over [..., N] (vmapped over problems and subsets, jittable):
-the mixture is fitted by maximum likelihood with exact gradients (`jax.grad`) and
-`optax.lbfgs` for a fixed number of iterations from several starting points (the best
-likelihood wins), with the parameters kept in their bounds (w in [0.2, 0.8], shapes
-and scales >= 0.01) by a sigmoid / softplus reparametrisation. The likelihood is
-unbounded (a component can spike on one sample); a fixed, modest iteration count stops
-before float32 loses the spike (more iterations chase float32 noise there).
+Everything is array code over [..., N] (vmapped over problems and subsets, jittable),
+with an optional membership mask so that a subset of a pool is fitted and voted on
+without gathering it. The mixture is fitted by maximum likelihood with EM for a fixed
+number of iterations: the E-step is closed form; the M-step of each Weibull component
+is exact in the scale (lambda^k = sum r x^k / sum r) and takes Newton steps on the
+shape's profile likelihood, which is concave in k (a step is kept only if it improves
+the profile, so every iteration raises the likelihood). The mixture weight is kept in
+[0.2, 0.8] and the shapes and scales >= 0.01, the bounds of the reference fit. Starts:
+the classic (w = 0.5, a unit exponential and a broader Weibull), hard splits of the
+sorted sample at nine cut points, and two single-sample spikes. The likelihood is
+unbounded (a component can collapse on one sample); shapes are capped at 1e6, past
+what float32 log-probabilities resolve.
 """
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
-# (w, k1, l1, k2, l2) starting points; the first is the classic one (w = 0.5, a unit
-# exponential and a broader Weibull), the others start the components apart.
-STARTS = ((0.5, 1.0, 1.0, 1.5, 2.0), (0.5, 2.0, 0.3, 2.0, 0.8), (0.3, 4.0, 0.4, 4.0, 0.9), (0.7, 1.0, 0.1, 3.0, 0.6))
-_FLOOR = 0.01
-
-
-def _to_theta(u):
-  w = 0.2 + 0.6 * jax.nn.sigmoid(u[0])
-  return jnp.concatenate([w[None], _FLOOR + jax.nn.softplus(u[1:])])
+CLASSIC_START = (0.5, 1.0, 1.0, 1.5, 2.0)  # (w, k1, l1, k2, l2): the reference fit's start
+W_BOUNDS = (0.2, 0.8)
+FLOOR = 0.01
+MAX_SHAPE = 1e6
 
 
-def _to_u(theta):
-  w = (theta[0] - 0.2) / 0.6
-  rest = theta[1:] - _FLOOR
-  return jnp.concatenate([jnp.log(w / (1 - w))[None], rest + jnp.log(-jnp.expm1(-rest))])  # softplus inverse
+def _weibull_logpdf(y, k, lam):
+  """log pdf at x = exp(y) of Weibull(shape k, scale lam)."""
+  z = y - jnp.log(lam)
+  return jnp.log(k) - jnp.log(lam) + (k - 1) * z - jnp.exp(jnp.minimum(k * z, 80.0))
 
 
-def _weibull_logpdf(x, k, lam):
-  z = jnp.log(x) - jnp.log(lam)
-  t = k * z
-  # exp(t), continued linearly past t = 80 so float32 never overflows and the penalty keeps growing.
-  e = jnp.where(t > 80.0, jnp.exp(80.0) * (t - 79.0), jnp.exp(jnp.minimum(t, 80.0)))  # (float32 callers)
-  return jnp.log(k) - jnp.log(lam) + (k - 1) * z - e
-
-
-def _component_logliks(theta, x):
-  """[2, N]: log(w pdf1(x)), log((1 - w) pdf2(x))."""
+def _component_logliks(theta, y):
+  """[2, N]: log(w pdf1(x)), log((1 - w) pdf2(x)) at y = log x."""
   w, k1, l1, k2, l2 = theta
-  return jnp.stack([jnp.log(w) + _weibull_logpdf(x, k1, l1), jnp.log1p(-w) + _weibull_logpdf(x, k2, l2)])
+  return jnp.stack([jnp.log(w) + _weibull_logpdf(y, k1, l1), jnp.log1p(-w) + _weibull_logpdf(y, k2, l2)])
 
 
-def mixture_nll(theta, x) -> jax.Array:
-  """Negative log-likelihood of the mixture theta = (w, k1, l1, k2, l2) at x float[N] > 0."""
-  return -jnp.sum(jax.nn.logsumexp(_component_logliks(theta, x), axis=0))
+def mixture_nll(theta, x, weights=None) -> jax.Array:
+  """Negative log-likelihood of the mixture theta = (w, k1, l1, k2, l2) at x float[N] > 0
+  (each point counted with its weight, default 1)."""
+  ll = jax.nn.logsumexp(_component_logliks(theta, jnp.log(x)), axis=0)
+  return -jnp.sum(ll if weights is None else weights * ll)
 
 
-def fit_weibull_mixture(x, iterations: int = 60) -> jax.Array:
-  """Maximum-likelihood (w, k1, l1, k2, l2) of a two-component Weibull mixture for x float[N] > 0.
+def _fit_component(y, r, k, newton: int):
+  """Weighted MLE of one Weibull (shape, scale) for log-points y with weights r >= 0,
+  Newton on the shape's profile likelihood from k. -> (k, lam)."""
+  s0 = jnp.maximum(jnp.sum(r), 1e-30)
+  log_r = jnp.where(r > 0, jnp.log(jnp.where(r > 0, r, 1.0)), -jnp.inf)
+  mean_y = jnp.sum(r * y) / s0
 
-  L-BFGS (optax, zoom line search) with exact gradients for `iterations` steps from each
-  of STARTS and from ten data-driven starts (a narrow component on each quintile of x);
-  returns the parameters with the lowest finite NLL (float32[5]).
+  def log_b(k):  # log sum r x^k
+    return jax.nn.logsumexp(k * y + log_r)
+
+  def profile(k):  # the log-likelihood at the best scale for k, up to a constant
+    return s0 * (jnp.log(k) - log_b(k) + jnp.log(s0)) + (k - 1) * mean_y * s0
+
+  def step(k, _):
+    pi = jax.nn.softmax(k * y + log_r)
+    ey = jnp.sum(pi * y)
+    g = 1 / k + mean_y - ey  # d profile / dk, over s0; decreasing in k
+    dg = -1 / k ** 2 - jnp.sum(pi * (y - ey) ** 2)
+    k_new = jnp.clip(k - g / dg, FLOOR, MAX_SHAPE)
+    return jnp.where(jnp.isfinite(k_new), k_new, k), None
+
+  k_new, _ = jax.lax.scan(step, k, None, length=newton)
+  k_new = jnp.where(profile(k_new) >= profile(k), k_new, k)
+  lam = jnp.maximum(jnp.exp((log_b(k_new) - jnp.log(s0)) / k_new), FLOOR)
+  return k_new, lam
+
+
+def _m_step(y, m, r1, k1, k2, newton):
+  r1, r2 = r1 * m, (1 - r1) * m
+  k1, l1 = _fit_component(y, r1, k1, newton)
+  k2, l2 = _fit_component(y, r2, k2, newton)
+  w = jnp.clip(jnp.sum(r1) / jnp.maximum(jnp.sum(m), 1e-30), *W_BOUNDS)
+  return jnp.stack([w, k1, l1, k2, l2])
+
+
+def _em(y, m, theta, iterations: int):
+  def step(theta, _):
+    r1 = jax.nn.softmax(_component_logliks(theta, y), axis=0)[0]
+    new = _m_step(y, m, r1, theta[1], theta[3], newton=3)
+    return jnp.where(jnp.all(jnp.isfinite(new)), new, theta), None
+
+  theta, _ = jax.lax.scan(step, theta, None, length=iterations)
+  return theta
+
+
+def fit_weibull_mixture(x, weights=None, iterations: int = 30) -> jax.Array:
+  """Maximum-likelihood (w, k1, l1, k2, l2) of a two-component Weibull mixture.
+
+  x: float[N] > 0; weights: float[N] >= 0 (e.g. a 0/1 membership mask; default all 1).
+  EM for `iterations` steps from 12 starts; returns the parameters with the lowest finite
+  weighted NLL (float32[5]).
   """
   x = jnp.asarray(x, jnp.float32)
-  fun = lambda u: mixture_nll(_to_theta(u), x)  # noqa: E731
-  solver = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(fun)
-
-  def run(u0):
-    def step(carry, _):
-      u, state = carry
-      value, grad = value_and_grad(u, state=state)
-      updates, state = solver.update(grad, state, u, value=value, grad=grad, value_fn=fun)
-      u_new = optax.apply_updates(u, updates)
-      return (jnp.where(jnp.all(jnp.isfinite(u_new)), u_new, u), state), None
-
-    (u, _), _ = jax.lax.scan(step, (u0, solver.init(u0)), None, length=iterations)
-    return u
-
-  # Fixed starts, plus a narrow component (shape 5 or 20) on each quintile of the sample
-  # next to a broad one on the mean.
-  q = jnp.quantile(x, jnp.linspace(0.0, 1.0, 5))
-  mid = jnp.full_like(q, jnp.mean(x))
-  data = jnp.concatenate([jnp.stack([jnp.full_like(q, 0.5), jnp.full_like(q, k), q, jnp.ones_like(q), mid], axis=1)
-                          for k in (5.0, 20.0)])
-  starts = jnp.concatenate([jnp.asarray(STARTS, x.dtype), jnp.clip(data, 0.02, None)])
-  us = jax.vmap(run)(jax.vmap(_to_u)(starts))
-  nll = jax.vmap(fun)(us)
-  nll = jnp.where(jnp.isfinite(nll), nll, jnp.inf)
-  return _to_theta(us[jnp.argmin(nll)])
+  m = jnp.ones_like(x) if weights is None else jnp.asarray(weights, jnp.float32)
+  chex.assert_equal_shape([x, m])
+  y = jnp.log(x)
+  count = jnp.sum(m > 0).astype(jnp.int32)
+  rank = jnp.argsort(jnp.argsort(jnp.where(m > 0, x, jnp.inf)))  # rank among the weighted points
+  two = jnp.float32(2.0)
+  from_split = jax.vmap(lambda sel: _m_step(y, m, sel.astype(jnp.float32), two, two, newton=20))
+  cuts = jnp.clip(jnp.stack([1, 2, 3, count // 4, count // 2, 3 * count // 4, count - 3, count - 2, count - 1]),
+                  1, jnp.maximum(count - 1, 1))
+  spikes = jnp.stack([1, jnp.maximum(count - 2, 0)])
+  starts = jnp.concatenate([jnp.asarray([CLASSIC_START], jnp.float32),
+                            from_split(rank[None, :] < cuts[:, None]), from_split(rank[None, :] == spikes[:, None])])
+  thetas = jax.vmap(lambda t: _em(y, m, t, iterations))(starts)
+  nll = jax.vmap(lambda t: mixture_nll(t, x, m))(thetas)
+  return thetas[jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))]
 
 
-def _prune_one(probs, iterations):
+def _prune_one(probs, member):
   x = jnp.clip(probs, 1e-12, None)
-  theta = fit_weibull_mixture(x, iterations)
+  m = member.astype(jnp.float32)
+  theta = fit_weibull_mixture(x, m)
   w, k1, l1, k2, l2 = theta
   mean = lambda k, lam: lam * jnp.exp(jax.scipy.special.gammaln(1 + 1 / k))  # noqa: E731
   swap = mean(k1, l1) < mean(k2, l2)  # component 1 = the high-probability one
-  ll = _component_logliks(theta, x)
+  ll = _component_logliks(theta, jnp.log(x))
   high, low = jnp.where(swap, ll[1], ll[0]), jnp.where(swap, ll[0], ll[1])
-  keep = ~((high < low) & (probs < jnp.mean(probs)))
-  return jnp.where(jnp.ptp(probs) <= 1e-12, True, keep)
+  avg = jnp.sum(m * probs) / jnp.maximum(jnp.sum(m), 1.0)
+  keep = ~((high < low) & (probs < avg))
+  spread = jnp.max(jnp.where(member, probs, -jnp.inf)) - jnp.min(jnp.where(member, probs, jnp.inf))
+  trivial = (jnp.sum(member) < 4) | (spread <= 1e-12)
+  return jnp.where(trivial, True, keep) & member
 
 
-def prune_mask(probs: jax.Array, iterations: int = 60) -> jax.Array:
-  """bool[..., N]: samples kept by Reasoning Pruning (all kept when N < 4 or the probs are
-  constant). probs: float[..., N] sample probabilities exp(mean token log-prob)."""
+def prune_mask(probs: jax.Array, member: jax.Array | None = None) -> jax.Array:
+  """bool[..., N]: members kept by Reasoning Pruning (all members kept when fewer than 4
+  or their probs are constant; non-members never). probs: float[..., N] sample
+  probabilities exp(mean token log-prob); member: bool[..., N] the set (default all)."""
   probs = jnp.asarray(probs, jnp.float32)
+  member = jnp.ones(probs.shape, bool) if member is None else jnp.asarray(member, bool)
+  chex.assert_equal_shape([probs, member])
   n = probs.shape[-1]
   if n < 4:
-    return jnp.ones(probs.shape, bool)
-  flat = probs.reshape(-1, n)
-  return jax.vmap(functools.partial(_prune_one, iterations=iterations))(flat).reshape(probs.shape)
+    return member
+  flat = jax.vmap(_prune_one)(probs.reshape(-1, n), member.reshape(-1, n))
+  return flat.reshape(probs.shape)
 
 
 def rpc_vote(answers: jax.Array, mean_logprob: jax.Array, sample_ids: jax.Array | None = None, prune: bool = True,
-             num_answers: int | None = None) -> jax.Array:
+             num_answers: int | None = None, member: jax.Array | None = None) -> jax.Array:
   """The answer id RPC picks: int32[..., N] answers (-1 = none) -> int32[...] (-1 if none).
 
   mean_logprob: float[..., N] mean per-token log-prob of each sample under the model.
   sample_ids: int[..., N] ids of distinct completions (equal ids = identical text, hence
   equal answers and probabilities); default all distinct. prune: Reasoning Pruning.
-  num_answers: the answer id range (default N). Ties go to the answer that appeared first.
-  When pruning leaves no sample with an answer, the unpruned samples vote.
+  num_answers: the answer id range (default N). member: bool[..., N], the samples taking
+  part (a subset of a pool; default all). Ties go to the answer that appeared first.
+  When pruning leaves no sample with an answer, the unpruned members vote.
   """
   chex.assert_equal_shape([answers, mean_logprob])
   n = answers.shape[-1]
+  member = jnp.ones(answers.shape, bool) if member is None else jnp.asarray(member, bool)
   probs = jnp.exp(jnp.asarray(mean_logprob, jnp.float32))
-  has = answers >= 0
-  keep = (prune_mask(probs) if prune else jnp.ones(answers.shape, bool)) & has
+  has = (answers >= 0) & member
+  keep = (prune_mask(probs, member) if prune else member) & has
   keep = jnp.where(jnp.any(keep, axis=-1, keepdims=True), keep, has)
   ids = jnp.broadcast_to(jnp.arange(n), answers.shape) if sample_ids is None else jnp.asarray(sample_ids)
   chex.assert_equal_shape([answers, ids])
   # A sample repeats an earlier kept one with the same text: it counts once.
   same = (ids[..., :, None] == ids[..., None, :]) & keep[..., None, :] & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])
   first = keep & ~jnp.any(same, axis=-1)
-  a = n if num_answers is None else num_answers
-  onehot = jax.nn.one_hot(answers, a, dtype=jnp.float32)
+  onehot = jax.nn.one_hot(answers, n if num_answers is None else num_answers, dtype=jnp.float32)
   scores = jnp.einsum("...n,...na->...a", jnp.where(first, probs, 0.0), onehot)
   voted = jnp.einsum("...n,...na->...a", first.astype(jnp.float32), onehot) > 0
   scores = jnp.where(voted, scores, -jnp.inf)
