@@ -22,17 +22,25 @@ import numpy as np
 from tts_jax.eval.cost import Cost, pool_cost
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.pool import Pool, build_pool, score_pool
+from tts_jax.eval.timing import Timer
 from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts
 
 
 @dataclasses.dataclass
 class Batch:
-  """Problems [start, start + len(problems)) of the experiment's split."""
+  """Problems [start, start + len(problems)) of the experiment's split.
+
+  prompt_width: the padded prompt width of every batch of the run (the runner sets it from
+  all the run's prompts, so sampling, scoring and search compile once per run; None: this
+  batch's own); timer: where the time goes (`tts_jax.eval.timing`).
+  """
 
   experiment: Experiment
   models: DefaultModels
   problems: list
   start: int
+  prompt_width: int | None = None
+  timer: Timer = dataclasses.field(default_factory=Timer)
   _scored: set = dataclasses.field(default_factory=set)
 
   @property
@@ -48,21 +56,28 @@ class Batch:
   def completions(self) -> Completions:
     """max(budgets) samples of every problem."""
     exp, m = self.experiment, self.models
-    return complete(self.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
-                    key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
-                    temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
-                    min_p=exp.sampling.min_p, batch_prompts=exp.batch_problems, index_offset=self.start)
+    with self.timer.phase("sampling"):
+      return complete(self.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
+                      key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
+                      temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
+                      min_p=exp.sampling.min_p, batch_prompts=exp.batch_problems, index_offset=self.start,
+                      prompt_width=self.prompt_width)
 
   @functools.cached_property
   def _pool(self) -> Pool:
-    return build_pool(self.task, self.problems, self.prompts, self.completions)
+    comps = self.completions
+    with self.timer.phase("host: text and grading"):
+      return build_pool(self.task, self.problems, self.prompts, comps)
 
   def pool(self, verifiers: tuple[str, ...] = ()) -> Pool:
     """The graded pool, with the scores of `verifiers` ("orm", "prm")."""
     for v in verifiers:
       if v not in self._scored:
         model, params = getattr(self.models, v), getattr(self.models, f"{v}_params")
-        score_pool(self._pool, self.task, self.prompts, self.completions, v, model, params)
+        pool = self._pool
+        with self.timer.phase("verifier scoring"):
+          score_pool(pool, self.task, self.prompts, self.completions, v, model, params,
+                     prompt_width=self.prompt_width, max_new_tokens=self.experiment.max_new_tokens)
         self._scored.add(v)
     return self._pool
 

@@ -48,6 +48,7 @@ class Method(Protocol):
   """An experiment method (a frozen dataclass: it is part of the experiment config)."""
 
   name: str
+  timing_phase: str  # the runner's time-breakdown phase ("selection and metrics", "search")
 
   def verifiers(self) -> tuple[str, ...]:
     """The shipped verifier models it reads ("orm", "prm")."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from tts_jax.selection import encode_answers
 from tts_jax.tasks import STEP, Completions
-from tts_jax.verifiers import aggregate_steps, outcome_probabilities, step_probabilities
+from tts_jax.verifiers import aggregate_steps, completion_outcome_probabilities, completion_step_probabilities
 
 
 @dataclasses.dataclass
@@ -83,15 +83,20 @@ def build_pool(task, problems, prompts, comps: Completions) -> Pool:
               seq_ids=seq_ids, prompt_lens=np.array([len(x) for x in prompts], np.int32))
 
 
-def score_pool(pool: Pool, task, prompts, comps: Completions, verifier: str, model, params) -> None:
-  """Fills the pool's `verifier` ("orm" or "prm") scores from a value model, in place."""
-  p, n = comps.lengths.shape
-  seqs = [list(prompts[i]) + comps.tokens[i, j, :comps.lengths[i, j]].tolist() for i in range(p) for j in range(n)]
+def score_pool(pool: Pool, task, prompts, comps: Completions, verifier: str, model, params,
+               prompt_width: int | None = None, max_new_tokens: int | None = None) -> None:
+  """Fills the pool's `verifier` ("orm" or "prm") scores from a value model, in place.
+
+  Each prompt is run once and its KV shared by its samples (`completion_values`).
+  prompt_width, max_new_tokens: the run's padded prompt width and generation cap (the PRM
+  gets max_new_tokens step slots), so one shape serves a whole run.
+  """
   if verifier == "orm":
-    pool.orm = outcome_probabilities(model, params, seqs).reshape(p, n)
+    pool.orm = completion_outcome_probabilities(model, params, prompts, comps.tokens, comps.lengths,
+                                                prompt_width=prompt_width)
   elif verifier == "prm":
-    starts = [len(prompts[i]) for i in range(p) for _ in range(n)]
-    steps, mask = step_probabilities(model, params, seqs, starts, (task.tokenizer().token_to_id(STEP),))
-    pool.prm_steps, pool.prm_mask = steps.reshape(p, n, -1), mask.reshape(p, n, -1)
+    pool.prm_steps, pool.prm_mask = completion_step_probabilities(
+        model, params, prompts, comps.tokens, comps.lengths, (task.tokenizer().token_to_id(STEP),),
+        num_steps=max_new_tokens, prompt_width=prompt_width)
   else:
     raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")

@@ -45,6 +45,7 @@ class PoolMethod(abc.ABC):
   read verifier scores)."""
 
   name: str = "pool method"
+  timing_phase = "selection and metrics"  # where the runner's time breakdown counts this method
 
   def verifiers(self) -> tuple[str, ...]:
     """The shipped verifiers this method reads ("orm", "prm")."""

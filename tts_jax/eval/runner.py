@@ -7,6 +7,12 @@ one JSON line per (problem, budget) to results.jsonl in a single write. On resta
 it keeps the whole batches already written (dropping a torn tail left by a kill),
 skips them, and continues: the final file is identical to an uninterrupted run's.
 The summary, table and plot (`tts_jax.eval.summary`) are made from the file.
+
+All batches share one padded prompt width (from all the run's prompts), so sampling,
+scoring and search compile once per run; compiled code is kept in JAX's persistent
+compilation cache (`tts_jax.eval.compile_cache`), so a second run compiles nothing. The
+runner prints where the time went (`tts_jax.eval.timing`) and stores it in summary.json
+under "timing" (the invocation that wrote the summary).
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from tqdm.auto import tqdm
 
 from tts_jax.config_files import to_dict
 from tts_jax.eval.batch import Batch
+from tts_jax.eval.compile_cache import enable_compilation_cache
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.summary import format_table, plot, summarize
-from tts_jax.tasks import load_default
+from tts_jax.eval.timing import Timer
+from tts_jax.models import pad_prompts
+from tts_jax.tasks import PAD, load_default, task_prompts
 
 RESULTS, SUMMARY, CONFIG, PLOT = "results.jsonl", "summary.json", "config.json", "scaling.png"
 
@@ -57,10 +66,14 @@ def _completed_batches(path: str, lines_per_batch: int) -> int:
   return batches
 
 
-def _batch_records(exp: Experiment, models, batch_index: int, problems) -> list[dict]:
+def _batch_records(exp: Experiment, models, batch_index: int, problems, prompt_width: int, timer: Timer) -> list[dict]:
   """One record per (problem, budget): every method's outcome."""
-  batch = Batch(experiment=exp, models=models, problems=problems, start=batch_index * exp.batch_problems)
-  by_method = {m.name: m.evaluate(batch, i) for i, m in enumerate(exp.methods)}
+  batch = Batch(experiment=exp, models=models, problems=problems, start=batch_index * exp.batch_problems,
+                prompt_width=prompt_width, timer=timer)
+  by_method = {}
+  for i, m in enumerate(exp.methods):
+    with timer.phase(m.timing_phase):
+      by_method[m.name] = m.evaluate(batch, i)
   return [{"problem": batch.start + i, "budget": k, "methods": {name: o[k][i].record() for name, o in by_method.items()}}
           for i in range(len(problems)) for k in exp.budgets]
 
@@ -70,6 +83,12 @@ def run_experiment(exp: Experiment, *, stop_after_batches: int | None = None, qu
 
   stop_after_batches: stop after computing this many new batches (simulates a crash in tests).
   """
+  enable_compilation_cache()
+  with Timer() as timer:
+    return _run(exp, timer, stop_after_batches, quiet)
+
+
+def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: bool) -> dict:
   out = exp.output_dir
   os.makedirs(out, exist_ok=True)
   cfg_path = os.path.join(out, CONFIG)
@@ -87,7 +106,10 @@ def run_experiment(exp: Experiment, *, stop_after_batches: int | None = None, qu
   if exp.num_problems > len(split):
     raise ValueError(f"num_problems={exp.num_problems} but split {exp.split!r} has {len(split)} problems")
   problems = list(split[:exp.num_problems])
-  models = _load_models(exp)
+  with timer.phase("loading"):
+    models = _load_models(exp)
+  pad = exp.task.tokenizer().token_to_id(PAD)
+  prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
   results_path = os.path.join(out, RESULTS)
   num_batches = -(-len(problems) // exp.batch_problems)
   lines_per_batch = exp.batch_problems * len(exp.budgets)
@@ -100,20 +122,23 @@ def run_experiment(exp: Experiment, *, stop_after_batches: int | None = None, qu
       bar.close()
       return {}
     chunk = problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]
-    records = _batch_records(exp, models, b, chunk)
-    with open(results_path, "a") as fh:
+    records = _batch_records(exp, models, b, chunk, prompt_width, timer)
+    with timer.phase("host I/O"), open(results_path, "a") as fh:
       fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
       fh.flush()
       os.fsync(fh.fileno())
     bar.update(len(chunk))
     new += 1
   bar.close()
-  summary = summarize(exp, results_path)
+  with timer.phase("host I/O"):
+    summary = summarize(exp, results_path)
+    plot(exp, summary, os.path.join(out, PLOT))
+  summary["timing"] = {"batches_computed": new, **timer.report()}
   with open(os.path.join(out, SUMMARY), "w") as fh:
     json.dump(summary, fh, indent=1)
-  plot(exp, summary, os.path.join(out, PLOT))
   if not quiet:
     print(format_table(summary))
+    print(timer.format())
     print(f"results: {results_path}\nplot: {os.path.join(out, PLOT)}")
   return summary
 

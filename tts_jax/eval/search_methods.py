@@ -42,6 +42,7 @@ class SearchMethod(abc.ABC):
   transform: Literal["log", "logit"] = "log"
   final: Final = "argmax"
   max_step_tokens: int = 0
+  timing_phase = "search"  # where the runner's time breakdown counts this method
 
   @abc.abstractmethod
   def smc_config(self, n: int, **kw) -> SMCConfig:
@@ -75,7 +76,7 @@ class SearchMethod(abc.ABC):
     tok = task.tokenizer()
     eos, pad, step = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(STEP)
     problems, prompts = batch.padded()
-    tokens, lengths = pad_prompts(prompts, pad_id=pad)
+    tokens, lengths = pad_prompts(prompts, pad_id=pad, width=batch.prompt_width)
     cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=(step,), stop_tokens=(eos,),
                           max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=pad)
     potential, pparams = self.potential(models, task)

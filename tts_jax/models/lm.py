@@ -256,6 +256,45 @@ class LanguageModel:
     return model.output(h), new_cache
 
 
+  @_in_precision
+  def extend(self, params, prefix: PrefixCache, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Runs N suffixes of every prompt at once on top of its shared prompt KV (no cache
+    kept): the outputs of a full forward over prompt + suffix, at the suffix positions,
+    with the prompt computed once per prompt instead of once per suffix (e.g. a verifier
+    scoring N samples of a problem).
+
+    Args:
+      params: the model's params pytree.
+      prefix: the prompts' PrefixCache (`prefill`), B prompts.
+      tokens: int32[B, N, L] right-padded suffixes; lengths: int32[B, N] their lengths.
+
+    Returns:
+      float32[B, N, L, ...] outputs (logits, or values for a value model) at each suffix
+      position (meaningless past lengths).
+    """
+    chex.assert_rank(tokens, 3)
+    b, n, length = tokens.shape
+    positions = prefix.lengths[:, None, None] + jnp.arange(length)[None, None, :]
+    cos, sin = rope_tables(self.config, positions)
+    scale = self._scale()
+    tp = prefix.k[0].shape[1]
+    prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n * length, tp))
+    suffix_mask = causal_mask(lengths.reshape(-1), length)
+
+    def attend(layer, q, k, v):
+      # q: [B, N, L, Hkv, G, D]; k, v: [B, N, L, Hkv, D]
+      hkv, g, d = q.shape[-3:]
+      o_p, lse_p = attend_partial(q.reshape(b, n * length, hkv, g, d), prefix.k[layer], prefix.v[layer],
+                                  prefix_mask, scale)
+      o_s, lse_s = attend_partial(q.reshape(b * n, length, hkv, g, d), k.reshape(b * n, length, hkv, d),
+                                  v.reshape(b * n, length, hkv, d), suffix_mask, scale)
+      o, _ = merge_partials(o_p.reshape(q.shape), lse_p.reshape(q.shape[:-1]), o_s.reshape(q.shape),
+                            lse_s.reshape(q.shape[:-1]))
+      return o
+
+    model = self._module(params)
+    return model.output(model.hidden(tokens, cos, sin, attend))
+
   def _shared_prefix_attend(self, q, prefix, layer, sk, sv, mask):
     """q [B, N, 1, Hkv, G, D] over the shared prompt KV and each sample's suffix sk, sv
     [B, N, Ts, Hkv, D] (valid slots: mask bool[B, N, Ts]), merged by log-sum-exp."""

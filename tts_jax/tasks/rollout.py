@@ -30,16 +30,17 @@ class Completions:
 
 def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, key: jax.Array,
              max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, index_offset: int = 0,
-             **sampling) -> Completions:
+             prompt_width: int | None = None, **sampling) -> Completions:
   """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
 
   Every batch has the same shape (the last is padded with copies of its first prompt), so
   one compilation serves the whole set. Prompt i uses key fold_in(key, index_offset + i):
-  its samples do not depend on the batching.
+  its samples do not depend on the batching. prompt_width: pad prompts to this width (one
+  width for all calls of a run: no recompilation across calls).
   """
   tok = task.tokenizer()
   eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
-  tokens, lengths = pad_prompts(prompts, pad_id=pad)
+  tokens, lengths = pad_prompts(prompts, pad_id=pad, width=prompt_width)
   outs = []
   for start in range(0, len(prompts), batch_prompts):
     idx = np.arange(start, start + batch_prompts)

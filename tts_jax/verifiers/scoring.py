@@ -3,6 +3,7 @@
     logits = score_sequences(prm, prm_params, sequences)             # per-token value logits
     p_outcome = outcome_probabilities(orm, orm_params, sequences)    # float32[M]
     p_steps, mask = step_probabilities(prm, prm_params, sequences, starts, delimiters)
+    values = completion_values(orm, orm_params, prompts, tokens, lengths)  # N samples per prompt, prompt once
 
 A sequence is prompt + completion token ids; the value at position t estimates the
 probability that the text up to and including token t leads to a correct answer.
@@ -12,6 +13,7 @@ chunk of one shape, so one compilation serves a whole set.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -36,9 +38,10 @@ def value_logits_chunked(model: ValueModel, params, tokens: np.ndarray, lengths:
   return np.concatenate(out)[:m]
 
 
-def score_sequences(model: ValueModel, params, sequences: Sequence[Sequence[int]], chunk: int = 256) -> list[np.ndarray]:
-  """Per-token value logits float32[len(s)] of each sequence s."""
-  tokens, lengths = pad_prompts(sequences)
+def score_sequences(model: ValueModel, params, sequences: Sequence[Sequence[int]], chunk: int = 256,
+                    width: int | None = None) -> list[np.ndarray]:
+  """Per-token value logits float32[len(s)] of each sequence s (rows padded to at least `width`)."""
+  tokens, lengths = pad_prompts(sequences, width=width)
   out = value_logits_chunked(model, params, tokens, lengths, chunk)
   return [out[i, :n] for i, n in enumerate(lengths)]
 
@@ -48,24 +51,88 @@ def sigmoid(x) -> np.ndarray:
   return np.asarray(jax.nn.sigmoid(jnp.asarray(x, jnp.float32)))
 
 
-def outcome_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+def outcome_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]],
+                          width: int | None = None) -> np.ndarray:
   """float32[M]: an ORM's probability that each sequence is correct (its value at the last token)."""
-  return sigmoid([s[-1] for s in score_sequences(model, params, sequences)])
+  return sigmoid([s[-1] for s in score_sequences(model, params, sequences, width=width)])
 
 
 def step_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]], starts: Sequence[int],
-                       delimiters: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+                       delimiters: Sequence[int], width: int | None = None,
+                       num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """A PRM's probability at each step end (`step_ends`) of each sequence's generated part.
 
-  starts: where each sequence's generation begins (its prompt length).
-  Returns (float32[M, S] probabilities, bool[M, S] mask of real steps), S the most steps.
+  starts: where each sequence's generation begins (its prompt length); width: pad rows to
+  at least this; num_steps: at least this many step slots.
+  Returns (float32[M, S] probabilities, bool[M, S] mask of real steps), S the most steps
+  (or num_steps if larger).
   """
-  scores = score_sequences(model, params, sequences)
+  scores = score_sequences(model, params, sequences, width=width)
   ends = [step_ends(s, start, delimiters) for s, start in zip(sequences, starts)]
-  width = max(1, max(map(len, ends)))
+  width = max(1, max(map(len, ends)), num_steps or 0)
   logits = np.zeros((len(sequences), width), np.float32)
   mask = np.zeros((len(sequences), width), bool)
   for i, (at, sc) in enumerate(zip(ends, scores)):
     logits[i, :len(at)] = sc[at]
     mask[i, :len(at)] = True
+  return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask
+
+
+COMPLETION_WIDTH_MULTIPLE = 32
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tokens, lengths):
+  last_prompt, prefix = lm.prefill(params, prompt_tokens, prompt_lengths)
+  return last_prompt, lm.extend(params, prefix, tokens, lengths)
+
+
+def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]], tokens: np.ndarray,
+                      lengths: np.ndarray, prompt_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Value logits of N completions of each prompt, the prompt computed once (its KV shared
+  by its completions, `LanguageModel.extend`): the same numbers as a full forward over
+  each prompt + completion.
+
+  prompts: P token lists; tokens: int32[P, N, T] completions, lengths: int32[P, N];
+  prompt_width: pad prompts to this width (one width per run: one compilation). The
+  completion axis is cut to the longest completion rounded up to a multiple of 32.
+  Returns (float32[P] value at each prompt's last token, float32[P, N, L] value at each
+  completion token).
+  """
+  ptoks, plens = pad_prompts(prompts, width=prompt_width)
+  width = -(-max(int(np.max(lengths)), 1) // COMPLETION_WIDTH_MULTIPLE) * COMPLETION_WIDTH_MULTIPLE
+  toks = np.zeros(tokens.shape[:2] + (width,), np.int32)
+  cut = min(width, tokens.shape[2])
+  toks[..., :cut] = tokens[..., :cut]
+  first, values = _prompt_and_completion_values(model.as_lm(), params, jnp.asarray(ptoks), jnp.asarray(plens),
+                                                jnp.asarray(toks), jnp.asarray(lengths, jnp.int32))
+  return np.asarray(first), np.asarray(values)
+
+
+def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens, lengths,
+                                     prompt_width: int | None = None) -> np.ndarray:
+  """float32[P, N]: an ORM's probability for each completion (its value at the completion's
+  last token; at the prompt's last token for an empty completion)."""
+  first, values = completion_values(model, params, prompts, tokens, lengths, prompt_width)
+  last = np.take_along_axis(values, np.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
+  return sigmoid(np.where(lengths > 0, last, first[:, None]))
+
+
+def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
+                                  num_steps: int | None = None, prompt_width: int | None = None):
+  """A PRM's probability at each step end (`step_ends`) of each completion.
+
+  Returns (float32[P, N, S] probabilities, bool[P, N, S] mask of real steps), S the most
+  steps (or num_steps if larger)."""
+  _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width)
+  p, n = lengths.shape
+  ends = [[step_ends(tokens[i, j, :lengths[i, j]].tolist(), 0, delimiters) for j in range(n)] for i in range(p)]
+  width = max(1, max(len(e) for row in ends for e in row), num_steps or 0)
+  logits = np.zeros((p, n, width), np.float32)
+  mask = np.zeros((p, n, width), bool)
+  for i in range(p):
+    for j in range(n):
+      at = ends[i][j]
+      logits[i, j, :len(at)] = values[i, j, at]
+      mask[i, j, :len(at)] = True
   return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask

@@ -1,0 +1,105 @@
+"""Where a run's time goes: wall-clock phases (exclusive: a phase opened inside another is
+not counted twice) and JAX compilation, measured by JAX's own monitoring events.
+
+    timer = Timer()
+    with timer.phase("sampling"):
+      ...                        # compile time inside is moved to "compile"
+    timer.report()               # {"compile": s, "sampling": s, ..., "compilations": n, "total": s}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jax
+
+PHASES = ("compile", "sampling", "verifier scoring", "search", "selection and metrics", "host: text and grading",
+          "host I/O", "loading")
+_COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration")
+_active: list["Timer"] = []
+_listening = False
+
+
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+def _on_duration(event: str, seconds: float, **_) -> None:
+  for t in _active:
+    if event in _COMPILE_EVENTS:
+      t._compile += seconds
+      t._backend_compiles += event == _COMPILE_EVENTS[0]
+
+
+def _on_event(event: str, **_) -> None:
+  for t in _active:
+    t.cache_hits += event == _CACHE_HIT
+
+
+class Timer:
+  """Exclusive wall-clock seconds per phase, with compilation split out (tracing, lowering
+  and XLA compilation, or loading from the persistent cache), counted while the timer is
+  entered (`with Timer() as t`)."""
+
+  @property
+  def compilations(self) -> int:
+    """XLA compilations that did not come from the persistent cache."""
+    return self._backend_compiles - self.cache_hits
+
+  def __init__(self):
+    global _listening
+    if not _listening:
+      jax.monitoring.register_event_duration_secs_listener(_on_duration)
+      jax.monitoring.register_event_listener(_on_event)
+      _listening = True
+    self.seconds = {p: 0.0 for p in PHASES}
+    self._backend_compiles = 0
+    self.cache_hits = 0
+    self._compile = 0.0
+    self._stack: list[dict] = []
+    self._start = time.perf_counter()
+
+  def __enter__(self):
+    _active.append(self)
+    return self
+
+  def __exit__(self, *exc):
+    _active.remove(self)
+
+  @contextlib.contextmanager
+  def phase(self, name: str):
+    """Counts the wall time inside, less nested phases and compilation, to `name`."""
+    if name not in self.seconds:
+      raise ValueError(f"unknown phase {name!r}; one of {PHASES}")
+    frame = {"start": time.perf_counter(), "compile": self._compile, "child_wall": 0.0, "child_compile": 0.0}
+    self._stack.append(frame)
+    try:
+      yield
+    finally:
+      self._stack.pop()
+      wall = time.perf_counter() - frame["start"]
+      compiled = self._compile - frame["compile"]
+      self.seconds[name] += max(wall - frame["child_wall"] - (compiled - frame["child_compile"]), 0.0)
+      if self._stack:
+        self._stack[-1]["child_wall"] += wall
+        self._stack[-1]["child_compile"] += compiled
+
+  def report(self) -> dict:
+    """{phase: seconds (rounded to ms)}, "compile", "other", "total", "compilations" and
+    "compilation_cache_hits"."""
+    out = {p: round(s, 3) for p, s in self.seconds.items()}
+    out["compile"] = round(self._compile, 3)
+    total = time.perf_counter() - self._start
+    out["other"] = round(max(total - sum(self.seconds.values()) - self._compile, 0.0), 3)
+    out["total"] = round(total, 3)
+    out["compilations"] = self.compilations
+    out["compilation_cache_hits"] = self.cache_hits
+    return out
+
+  def format(self) -> str:
+    r = self.report()
+    total = max(r["total"], 1e-9)
+    parts = [f"{p} {r[p]:.1f} s ({100 * r[p] / total:.0f}%)" for p in ("compile",) + PHASES[1:] + ("other",) if r[p] > 0]
+    return (f"time: {r['total']:.1f} s = " + ", ".join(parts)
+            + f"; {r['compilations']} compilations, {r['compilation_cache_hits']} loaded from the cache")
