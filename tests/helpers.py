@@ -101,3 +101,8 @@ def save_hf_checkpoint(path: str, family: str, seed: int = 0, max_shard_size=Non
 
 def random_tokens(rng: np.random.RandomState, b: int, t: int, vocab: int) -> np.ndarray:
   return rng.randint(0, vocab, size=(b, t)).astype(np.int32)
+
+
+def without_timing(summary: dict) -> dict:
+  """A run's summary less its time breakdown (which differs between invocations)."""
+  return {k: v for k, v in summary.items() if k != "timing"}

@@ -116,13 +116,15 @@ def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: b
   done = _completed_batches(results_path, lines_per_batch)
   bar = tqdm(total=len(problems), initial=min(done * exp.batch_problems, len(problems)), desc=exp.name,
              unit="problem", disable=quiet, dynamic_ncols=True)
-  new = 0
+  new, per_batch = 0, []
   for b in range(done, num_batches):
     if stop_after_batches is not None and new >= stop_after_batches:
       bar.close()
       return {}
     chunk = problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]
+    before = timer.compilations
     records = _batch_records(exp, models, b, chunk, prompt_width, timer)
+    per_batch.append(timer.compilations - before)
     with timer.phase("host I/O"), open(results_path, "a") as fh:
       fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
       fh.flush()
@@ -133,7 +135,7 @@ def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: b
   with timer.phase("host I/O"):
     summary = summarize(exp, results_path)
     plot(exp, summary, os.path.join(out, PLOT))
-  summary["timing"] = {"batches_computed": new, **timer.report()}
+  summary["timing"] = {"batches_computed": new, **timer.report(), "compilations_per_batch": per_batch}
   with open(os.path.join(out, SUMMARY), "w") as fh:
     json.dump(summary, fh, indent=1)
   if not quiet:

@@ -1,0 +1,55 @@
+"""No recompilation across a run's batches, and a second run compiles nothing (the
+persistent compilation cache)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tts_jax.eval import BeamSearch, Experiment
+from tts_jax.eval.pool_methods import RPC, AdaptiveConsistency, BestOfN, MajorityVote, PassAtK, WeightedMajority
+from tts_jax.eval.runner import run_experiment
+from tts_jax.models import pad_prompts
+from tts_jax.tasks import ModChain, task_prompts
+from tts_jax.tasks.shipped import DEFAULTS_DIR
+
+MODELS = os.path.join(DEFAULTS_DIR, "modchain")
+
+
+def _experiment(out_dir, num_problems=8):
+  return Experiment(name="compile-count", task=ModChain(), split="hard", num_problems=num_problems, models=MODELS,
+                    methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
+                             AdaptiveConsistency(), RPC(max_subsets=4), BeamSearch(verifier="prm", expansions=2)),
+                    budgets=(2, 4), max_new_tokens=64, num_subsets=8, batch_problems=2, out_dir=str(out_dir))
+
+
+def test_batches_after_the_first_compile_nothing(tmp_path):
+  """Prompts whose per-batch padded widths differ (ragged across batches): every batch
+  after the first reuses the first batch's compiled code."""
+  exp = _experiment(tmp_path / "run")
+  problems = list(exp.task.split(exp.split)[:exp.num_problems])
+  widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 8, 2)}
+  assert len(widths) > 1, widths  # without one width per run, batches would recompile
+  per_batch = run_experiment(exp, quiet=True)["timing"]["compilations_per_batch"]
+  assert len(per_batch) == 4 and per_batch[1:] == [0, 0, 0], per_batch
+
+
+def _run_in_subprocess(out_dir, cache_dir) -> dict:
+  code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.test_compilation import _experiment; "
+          "from tts_jax.eval.runner import run_experiment; import json; "
+          "print(json.dumps(run_experiment(_experiment(sys.argv[2], 4), quiet=True)['timing']))")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "TTS_JAX_COMPILATION_CACHE": str(cache_dir)}
+  out = subprocess.run([sys.executable, "-c", code, root, str(out_dir)], env=env, capture_output=True, text=True,
+                       check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_run_compiles_nothing(tmp_path):
+  """(Search with the exact step checker is the exception: its host callback keeps JAX from
+  caching that engine's compiled code.)"""
+  first = _run_in_subprocess(tmp_path / "a", tmp_path / "cache")
+  assert first["compilations"] > 0 and os.listdir(tmp_path / "cache")
+  second = _run_in_subprocess(tmp_path / "b", tmp_path / "cache")  # a new output directory: all recomputed
+  assert second["batches_computed"] == 2
+  assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second
