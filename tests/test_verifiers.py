@@ -86,3 +86,29 @@ def test_chunked_scoring_equals_one_forward_pass():
   for s, o in zip(seqs, out):
     want = np.asarray(value_logits(vm, params, jnp.asarray([s]), jnp.asarray([len(s)])))[0]
     np.testing.assert_allclose(o, want, atol=1e-5)
+
+
+def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
+  """N completions of each prompt scored on one prefill of the prompt (LanguageModel.extend)
+  give the full forward's ORM and PRM numbers; ragged prompts, an empty completion, a
+  completion ending on a delimiter (counted once)."""
+  from tts_jax.verifiers import (completion_outcome_probabilities, completion_step_probabilities,
+                                 outcome_probabilities, step_probabilities)
+  cfg = qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=128)
+  vm, params = init_value(cfg, seed=3)
+  rng = np.random.default_rng(4)
+  prompts = [rng.integers(0, 13, size=n).tolist() for n in (3, 9, 17)]
+  tokens = rng.integers(0, 13, size=(3, 4, 20)).astype(np.int32)
+  lengths = rng.integers(1, 21, size=(3, 4)).astype(np.int32)
+  lengths[0, 0] = 0
+  tokens[1, 2, lengths[1, 2] - 1] = 5  # ends on the delimiter
+  seqs = [prompts[i] + tokens[i, j, :lengths[i, j]].tolist() for i in range(3) for j in range(4)]
+  orm = completion_outcome_probabilities(vm, params, prompts, tokens, lengths, prompt_width=32)
+  np.testing.assert_allclose(orm.ravel(), outcome_probabilities(vm, params, seqs), atol=1e-5)
+  steps, mask = completion_step_probabilities(vm, params, prompts, tokens, lengths, (5,), num_steps=24, prompt_width=32)
+  want, want_mask = step_probabilities(vm, params, seqs, [len(prompts[i]) for i in range(3) for _ in range(4)], (5,))
+  s = want.shape[-1]
+  assert steps.shape == (3, 4, 24) and not mask[..., s:].any()
+  np.testing.assert_array_equal(mask[..., :s].reshape(12, s), want_mask)
+  np.testing.assert_allclose(steps[..., :s].reshape(12, s), want, atol=1e-5)

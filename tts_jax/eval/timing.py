@@ -14,22 +14,21 @@ import time
 
 import jax
 
-PHASES = ("compile", "sampling", "verifier scoring", "search", "selection and metrics", "host: text and grading",
+PHASES = ("sampling", "verifier scoring", "search", "selection and metrics", "host: text and grading",
           "host I/O", "loading")
 _COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration")
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 _active: list["Timer"] = []
 _listening = False
 
 
-_CACHE_HIT = "/jax/compilation_cache/cache_hits"
-
-
 def _on_duration(event: str, seconds: float, **_) -> None:
+  if event not in _COMPILE_EVENTS:
+    return
   for t in _active:
-    if event in _COMPILE_EVENTS:
-      t._compile += seconds
-      t._backend_compiles += event == _COMPILE_EVENTS[0]
+    t._compile += seconds
+    t._backend_compiles += event == _COMPILE_EVENTS[0]
 
 
 def _on_event(event: str, **_) -> None:
@@ -100,6 +99,6 @@ class Timer:
   def format(self) -> str:
     r = self.report()
     total = max(r["total"], 1e-9)
-    parts = [f"{p} {r[p]:.1f} s ({100 * r[p] / total:.0f}%)" for p in ("compile",) + PHASES[1:] + ("other",) if r[p] > 0]
+    parts = [f"{p} {r[p]:.1f} s ({100 * r[p] / total:.0f}%)" for p in ("compile",) + PHASES + ("other",) if r[p] > 0]
     return (f"time: {r['total']:.1f} s = " + ", ".join(parts)
             + f"; {r['compilations']} compilations, {r['compilation_cache_hits']} loaded from the cache")

@@ -38,10 +38,9 @@ def value_logits_chunked(model: ValueModel, params, tokens: np.ndarray, lengths:
   return np.concatenate(out)[:m]
 
 
-def score_sequences(model: ValueModel, params, sequences: Sequence[Sequence[int]], chunk: int = 256,
-                    width: int | None = None) -> list[np.ndarray]:
-  """Per-token value logits float32[len(s)] of each sequence s (rows padded to at least `width`)."""
-  tokens, lengths = pad_prompts(sequences, width=width)
+def score_sequences(model: ValueModel, params, sequences: Sequence[Sequence[int]], chunk: int = 256) -> list[np.ndarray]:
+  """Per-token value logits float32[len(s)] of each sequence s."""
+  tokens, lengths = pad_prompts(sequences)
   out = value_logits_chunked(model, params, tokens, lengths, chunk)
   return [out[i, :n] for i, n in enumerate(lengths)]
 
@@ -51,25 +50,21 @@ def sigmoid(x) -> np.ndarray:
   return np.asarray(jax.nn.sigmoid(jnp.asarray(x, jnp.float32)))
 
 
-def outcome_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]],
-                          width: int | None = None) -> np.ndarray:
+def outcome_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]]) -> np.ndarray:
   """float32[M]: an ORM's probability that each sequence is correct (its value at the last token)."""
-  return sigmoid([s[-1] for s in score_sequences(model, params, sequences, width=width)])
+  return sigmoid([s[-1] for s in score_sequences(model, params, sequences)])
 
 
 def step_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[int]], starts: Sequence[int],
-                       delimiters: Sequence[int], width: int | None = None,
-                       num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       delimiters: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   """A PRM's probability at each step end (`step_ends`) of each sequence's generated part.
 
-  starts: where each sequence's generation begins (its prompt length); width: pad rows to
-  at least this; num_steps: at least this many step slots.
-  Returns (float32[M, S] probabilities, bool[M, S] mask of real steps), S the most steps
-  (or num_steps if larger).
+  starts: where each sequence's generation begins (its prompt length).
+  Returns (float32[M, S] probabilities, bool[M, S] mask of real steps), S the most steps.
   """
-  scores = score_sequences(model, params, sequences, width=width)
+  scores = score_sequences(model, params, sequences)
   ends = [step_ends(s, start, delimiters) for s, start in zip(sequences, starts)]
-  width = max(1, max(map(len, ends)), num_steps or 0)
+  width = max(1, max(map(len, ends)))
   logits = np.zeros((len(sequences), width), np.float32)
   mask = np.zeros((len(sequences), width), bool)
   for i, (at, sc) in enumerate(zip(ends, scores)):
@@ -120,19 +115,24 @@ def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens,
 
 def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
                                   num_steps: int | None = None, prompt_width: int | None = None):
-  """A PRM's probability at each step end (`step_ends`) of each completion.
+  """A PRM's probability at each step end of each completion (`step_ends`: every
+  delimiter, and the last token, a final delimiter counted once), vectorised over [P, N].
 
   Returns (float32[P, N, S] probabilities, bool[P, N, S] mask of real steps), S the most
   steps (or num_steps if larger)."""
   _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width)
-  p, n = lengths.shape
-  ends = [[step_ends(tokens[i, j, :lengths[i, j]].tolist(), 0, delimiters) for j in range(n)] for i in range(p)]
-  width = max(1, max(len(e) for row in ends for e in row), num_steps or 0)
-  logits = np.zeros((p, n, width), np.float32)
-  mask = np.zeros((p, n, width), bool)
-  for i in range(p):
-    for j in range(n):
-      at = ends[i][j]
-      logits[i, j, :len(at)] = values[i, j, at]
-      mask[i, j, :len(at)] = True
+  width = values.shape[-1]
+  pos = np.arange(width)
+  toks = np.zeros(values.shape, np.int64)
+  cut = min(width, tokens.shape[-1])
+  toks[..., :cut] = tokens[..., :cut]
+  last = (lengths - 1)[..., None]
+  is_end = ((np.isin(toks, list(delimiters)) & (pos < last)) | (pos == last)) & (lengths[..., None] > 0)
+  slot = np.cumsum(is_end, axis=-1) - 1  # the step each end belongs to
+  s = max(1, int(is_end.sum(-1).max()), num_steps or 0)
+  logits = np.zeros(values.shape[:2] + (s,), np.float32)
+  mask = np.zeros(values.shape[:2] + (s,), bool)
+  i, j, t = np.nonzero(is_end)
+  logits[i, j, slot[i, j, t]] = values[i, j, t]
+  mask[i, j, slot[i, j, t]] = True
   return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask
