@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.eval.pool_methods import BestOfN, MajorityVote, PassAtK
+from tts_jax.eval.pool_methods import (AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
+                                      ShortestMajority, WeightedMajority, _subset_ranks)
 from tests import reference_metrics as ref
 from tts_jax.eval.metrics import best_of_k_exact, bootstrap_ci, mean_pass_at_k, pass_at_k
 from tts_jax.eval.subsets import enumerated_ranks, random_ranks
@@ -92,7 +93,7 @@ def test_maj_at_k_from_a_pool_is_the_subset_expectation():
   pool = pool_from(rng.choice(3, p=pi, size=(3000, 12)))
   keys = jax.random.split(jax.random.key(0), 3000)
   budgets = (3, 5)
-  accs, useds, mc_vars = map(np.asarray, MajorityVote().evaluate_pool(pool, budgets, jnp.stack([keys, keys]), 16))
+  accs, useds, mc_vars = map(np.asarray, MajorityVote().evaluate_pool(pool, budgets, random_ranks(jnp.stack([keys, keys]), 12, 16)))
   for k, acc, used, mc_var in zip(budgets, accs, useds, mc_vars):
     exact = exact_majority_accuracy(pi, k)
     se = acc.std() / math.sqrt(len(acc))
@@ -115,8 +116,8 @@ def test_toy_step_policy_best_of_n_closed_form():
   correct = (rng.random((P, n, K)) < q).all(-1)
   pool = pool_from(np.where(correct, 0, 1))
   budgets = (1, 4, 16, 32)
-  accs = np.asarray(BestOfN(verifier="orm").evaluate_pool(pool, budgets, None, 0)[0], np.float64)
-  oracles = np.asarray(PassAtK().evaluate_pool(pool, budgets, None, 0)[0], np.float64)
+  accs = np.asarray(BestOfN(verifier="orm").evaluate_pool(pool, budgets, None)[0], np.float64)
+  oracles = np.asarray(PassAtK().evaluate_pool(pool, budgets, None)[0], np.float64)
   for N, acc, oracle in zip(budgets, accs, oracles):
     truth = 1 - (1 - q ** K) ** N
     # per-problem values lie in [0, 1] with mean `truth`: variance <= truth (1 - truth)
@@ -171,7 +172,7 @@ def test_pool_metrics_equal_the_host_references_on_random_pools():
   correct[1] = True
   scores = rng.integers(0, 4, (40, 12)).astype(np.float32)
   budgets = (1, 2, 5, 12)
-  acc = np.asarray(PassAtK().evaluate_pool(pool_from(np.where(correct, 0, 1)), budgets, None, 0)[0])
+  acc = np.asarray(PassAtK().evaluate_pool(pool_from(np.where(correct, 0, 1)), budgets, None)[0])
   for b, k in enumerate(budgets):
     np.testing.assert_allclose(acc[b], [ref.pass_at_k(12, int(c), k) for c in correct.sum(1)], atol=1e-6)
     np.testing.assert_allclose(best_of_k_exact(scores, correct, k), ref.best_of_k_exact(scores, correct, k),
@@ -183,3 +184,47 @@ def test_bootstrap_ci_covers_the_mean():
   m, lo, hi = bootstrap_ci(x)
   assert lo < m < hi and hi - lo < 0.2
   assert mean_pass_at_k(np.array([[True, False], [False, False]]), 1) == 0.25
+
+
+def test_pool_votes_equal_the_host_references_subset_by_subset():
+  """Every vote method's array code (all budgets in one call, votes as one matmul per pool,
+  adaptive SC as one scan) equals a plain host loop over the same subsets: ties, samples
+  without an answer, and a problem where no sample has one."""
+  rng = np.random.default_rng(11)
+  p, n, s = 7, 10, 16
+  answers = rng.integers(-1, 3, (p, n)).astype(np.int32)
+  answers[0] = -1  # no answer anywhere
+  answers[1] = [0, 1] * 5  # exact ties at every even budget
+  pool = Pool(answers=answers, correct=rng.random((p, n)) < 0.5, lengths=rng.integers(1, 5, (p, n)).astype(np.int32),
+              mean_entropy=rng.choice([0.5, 1.0, 2.0], (p, n)), mean_logprob=np.zeros((p, n)),
+              seq_ids=np.tile(np.arange(n), (p, 1)), prompt_lens=np.ones(p, np.int32),
+              orm=rng.choice([0.25, 0.5, 1.0], (p, n)).astype(np.float32))
+  budgets = (1, 2, 3, 10)
+  ranks = random_ranks(jax.random.split(jax.random.key(5), len(budgets) * p).reshape(len(budgets), p), n, s)
+  rules = {
+      MajorityVote(): lambda a, i: ref.vote(a),
+      WeightedMajority(verifier="orm"): lambda a, i: ref.vote(a, pool.orm[i]),
+      InverseEntropyVote(): lambda a, i: ref.vote(a, 1.0 / pool.mean_entropy[i]),
+      ShortestMajority(): lambda a, i: ref.shortest_vote(a, pool.lengths[i]),
+  }
+  threshold = 0.9
+  rules[AdaptiveConsistency(threshold=threshold)] = None
+  for method, rule in rules.items():
+    full, weights, _ = _subset_ranks(method.order_free, budgets, ranks)
+    full = np.asarray(full)
+    acc, used, _ = map(np.asarray, method.evaluate_pool(pool, budgets, ranks))
+    for b, k in enumerate(budgets):
+      for i in range(p):
+        outs, uses = [], []
+        for j in range(s):
+          order = np.argsort(full[b, i, j])  # pool indices in drawing order
+          if isinstance(method, AdaptiveConsistency):
+            chosen, u = ref.adaptive(answers[i][order], threshold, k)
+          else:
+            members = order[:k]
+            chosen, u = rule(np.where(np.isin(np.arange(n), members), answers[i], -1), i), k
+          outs.append(ref.first_correct(answers[i][order[:u]], pool.correct[i][order[:u]], chosen))
+          uses.append(u)
+        w = weights[b]
+        np.testing.assert_allclose(acc[b, i], np.dot(w, outs) / w.sum(), atol=1e-6, err_msg=f"{method.name} k={k} {i}")
+        np.testing.assert_allclose(used[b, i], np.dot(w, uses) / w.sum(), atol=1e-5, err_msg=f"{method.name} k={k} {i}")

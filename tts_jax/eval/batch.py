@@ -6,7 +6,8 @@ Random streams (all pure in the experiment seed, the problem's index in the spli
 budget and the method's index, so they do not depend on the batching):
 
   pool samples        problem i: fold_in(key(seed), i)
-  pool-method subsets problem i: fold_in(fold_in(fold_in(key(seed + 1), i), budget), method)
+  pool-method subsets problem i: fold_in(fold_in(key(seed + 1), i), budget), the same for every
+                      pool method (common random numbers: methods differ only by their rule)
   search runs         problem i: fold_in(fold_in(fold_in(key(seed + 2), method), budget), i)
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from tts_jax.eval.cost import Cost, pool_cost
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.pool import Pool, build_pool, score_pool
+from tts_jax.eval.subsets import random_ranks
 from tts_jax.eval.timing import Timer
 from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts
 
@@ -42,6 +44,7 @@ class Batch:
   prompt_width: int | None = None
   timer: Timer = dataclasses.field(default_factory=Timer)
   _scored: set = dataclasses.field(default_factory=set)
+  _ranks: dict = dataclasses.field(default_factory=dict)
 
   @property
   def task(self):
@@ -87,11 +90,17 @@ class Batch:
     return pool_cost(self.models.policy.config, [getattr(self.models, v).config for v in verifiers],
                      pool.prompt_lens, pool.lengths, used)
 
-  def subset_keys(self, budgets, index: int) -> jax.Array:
-    """[K, batch_problems] keys for pool method `index`'s random subsets at each of `budgets`
-    (rows past the batch pad)."""
-    return _subset_keys(jax.random.key(self.experiment.seed + 1), jnp.asarray(budgets, jnp.int32),
-                        jnp.arange(self.experiment.batch_problems) + self.start, index)
+  def subset_ranks(self, budgets) -> jax.Array:
+    """int32[K, batch_problems, num_subsets, n] random subset orders over the pool at each
+    of `budgets` (`tts_jax.eval.subsets.random_ranks`; rows past the batch pad), drawn once
+    per batch and shared by every pool method: methods are compared on the same subsets."""
+    budgets = tuple(budgets)
+    if budgets not in self._ranks:
+      exp = self.experiment
+      keys = _subset_keys(jax.random.key(exp.seed + 1), jnp.asarray(budgets, jnp.int32),
+                          jnp.arange(exp.batch_problems) + self.start)
+      self._ranks[budgets] = random_ranks(keys, max(exp.budgets), exp.num_subsets)
+    return self._ranks[budgets]
 
   def padded(self) -> tuple[list, list[list[int]]]:
     """(problems, prompts) padded to `batch_problems` with copies of the first, so every batch
@@ -107,6 +116,6 @@ class Batch:
 
 
 @jax.jit
-def _subset_keys(root, budgets, ids, index):
-  one = lambda i, k: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, i), k), index)  # noqa: E731
+def _subset_keys(root, budgets, ids):
+  one = lambda i, k: jax.random.fold_in(jax.random.fold_in(root, i), k)  # noqa: E731
   return jax.vmap(lambda k: jax.vmap(lambda i: one(i, k))(ids))(budgets)

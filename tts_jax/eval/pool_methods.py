@@ -2,8 +2,8 @@
 
 Each is an experiment method (`tts_jax.eval.method.Method`): `evaluate(batch, index)`
 reads the batch's shared pool and returns every budget's outcomes. Its core,
-`evaluate_pool(pool, budgets, keys, num_subsets)` (keys: [K, P], one PRNG key per budget
-and problem), returns (accuracy, samples used, Monte Carlo variance of each problem's
+`evaluate_pool(pool, budgets, ranks)` (ranks: int32[K, P, S, n] random subset orders per
+budget and problem, shared by all the batch's pool methods, `Batch.subset_ranks`), returns (accuracy, samples used, Monte Carlo variance of each problem's
 accuracy estimate), each float[K, P], as expectations over k-subsets of the pool (drawn
 without replacement): exact for pass@k and best-of-k, and for the other methods whenever
 all C(n, k) subsets fit in `num_subsets` (they are then enumerated), Monte Carlo over
@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import math
 from typing import Literal
 
 import jax
@@ -31,9 +32,9 @@ from tts_jax.eval.batch import Batch
 from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
-from tts_jax.eval.subsets import enumerable, enumerated_ranks, random_ranks
-from tts_jax.selection import (adaptive_consistency, inverse_entropy_vote, majority_vote, rpc_vote,
-                               shortest_majority_vote, weighted_majority_vote)
+from tts_jax.eval.subsets import enumerable, enumerated_ranks, inverse_permutation
+from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_vote, shortest_majority_scores,
+                               subset_vote_totals, winner)
 
 Verifier = Literal["orm", "prm"]
 Aggregate = Literal["last", "min", "prod", "mean"]
@@ -54,15 +55,19 @@ class PoolMethod(abc.ABC):
   def check_budgets(self, budgets) -> None:
     """Every budget works for a pool method."""
 
+  uses_subsets = True  # reads the random subsets (False: exact in closed form)
+
   @abc.abstractmethod
-  def evaluate_pool(self, pool: Pool, budgets: tuple[int, ...], keys, num_subsets: int):
-    """-> (accuracy, samples used, Monte Carlo variance), each float[K, P] for K budgets."""
+  def evaluate_pool(self, pool: Pool, budgets: tuple[int, ...], ranks):
+    """ranks: int32[K, P, S, n] random subset orders (`tts_jax.eval.subsets`), or None for a
+    method with `uses_subsets = False` -> (accuracy, samples used, Monte Carlo variance), each
+    float[K, P] for K budgets."""
 
   def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
     budgets, p = batch.experiment.budgets, len(batch.problems)
     pool = batch.pool(self.verifiers()).padded(batch.experiment.batch_problems)
-    acc, used, mc_var = jax.device_get(self.evaluate_pool(pool, budgets, batch.subset_keys(budgets, index),
-                                                          batch.experiment.num_subsets))
+    ranks = batch.subset_ranks(budgets) if self.uses_subsets else None
+    acc, used, mc_var = jax.device_get(self.evaluate_pool(pool, budgets, ranks))
     costs = batch.pool_cost(used[:, :p], self.verifiers())
     return {k: [Outcome(accuracy=acc[b, i], samples=used[b, i], mc_var=mc_var[b, i], cost=costs[b][i])
                 for i in range(p)] for b, k in enumerate(budgets)}
@@ -77,8 +82,9 @@ class PassAtK(PoolMethod):
   """Oracle: some sample among k is correct (unbiased pass@k; an upper bound)."""
 
   name: str = "pass@k (oracle)"
+  uses_subsets = False
 
-  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, budgets, ranks):
     return _pass_at_k(jnp.asarray(pool.correct), _budget_array(budgets))
 
 
@@ -96,11 +102,12 @@ class BestOfN(PoolMethod):
   verifier: Verifier = "orm"
   aggregate: Aggregate = "last"
   name: str = "best-of-N (ORM)"
+  uses_subsets = False
 
   def verifiers(self) -> tuple[str, ...]:
     return (self.verifier,)
 
-  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, budgets, ranks):
     return _best_of_k(pool.verifier_scores(self.verifier, self.aggregate), jnp.asarray(pool.correct),
                       _budget_array(budgets))
 
@@ -112,18 +119,18 @@ def _best_of_k(scores, correct, ks):
   return acc, used, jnp.zeros_like(acc)
 
 
-def _subset_ranks(order_free: bool, n: int, budgets, keys, num_subsets: int):
-  """(ranks int32[K, P, S, n], subset weights float32[K, S], exact bool[K]) for `budgets`:
-  enumerated where C(n, k) fits in S (and order does not matter, or k = 1), random else."""
-  ranks = random_ranks(keys, n, num_subsets)
+def _subset_ranks(order_free: bool, budgets, ranks):
+  """(ranks int32[K, P, S, n], subset weights float32[K, S], exact bool[K]) for `budgets`: the
+  random orders `ranks`, with all C(n, k) subsets enumerated instead where they fit in S (and
+  order does not matter, or k = 1)."""
+  n, num_subsets = ranks.shape[-1], ranks.shape[-2]
   exact = np.array([(order_free or k == 1) and enumerable(n, k, num_subsets) for k in budgets])
   weights = np.ones((len(budgets), num_subsets), np.float32)
-  if exact.any():
-    ranks = np.array(ranks)
-    for b, k in enumerate(budgets):
-      if exact[b]:
-        ranks[b], weights[b] = enumerated_ranks(n, k, num_subsets)
-  return jnp.asarray(ranks), weights, exact
+  for b, k in enumerate(budgets):
+    if exact[b]:
+      rows, weights[b] = enumerated_ranks(n, k, num_subsets)
+      ranks = ranks.at[b].set(jnp.broadcast_to(jnp.asarray(rows), ranks.shape[1:]))
+  return ranks, weights, exact
 
 
 def _outcome(answers, correct, rank, member, chosen):
@@ -156,8 +163,8 @@ class _Vote(PoolMethod):
     """arrays: the pool's [P, n] arrays; rank, member: [P, S, n]; k: int32 scalar ->
     (answer ids int32[P, S], samples used [P, S])."""
 
-  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
-    ranks, weights, exact = _subset_ranks(self.order_free, pool.shape[1], budgets, keys, num_subsets)
+  def evaluate_pool(self, pool: Pool, budgets, ranks):
+    ranks, weights, exact = _subset_ranks(self.order_free, budgets, ranks)
     return _evaluate_votes(self, _arrays(pool, self.verifiers(), getattr(self, "aggregate", "last")),
                            ranks, _budget_array(budgets), weights, exact)
 
@@ -181,9 +188,11 @@ def _evaluate_votes(method: _Vote, arrays, ranks, ks, weights, exact):
   return jax.vmap(one_budget)(ranks, ks, weights, exact)
 
 
-def _members(answers, member):
-  """answers [P, n] seen by each subset: int32[P, S, n], -1 outside it."""
-  return jnp.where(member, answers[:, None, :], -1)
+def _vote(answers, member, weights=None):
+  """The answer with the largest total weight in each subset: int32[P, S]. answers [P, n];
+  member bool[P, S, n]; weights float[P, n] per pool sample (default 1)."""
+  totals = subset_vote_totals(answers, member, weights)
+  return winner(totals, jnp.any(member & (answers[:, None, :] >= 0), axis=-1))
 
 
 def _per_subset(x, member):
@@ -197,7 +206,7 @@ class MajorityVote(_Vote):
   name: str = "majority vote"
 
   def choose(self, arrays, rank, member, k):
-    return majority_vote(_members(arrays["answers"], member), member.shape[-1]), k
+    return _vote(arrays["answers"], member), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,19 +221,17 @@ class WeightedMajority(_Vote):
     return (self.verifier,)
 
   def choose(self, arrays, rank, member, k):
-    return weighted_majority_vote(_members(arrays["answers"], member), _per_subset(arrays["scores"], member),
-                                  member.shape[-1]), k
+    return _vote(arrays["answers"], member, arrays["scores"]), k
 
 
 @dataclasses.dataclass(frozen=True)
 class InverseEntropyVote(_Vote):
-  """Votes weighted by 1 / mean token entropy of each sample."""
+  """Votes weighted by 1 / mean token entropy of each sample (`inverse_entropy_vote`)."""
 
   name: str = "inverse-entropy vote"
 
   def choose(self, arrays, rank, member, k):
-    return inverse_entropy_vote(_members(arrays["answers"], member), _per_subset(arrays["mean_entropy"], member),
-                                member.shape[-1]), k
+    return _vote(arrays["answers"], member, inverse_entropy_weights(arrays["mean_entropy"])), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +241,11 @@ class ShortestMajority(_Vote):
   name: str = "shortest majority vote"
 
   def choose(self, arrays, rank, member, k):
-    return shortest_majority_vote(_members(arrays["answers"], member), _per_subset(arrays["lengths"], member),
-                                  member.shape[-1]), k
+    answers = arrays["answers"]
+    counts = subset_vote_totals(answers, member)
+    total_len = subset_vote_totals(answers, member, arrays["lengths"])
+    has = jnp.any(member & (answers[:, None, :] >= 0), axis=-1)
+    return winner(shortest_majority_scores(counts, total_len), has), k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +257,7 @@ class AdaptiveConsistency(_Vote):
   order_free = False
 
   def choose(self, arrays, rank, member, k):
-    order = jnp.argsort(rank, axis=-1)  # the pool's samples in this subset's drawing order
+    order = inverse_permutation(rank)  # the pool's samples in this subset's drawing order
     in_order = jnp.take_along_axis(_per_subset(arrays["answers"], member), order, axis=-1)
     return adaptive_consistency(in_order, self.threshold, num_answers=member.shape[-1], max_samples=k)
 
@@ -264,19 +274,25 @@ class RPC(PoolMethod):
   max_subsets: int | None = 16
   name: str = "RPC"
 
-  def evaluate_pool(self, pool: Pool, budgets, keys, num_subsets: int):
+  def evaluate_pool(self, pool: Pool, budgets, ranks):
     arrays = _arrays(pool, (), "last")
-    ranks, weights, exact = _subset_ranks(True, pool.shape[1], budgets, keys, num_subsets)
+    num_subsets = ranks.shape[-2]
+    ranks, weights, exact = _subset_ranks(True, budgets, ranks)
     rows = []
     for b, k in enumerate(budgets):
-      cap = num_subsets if self.max_subsets is None or k == 1 or exact[b] else min(num_subsets, self.max_subsets)
+      if exact[b]:  # the C(n, k) real subsets only (the padding rows weigh 0)
+        cap = math.comb(pool.shape[1], k)
+      elif k == 1 or self.max_subsets is None:
+        cap = num_subsets
+      else:
+        cap = min(num_subsets, self.max_subsets)
       rows.append(_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k=k, prune=self.prune))
     return tuple(jnp.stack(x) for x in zip(*rows))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "prune"))
 def _rpc_budget(arrays, rank, weights, exact, k: int, prune: bool):
-  idx = jnp.argsort(rank, axis=-1)[..., :k]  # [P, S, k]: the subset in drawing order
+  idx = inverse_permutation(rank)[..., :k]  # [P, S, k]: the subset in drawing order
   take = lambda x: jnp.take_along_axis(_per_subset(x, rank), idx, axis=-1)  # noqa: E731
   chosen = rpc_vote(take(arrays["answers"]), take(arrays["mean_logprob"]), take(arrays["seq_ids"]), prune=prune,
                     num_answers=rank.shape[-1])

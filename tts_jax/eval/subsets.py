@@ -21,12 +21,24 @@ import numpy as np
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def random_ranks(keys, n: int, num_subsets: int) -> jax.Array:
   """int32[..., S, n]: S random orders of range(n) per key (key [...] -> its own subsets;
-  the first k of each order are the random k-subset used at budget k)."""
-  def one(key):
-    order = jnp.argsort(jax.random.uniform(key, (num_subsets, n)), axis=-1)
-    return jnp.argsort(order, axis=-1).astype(jnp.int32)
+  the first k of each order are the random k-subset used at budget k).
+
+  The orders are argsort(uniforms) (stable); the ranks are their inverse permutations,
+  written by a scatter rather than a second sort.
+  """
   flat = jnp.reshape(keys, (-1,))
-  return jax.vmap(one)(flat).reshape(keys.shape + (num_subsets, n))
+  order = jax.vmap(lambda key: jnp.argsort(jax.random.uniform(key, (num_subsets, n)), axis=-1))(flat)
+  return inverse_permutation(order).reshape(keys.shape + (num_subsets, n))
+
+
+def inverse_permutation(perm: jax.Array) -> jax.Array:
+  """int32[..., n]: q with q[perm[j]] = j for each row of permutations perm int[..., n]
+  (a scatter: no sort). The drawing order of a rank array is `inverse_permutation(rank)`."""
+  n = perm.shape[-1]
+  rows = perm.reshape(-1, n)
+  out = jnp.zeros(rows.shape, jnp.int32).at[jnp.arange(rows.shape[0])[:, None], rows].set(
+      jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), rows.shape), unique_indices=True)
+  return out.reshape(perm.shape)
 
 
 def enumerable(n: int, k: int, num_subsets: int) -> bool:

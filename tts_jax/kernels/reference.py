@@ -30,19 +30,41 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     out: float32[B, Tq, Hkv, G, D], normalised over the allowed keys (0 where none).
     lse: float32[B, Tq, Hkv, G], log-sum-exp of the scaled scores (-inf where none).
   """
-  s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
-  m = mask[:, None, None, :, :]
-  s = jnp.where(m, s, -jnp.inf)
-  s_max = jnp.max(s, axis=-1, keepdims=True)
+  if q.shape[1] == 1:
+    return _attend_one(q, k, v, mask, scale)
+  # Scores laid out [B, Hkv, Tq, G, Tk], the order XLA's dot produces for batch dims (B, Hkv):
+  # no transpose of the largest array (faster on CPU; the same numbers).
+  s = jnp.einsum("bqhgd,bkhd->bhqgk", q, k, preferred_element_type=jnp.float32) * scale
+  s = jnp.where(mask[:, None, :, None, :], s, -jnp.inf)
+  s_max = jnp.max(s, axis=-1)  # [B, Hkv, Tq, G]
   s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
-  p = jnp.exp(s - s_max)
-  l = jnp.sum(p, axis=-1, keepdims=True)
-  o = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  l_q = jnp.moveaxis(l[..., 0], 3, 1)  # [B, Tq, Hkv, G]
+  p = jnp.exp(s - s_max[..., None])
+  l = jnp.sum(p, axis=-1)
+  o = jnp.einsum("bhqgk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  l_q, s_max = jnp.moveaxis(l, 1, 2), jnp.moveaxis(s_max, 1, 2)  # [B, Tq, Hkv, G]
   o = o / jnp.where(l_q > 0, l_q, 1.0)[..., None]
-  lse = jnp.where(l_q > 0, jnp.log(jnp.where(l_q > 0, l_q, 1.0)) + jnp.moveaxis(s_max[..., 0], 3, 1),
-                  -jnp.inf)
+  lse = jnp.where(l_q > 0, jnp.log(jnp.where(l_q > 0, l_q, 1.0)) + s_max, -jnp.inf)
   return o, lse
+
+
+def _attend_one(q, k, v, mask, scale):
+  """`attend_partial` for one query per row (decoding), as multiply-and-reduce over the keys.
+
+  The same numbers as the einsum form, but XLA:CPU runs a batched dot whose batch dims are
+  (row, head) as many tiny matmuls plus transposes of K and V: for 1,600 samples x 96 suffix
+  slots this form is ~5x faster (benchmarks/sampling.py, BENCHMARKS.md). It reads K and V once.
+  """
+  qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
+  s = jnp.sum(qf[:, None] * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, Tk, Hkv, G]
+  s = jnp.where(mask[:, 0, :, None, None], s, -jnp.inf)
+  s_max = jnp.max(s, axis=1)  # [B, Hkv, G]
+  s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
+  p = jnp.exp(s - s_max[:, None])
+  l = jnp.sum(p, axis=1)
+  o = jnp.sum(p[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, Hkv, G, D]
+  o = o / jnp.where(l > 0, l, 1.0)[..., None]
+  lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + s_max, -jnp.inf)
+  return o[:, None], lse[:, None]
 
 
 def merge_partials(o1: jax.Array, lse1: jax.Array, o2: jax.Array,

@@ -2,9 +2,11 @@
 
 from tts_jax.selection.adaptive import adaptive_consistency
 from tts_jax.selection.rpc import fit_weibull_mixture, mixture_nll, prune_mask, rpc_vote
-from tts_jax.selection.voting import (best_index, encode_answers, inverse_entropy_vote, majority_vote,
-                                      shortest_majority_vote, vote_totals, weighted_majority_vote)
+from tts_jax.selection.voting import (best_index, encode_answers, inverse_entropy_vote,
+                                      inverse_entropy_weights, majority_vote,
+                                      shortest_majority_scores, shortest_majority_vote, subset_vote_totals,
+                                      vote_totals, weighted_majority_vote, winner)
 
 __all__ = ["adaptive_consistency", "fit_weibull_mixture", "mixture_nll", "prune_mask", "rpc_vote", "best_index", "encode_answers",
-           "inverse_entropy_vote", "majority_vote", "shortest_majority_vote", "vote_totals",
-           "weighted_majority_vote"]
+           "inverse_entropy_vote", "inverse_entropy_weights", "majority_vote", "shortest_majority_scores", "shortest_majority_vote",
+           "subset_vote_totals", "vote_totals", "weighted_majority_vote", "winner"]

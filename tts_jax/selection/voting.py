@@ -56,9 +56,39 @@ def vote_totals(answers: jax.Array, weights: jax.Array | None = None,
   return jnp.einsum("...n,...na->...a", w, onehot)
 
 
-def _argmax_answer(totals: jax.Array, answers: jax.Array) -> jax.Array:
-  has_answer = jnp.any(answers >= 0, axis=-1)
+def subset_vote_totals(answers: jax.Array, member: jax.Array, weights: jax.Array | None = None,
+                       num_answers: int | None = None) -> jax.Array:
+  """float32[..., S, A]: the vote totals of S subsets of one pool, as one matmul per pool
+  (no per-subset one-hot, whose size would be S * n * A).
+
+  answers: int32[..., n] the pool's answer ids (-1 counts nowhere); member: bool[..., S, n]
+  which pool samples each subset holds; weights: float[..., n] per pool sample (default 1);
+  num_answers: A (default n).
+  """
+  chex.assert_equal_shape([answers, member[..., 0, :]])
+  n = answers.shape[-1] if num_answers is None else num_answers
+  w = member.astype(jnp.float32)
+  if weights is not None:
+    chex.assert_equal_shape([answers, weights])
+    w = w * weights.astype(jnp.float32)[..., None, :]
+  return jnp.einsum("...sn,...na->...sa", w, jax.nn.one_hot(answers, n, dtype=jnp.float32))
+
+
+def winner(totals: jax.Array, has_answer: jax.Array) -> jax.Array:
+  """int32[...]: the answer id with the largest total (the lowest id on ties), -1 where
+  `has_answer` bool[...] is False. totals: float[..., A]."""
   return jnp.where(has_answer, jnp.argmax(totals, axis=-1), -1).astype(jnp.int32)
+
+
+def shortest_majority_scores(counts: jax.Array, total_lengths: jax.Array) -> jax.Array:
+  """float32[..., A]: shortest majority vote's score count / mean length (-inf for no votes),
+  from each answer's vote count and summed length."""
+  mean_len = total_lengths / jnp.maximum(counts, 1.0)
+  return jnp.where(counts > 0, counts / jnp.maximum(mean_len, 1.0), -jnp.inf)
+
+
+def _argmax_answer(totals: jax.Array, answers: jax.Array) -> jax.Array:
+  return winner(totals, jnp.any(answers >= 0, axis=-1))
 
 
 def majority_vote(answers: jax.Array, num_answers: int | None = None) -> jax.Array:
@@ -81,12 +111,16 @@ def best_index(scores: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   return jnp.argmax(s, axis=-1).astype(jnp.int32)
 
 
+def inverse_entropy_weights(mean_entropy: jax.Array) -> jax.Array:
+  """float32[..., N]: each sample's inverse-entropy vote weight, 1 / mean token entropy."""
+  return 1.0 / jnp.maximum(mean_entropy.astype(jnp.float32), 1e-6)
+
+
 def inverse_entropy_vote(answers: jax.Array, mean_entropy: jax.Array, num_answers: int | None = None) -> jax.Array:
   """Inverse-entropy weighted voting: each sample votes with weight 1 / (its mean token
   entropy); the weights are normalised per problem (which does not change the winner).
   mean_entropy: float[..., N] (nats/token, > 0)."""
-  w = 1.0 / jnp.maximum(mean_entropy, 1e-6)
-  return weighted_majority_vote(answers, w, num_answers)
+  return weighted_majority_vote(answers, inverse_entropy_weights(mean_entropy), num_answers)
 
 
 def shortest_majority_vote(answers: jax.Array, lengths: jax.Array, num_answers: int | None = None) -> jax.Array:
@@ -98,6 +132,4 @@ def shortest_majority_vote(answers: jax.Array, lengths: jax.Array, num_answers: 
   onehot = jax.nn.one_hot(answers, n, dtype=jnp.float32)
   counts = jnp.sum(onehot, axis=-2)
   total_len = jnp.einsum("...n,...na->...a", lengths.astype(jnp.float32), onehot)
-  mean_len = total_len / jnp.maximum(counts, 1.0)
-  score = jnp.where(counts > 0, counts / jnp.maximum(mean_len, 1.0), -jnp.inf)
-  return _argmax_answer(score, answers)
+  return _argmax_answer(shortest_majority_scores(counts, total_len), answers)
