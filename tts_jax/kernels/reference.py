@@ -15,6 +15,12 @@ import jax
 import jax.numpy as jnp
 
 
+# From this many rows on, one-query attention (decoding) runs as multiply-and-reduce: XLA:CPU
+# runs the einsum form as one tiny matmul per (row, head), ~4x slower at 1,600 rows; below
+# ~32 rows the einsum is ~20% faster inside a decode step (measured: BENCHMARKS.md).
+ONE_QUERY_MIN_ROWS = 32
+
+
 def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                    scale: float) -> tuple[jax.Array, jax.Array]:
   """Softmax attention restricted to the keys where mask is True.
@@ -30,7 +36,7 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     out: float32[B, Tq, Hkv, G, D], normalised over the allowed keys (0 where none).
     lse: float32[B, Tq, Hkv, G], log-sum-exp of the scaled scores (-inf where none).
   """
-  if q.shape[1] == 1:
+  if q.shape[1] == 1 and q.shape[0] >= ONE_QUERY_MIN_ROWS:
     return _attend_one(q, k, v, mask, scale)
   # Scores laid out [B, Hkv, Tq, G, Tk], the order XLA's dot produces for batch dims (B, Hkv):
   # no transpose of the largest array (faster on CPU; the same numbers).
@@ -52,7 +58,7 @@ def _attend_one(q, k, v, mask, scale):
 
   The same numbers as the einsum form, but XLA:CPU runs a batched dot whose batch dims are
   (row, head) as many tiny matmuls plus transposes of K and V: for 1,600 samples x 96 suffix
-  slots this form is ~5x faster (benchmarks/sampling.py, BENCHMARKS.md). It reads K and V once.
+  slots this form is ~4.5x faster (16 vs 75 ms per layer). It reads K and V once.
   """
   qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
   s = jnp.sum(qf[:, None] * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, Tk, Hkv, G]
