@@ -21,6 +21,7 @@ import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM, pad_prompts
+from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.sampling.token_step import draw_tokens
 
@@ -121,7 +122,7 @@ def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int
 def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 1,
            max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, stop_tokens: Sequence[int] = (), pad_id: int = 0,
-           prompt_lengths=None, share_prefix: bool = True) -> SampleOutput:
+           prompt_lengths=None, share_prefix: bool = True, mesh=None) -> SampleOutput:
   """Draws `num_samples` continuations of each prompt.
 
   Args:
@@ -139,6 +140,11 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
     pad_id: fills tokens after a sample's end.
     share_prefix: True (default) prefills each prompt once and shares its KV among
       its samples; False prefills B*N copies (a baseline; same samples for the same key).
+    mesh: a `tts_jax.parallel` mesh: prompts split over its "data" axis (padded to a
+      multiple of it with copies of the first). With model=1 every device runs its own
+      loop on its prompts (`per_device`): bit for bit what a single-device call on those
+      prompts returns. With model > 1 the params are split over "model" (tensor parallel,
+      `tts_jax.parallel.rules`): the same samples up to float rounding.
 
   Returns:
     SampleOutput with leading dims [B, N].
@@ -181,5 +187,22 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
   elif keys.shape != (b,):
     raise ValueError(f"key must be one PRNG key or one per prompt ({b}), got shape {keys.shape}")
-  return _sample_jit(lm, params, jnp.asarray(tokens), jnp.asarray(lengths), keys, num_samples=num_samples,
-                     share_prefix=share_prefix, **kwargs)
+  tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+  kwargs.update(num_samples=num_samples, share_prefix=share_prefix)
+  if mesh is None:
+    return _sample_jit(lm, params, tokens, lengths, keys, **kwargs)
+  tokens, lengths, keys = shard_batch(mesh, tokens, lengths, keys)
+  params = place_params(mesh, params)
+  if mesh.shape[MODEL] == 1:
+    return unpad(_sample_sharded(lm, mesh, params, tokens, lengths, keys, **kwargs), b)
+  # Tensor parallel: XLA's SPMD partitioner splits the layers over "model" by the params'
+  # shardings (the same samples up to float rounding of the split reductions).
+  return unpad(_sample_jit(lm, params, tokens, lengths, keys, **kwargs), b)
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "mesh", "num_samples", "max_new_tokens", "params_s",
+                                             "stop_tokens", "pad_id", "share_prefix"))
+def _sample_sharded(lm, mesh, params, tokens, lengths, keys, **static) -> SampleOutput:
+  """`_sample_jit` on every device's prompts (split over "data"), each device running its
+  own loop: per device, exactly the program of a single-device call on those prompts."""
+  return per_device(mesh, lambda t, l, k: _sample_jit(lm, params, t, l, k, **static), tokens, lengths, keys)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.models import pad_prompts
+from tts_jax.parallel import data_size
 from tts_jax.sampling import sample
 from tts_jax.tasks.base import EOS, PAD, completion_text, prompt_ids
 
@@ -30,24 +31,33 @@ class Completions:
 
 def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, key: jax.Array,
              max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, index_offset: int = 0,
-             prompt_width: int | None = None, **sampling) -> Completions:
+             prompt_width: int | None = None, mesh=None, **sampling) -> Completions:
   """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
 
   Every batch has the same shape (the last is padded with copies of its first prompt), so
   one compilation serves the whole set. Prompt i uses key fold_in(key, index_offset + i):
   its samples do not depend on the batching. prompt_width: pad prompts to this width (one
-  width for all calls of a run: no recompilation across calls).
+  width for all calls of a run: no recompilation across calls). mesh: a `tts_jax.parallel`
+  mesh; its D data devices each take one batch of `batch_prompts` per call (D batches at
+  once), so every device runs the single-device program and the completions are bit for
+  bit those of a run without a mesh.
   """
   tok = task.tokenizer()
   eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
   tokens, lengths = pad_prompts(prompts, pad_id=pad, width=prompt_width)
+  per_call = batch_prompts * data_size(mesh)
   outs = []
-  for start in range(0, len(prompts), batch_prompts):
-    idx = np.arange(start, start + batch_prompts)
-    rows = np.where(idx < len(prompts), idx, start)  # the last batch is padded with copies of its first prompt
+  for start in range(0, len(prompts), per_call):
+    rows = []
+    for first in range(start, start + per_call, batch_prompts):
+      first = first if first < len(prompts) else start  # past the end: a copy of the first batch (dropped)
+      idx = np.arange(first, first + batch_prompts)
+      rows.append(np.where(idx < len(prompts), idx, first))  # a short batch is padded with its first prompt
+    rows = np.concatenate(rows)
     keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(rows + index_offset))
     out = sample(lm, params, tokens[rows], prompt_lengths=lengths[rows], key=keys, num_samples=num_samples,
-                 max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(eos,), pad_id=pad, **sampling)
+                 max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(eos,), pad_id=pad, mesh=mesh,
+                 **sampling)
     outs.append(jax.device_get(out))
   cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]
   tokens, lengths = cat("tokens"), cat("lengths")

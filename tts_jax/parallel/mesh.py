@@ -1,0 +1,126 @@
+"""A device mesh with a data axis and a model axis, and placing a batch of prompts on it.
+
+    mesh = make_mesh(data=4, model=2)          # or make_mesh() : every device on "data"
+    tokens, lengths, keys = shard_batch(mesh, tokens, lengths, keys)   # padded, on "data"
+
+Prompts (and everything with a leading prompt axis: their samples, particles, caches)
+are split over the "data" axis: a prompt's samples and particles stay on one device, so
+resampling and voting among them never cross devices. Parameters are replicated over
+"data" and split over "model" by `tts_jax.parallel.rules`. The batch is padded to a
+multiple of the data axis with copies of its first row, and results are cut back, so
+nothing is dropped or duplicated and a prompt's result does not depend on the device
+count (every prompt draws from its own key).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA, MODEL = "data", "model"
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+  """A 2-D mesh ("data", "model") over `devices` (default: all of `jax.devices()`, every
+  process's on a multi-host run). data: default all devices / model. The product must
+  equal the number of devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  if not isinstance(model, int) or model < 1:
+    raise ValueError(f"mesh model axis must be an int >= 1, got {model!r}")
+  if data is None:
+    if len(devices) % model:
+      raise ValueError(f"model={model} does not divide the {len(devices)} devices")
+    data = len(devices) // model
+  if not isinstance(data, int) or data < 1:
+    raise ValueError(f"mesh data axis must be an int >= 1, got {data!r}")
+  if data * model != len(devices):
+    raise ValueError(f"mesh data={data} x model={model} = {data * model} devices, but {len(devices)} "
+                     f"are visible ({jax.devices()[0].platform}); set the axes to multiply to the device count")
+  return Mesh(np.asarray(devices, dtype=object).reshape(data, model), (DATA, MODEL))
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+  """'data=4,model=2' -> {'data': 4, 'model': 2} (either may be left out; 'auto' = all
+  devices on data). Unknown axes and malformed sizes are named in the error."""
+  spec = spec.strip()
+  if spec in ("", "auto"):
+    return {}
+  out = {}
+  for part in spec.split(","):
+    m = re.fullmatch(r"\s*(\w+)\s*=\s*(\d+)\s*", part)
+    if not m:
+      raise ValueError(f"--mesh expects axis=size pairs such as 'data=4,model=2', got {spec!r}")
+    axis, size = m.group(1), int(m.group(2))
+    if axis not in (DATA, MODEL):
+      raise ValueError(f"unknown mesh axis {axis!r} in --mesh {spec!r}; the axes are 'data' and 'model'")
+    if axis in out:
+      raise ValueError(f"mesh axis {axis!r} given twice in --mesh {spec!r}")
+    if size < 1:
+      raise ValueError(f"mesh axis {axis}={size} must be >= 1")
+    out[axis] = size
+  return out
+
+
+def data_size(mesh: Mesh | None) -> int:
+  """The number of devices prompts are split over (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape[DATA]
+
+
+def padded_rows(rows: int, mesh: Mesh | None) -> int:
+  """`rows` rounded up to a multiple of the data axis."""
+  d = data_size(mesh)
+  return -(-rows // d) * d
+
+
+def pad_rows(x, rows: int):
+  """x with its leading axis grown to `rows` by copies of its first row (numpy or jax)."""
+  pad = rows - x.shape[0]
+  if pad <= 0:
+    return x
+  lib = np if isinstance(x, np.ndarray) else jax.numpy
+  return lib.concatenate([x, lib.repeat(x[:1], pad, axis=0)])
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading axis on "data", the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(DATA, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(mesh: Mesh | None, *arrays):
+  """Pads every array's leading (prompt) axis to a multiple of the data axis and places it
+  split over "data". Without a mesh, returns the arrays unchanged. PRNG key arrays work."""
+  if mesh is None:
+    return arrays if len(arrays) != 1 else arrays[0]
+  rows = padded_rows(arrays[0].shape[0], mesh)
+  out = tuple(jax.device_put(pad_rows(x, rows), batch_sharding(mesh, x.ndim)) for x in arrays)
+  return out if len(out) != 1 else out[0]
+
+
+def unpad(tree, rows: int):
+  """Cuts every leaf's leading axis back to `rows` (after `shard_batch`)."""
+  return jax.tree.map(lambda x: x[:rows], tree)
+
+
+def per_device(mesh: Mesh, fn, *batched):
+  """fn(*shards) on every device's shard of `batched` (arrays split over "data" on their
+  leading axis; closed-over values are replicated), under `jax.shard_map`: each device runs
+  the same program as a single-device call on its rows (its own loops, no collectives), so
+  its results do not depend on the number of devices. Returns the outputs concatenated
+  over "data" (a pytree of arrays with a leading row axis)."""
+  spec = PartitionSpec(DATA)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(batched), out_specs=spec, check_vma=False)(*batched)
+
+
+def describe(mesh: Mesh | None) -> str:
+  if mesh is None:
+    return "no mesh (one device)"
+  return (f"mesh data={mesh.shape[DATA]} x model={mesh.shape[MODEL]} over {math.prod(mesh.devices.shape)} "
+          f"{mesh.devices.flat[0].platform} devices, {jax.process_count()} process(es)")
