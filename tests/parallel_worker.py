@@ -1,37 +1,69 @@
-"""Run in a subprocess by tests/test_parallel.py: `python -m tests.parallel_worker N` with N
-simulated CPU devices; prints a digest of sampled completions (per-device batches)."""
+"""Run in subprocesses by tests/test_parallel.py with N simulated CPU devices (XLA_FLAGS must
+be set before JAX starts):
 
+    python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=4)
+    python -m tests.parallel_worker smc N            # DIGEST of run_smc under every selection strategy
+    python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT]
+                                                     # a tiny experiment into OUT; DIGEST of results.jsonl
+"""
+
+import argparse
 import os
 import sys
 
-N = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N}"
+ARGS = argparse.ArgumentParser()
+ARGS.add_argument("mode", choices=("sample", "smc", "run"))
+ARGS.add_argument("devices", type=int)
+ARGS.add_argument("out", nargs="?")
+ARGS.add_argument("--stop", type=int, default=None)
+ARGS.add_argument("--process", type=int, default=0)
+ARGS.add_argument("--processes", type=int, default=1)
+ARGS.add_argument("--port", type=int, default=0)
+A = ARGS.parse_args(sys.argv[1:])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={A.devices}"
 
 import hashlib  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tts_jax.models import init  # noqa: E402
+if A.processes > 1:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{A.port}", num_processes=A.processes,
+                             process_id=A.process)
+
+from tts_jax.models import init, pad_prompts  # noqa: E402
 from tts_jax.models.config import ModelConfig  # noqa: E402
 from tts_jax.parallel import make_mesh  # noqa: E402
 from tts_jax.tasks import ModChain, complete, task_prompts  # noqa: E402
 
 
-def main():
-  assert jax.device_count() == N, jax.devices()
-  task = ModChain()
+def digest(*arrays) -> str:
+  h = hashlib.sha256()
+  for x in arrays:
+    h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+  return h.hexdigest()
+
+
+def tiny_lm(task):
   cfg = ModelConfig(vocab_size=task.tokenizer().vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
                     num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
-  lm, params = init(cfg, 0)
+  return init(cfg, 0)
+
+
+def mesh_or_none():
+  return make_mesh() if jax.device_count() > 1 else None
+
+
+def sample_mode():
+  task = ModChain()
+  lm, params = tiny_lm(task)
   problems = list(task.split("hard")[:7])  # 7 prompts in batches of 3: neither divides the other
   comps = complete(task, lm, params, task_prompts(task, problems), num_samples=4, key=jax.random.key(3),
-                   max_new_tokens=16, batch_prompts=3, mesh=make_mesh() if N > 1 else None)
-  digest = hashlib.sha256()
-  for x in (comps.tokens, comps.lengths, comps.logprobs, comps.entropy):
-    digest.update(np.ascontiguousarray(x).tobytes())
-  print("DIGEST", comps.tokens.shape, digest.hexdigest())
-  if N == 4:  # tensor parallel: params split over model=2 (data=2)
+                   max_new_tokens=16, batch_prompts=3, mesh=mesh_or_none())
+  print("DIGEST", comps.tokens.shape, digest(comps.tokens, comps.lengths, comps.logprobs, comps.entropy))
+  if A.devices == 4:  # tensor parallel: params split over model=2 (data=2)
     from tts_jax.sampling import sample  # noqa: PLC0415
     prompts = task_prompts(task, problems)
     kw = dict(key=jax.random.key(5), num_samples=4, max_new_tokens=16)
@@ -42,5 +74,51 @@ def main():
     print("TP", same, diff)
 
 
+def smc_mode():
+  """5 prompts (no device count divides it) under every selection strategy (NoSelect,
+  Resample, Beam with one group and with several), a potential that is a function of the
+  tokens, so resampling, beams and groups all act."""
+  from tts_jax.search import beam_search, best_of_n, dvts  # noqa: PLC0415
+  from tts_jax.smc import particle_filter, run_smc  # noqa: PLC0415
+  from tts_jax.tasks import STEP  # noqa: PLC0415
+  task = ModChain()
+  lm, params = tiny_lm(task)
+  tokens, lengths = pad_prompts(task_prompts(task, list(task.split("hard")[:5])))
+  step = task.tokenizer().token_to_id(STEP)
+
+  def potential(toks, lens, done):  # a fixed, step-dependent preference for even token ids
+    del done
+    even = ((toks % 2) == 0) & (jnp.arange(toks.shape[-1]) < lens[..., None])
+    return 0.3 * even.sum(-1).astype(jnp.float32) - 0.1 * lens.astype(jnp.float32)
+
+  kw = dict(max_new_tokens=12, delimiters=(step,), max_step_tokens=3)
+  configs = {"pf": particle_filter(4, scheme="systematic", ess_threshold=0.7, **kw)}
+  configs |= {"best-of-n": best_of_n(4, **kw), "beam": beam_search(4, 2, **kw), "dvts": dvts(4, 2, **kw)}
+  mesh = mesh_or_none()
+  parts = []
+  for name, cfg in configs.items():
+    p = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential, mesh=mesh)
+    parts += [p.tokens, p.length, p.log_weights, p.log_z, p.ancestors, p.num_resamples]
+    assert p.tokens.shape[0] == 5, (name, p.tokens.shape)
+  print("DIGEST", digest(*parts))
+
+
+def run_mode():
+  from tts_jax.eval import BestOfN, Experiment, MajorityVote, WeightedMajority  # noqa: PLC0415
+  from tts_jax.eval.runner import run_experiment  # noqa: PLC0415
+  from tts_jax.eval.search_methods import BeamSearch, ParticleFiltering  # noqa: PLC0415
+  # 9 problems in batches of 2: 5 batches, the last short; no device count divides either.
+  exp = Experiment(name="parallel", task=ModChain(), split="hard", num_problems=9, batch_problems=2, budgets=(1, 2),
+                   methods=(MajorityVote(), WeightedMajority(verifier="prm"), BestOfN(verifier="orm"),
+                            ParticleFiltering(), BeamSearch(verifier="oracle", expansions=2)),
+                   num_subsets=4, max_new_tokens=24, out_dir=A.out)
+  run_experiment(exp, mesh=mesh_or_none(), stop_after_batches=A.stop, quiet=True)
+  path = os.path.join(A.out, "results.jsonl")
+  if jax.process_index() == 0 and A.stop is None:
+    print("DIGEST", digest(np.frombuffer(open(path, "rb").read(), np.uint8)))
+  print("DONE", jax.process_index(), flush=True)
+
+
 if __name__ == "__main__":
-  main()
+  assert jax.device_count() == A.devices * A.processes, jax.devices()
+  {"sample": sample_mode, "smc": smc_mode, "run": run_mode}[A.mode]()

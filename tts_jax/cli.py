@@ -1,4 +1,7 @@
-"""Command line: `tts-jax run|train EXPERIMENT [--set key=value ...]`, `tts-jax train-defaults TASK`, `tts-jax demo`."""
+"""Command line: `tts-jax run|train EXPERIMENT [--set key=value ...]`, `tts-jax train-defaults TASK`, `tts-jax demo`.
+
+`tts-jax run` takes `--mesh data=D,model=M` (several devices) and `--distributed` or
+`--coordinator HOST:PORT --num-processes P --process-id I` (several processes)."""
 
 from __future__ import annotations
 
@@ -57,7 +60,32 @@ def _run(args) -> None:
   config = apply_overrides(load_config(args.experiment), args.set or [])
   if not isinstance(config, Experiment):
     raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not an Experiment")
-  run_experiment(config)
+  mesh = _mesh(args)
+  run_experiment(config, mesh=mesh)
+
+
+def _mesh(args):
+  """The device mesh of `--mesh` (after joining the other processes of `--distributed` or
+  `--coordinator`); None without either (one device)."""
+  from tts_jax.parallel import parse_mesh
+  axes = parse_mesh(args.mesh) if args.mesh is not None else None  # errors before any device work
+  if args.coordinator or args.distributed:
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes (GPU/TPU ignore it)
+    kw = {}
+    if args.coordinator:
+      if args.num_processes is None or args.process_id is None:
+        raise SystemExit("--coordinator needs --num-processes and --process-id")
+      kw = dict(coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    jax.distributed.initialize(**kw)
+    if axes is None:
+      axes = {}  # several processes: a mesh over all their devices
+  if axes is None:
+    return None
+  from tts_jax.parallel import describe, make_mesh
+  mesh = make_mesh(**axes)
+  print(describe(mesh))
+  return mesh
 
 
 def _train_defaults(args) -> None:
@@ -75,6 +103,14 @@ def main(argv=None) -> None:
   run = sub.add_parser("run", help="run (or resume) an experiment file; prints a table, writes a plot")
   run.add_argument("experiment", help="path to an experiments/<task>/<name>.py file")
   run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+  run.add_argument("--mesh", default=None, metavar="data=D,model=M",
+                   help="a device mesh: batches split over D devices, models over M ('auto': every device on data)")
+  run.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run (jax.distributed.initialize(); TPU pods and SLURM detect the rest)")
+  run.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="join a multi-process run at this coordinator (process 0's address)")
+  run.add_argument("--num-processes", type=int, default=None)
+  run.add_argument("--process-id", type=int, default=None)
   run.set_defaults(fn=_run)
   train = sub.add_parser("train", help="run (or resume) a training experiment file")
   train.add_argument("experiment", help="path to an experiments/train/*.py file")

@@ -22,19 +22,24 @@ import numpy as np
 
 from tts_jax.eval.cost import Cost, pool_cost
 from tts_jax.eval.experiment import Experiment
-from tts_jax.eval.pool import Pool, build_pool, score_pool
+from tts_jax.eval.group import BatchGroup
+from tts_jax.eval.pool import Pool, build_pool
 from tts_jax.eval.subsets import random_ranks
 from tts_jax.eval.timing import Timer
-from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts
+from tts_jax.tasks import Completions, DefaultModels, task_prompts
 
 
 @dataclasses.dataclass
 class Batch:
-  """Problems [start, start + len(problems)) of the experiment's split.
+  """Problems [start, start + len(problems)) of the experiment's split: slot `slot` of its
+  `BatchGroup` (`tts_jax.eval.group`), which does the device work (sampling, verifier
+  scoring, search) of the group's batches together over a mesh's data axis.
 
   prompt_width: the padded prompt width of every batch of the run (the runner sets it from
   all the run's prompts, so sampling, scoring and search compile once per run; None: this
-  batch's own); timer: where the time goes (`tts_jax.eval.timing`).
+  batch's own); timer: where the time goes (`tts_jax.eval.timing`); mesh: a
+  `tts_jax.parallel` mesh (None: one device). Built alone (no `group`), a batch is a group
+  of one.
   """
 
   experiment: Experiment
@@ -43,8 +48,15 @@ class Batch:
   start: int
   prompt_width: int | None = None
   timer: Timer = dataclasses.field(default_factory=Timer)
+  group: BatchGroup | None = None
+  slot: int = 0
   _scored: set = dataclasses.field(default_factory=set)
   _ranks: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.group is None:
+      self.group = BatchGroup(self.experiment, self.models, [self.problems], self.start // self.experiment.batch_problems,
+                              prompt_width=self.prompt_width, timer=self.timer)
 
   @property
   def task(self):
@@ -58,13 +70,9 @@ class Batch:
   @functools.cached_property
   def completions(self) -> Completions:
     """max(budgets) samples of every problem."""
-    exp, m = self.experiment, self.models
-    with self.timer.phase("sampling"):
-      return complete(self.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
-                      key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
-                      temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
-                      min_p=exp.sampling.min_p, batch_prompts=exp.batch_problems, index_offset=self.start,
-                      prompt_width=self.prompt_width)
+    rows = self.group.rows(self.slot)
+    c = self.group.completions
+    return Completions(**{f.name: getattr(c, f.name)[rows][:len(self.problems)] for f in dataclasses.fields(c)})
 
   @functools.cached_property
   def _pool(self) -> Pool:
@@ -74,15 +82,22 @@ class Batch:
 
   def pool(self, verifiers: tuple[str, ...] = ()) -> Pool:
     """The graded pool, with the scores of `verifiers` ("orm", "prm")."""
+    pool, p = self._pool, len(self.problems)
     for v in verifiers:
       if v not in self._scored:
-        model, params = getattr(self.models, v), getattr(self.models, f"{v}_params")
-        pool = self._pool
-        with self.timer.phase("verifier scoring"):
-          score_pool(pool, self.task, self.prompts, self.completions, v, model, params,
-                     prompt_width=self.prompt_width, max_new_tokens=self.experiment.max_new_tokens)
+        scores = self.group.verifier_scores(v, self.slot)
+        if v == "orm":
+          pool.orm = scores[:p]
+        else:
+          pool.prm_steps, pool.prm_mask = scores[0][:p], scores[1][:p]
         self._scored.add(v)
-    return self._pool
+    return pool
+
+  def search(self, method, index: int, budget: int):
+    """The final particles (host arrays) of search `method` (experiment method `index`) at
+    `budget`: int[batch_problems, ...] rows, padding rows (copies of the first problem) last."""
+    p = self.group.search(method, index, budget)
+    return jax.tree.map(lambda x: x[self.group.rows(self.slot)], p)
 
   def pool_cost(self, used, verifiers: tuple[str, ...]) -> list[list[Cost]]:
     """Expected compute ([K][P]) of `used` float[K, P] pool samples scored by `verifiers`."""
@@ -101,18 +116,6 @@ class Batch:
                           jnp.arange(exp.batch_problems) + self.start)
       self._ranks[budgets] = random_ranks(keys, max(exp.budgets), exp.num_subsets)
     return self._ranks[budgets]
-
-  def padded(self) -> tuple[list, list[list[int]]]:
-    """(problems, prompts) padded to `batch_problems` with copies of the first, so every batch
-    of a run has one shape."""
-    pad = self.experiment.batch_problems - len(self.problems)
-    return self.problems + [self.problems[0]] * pad, self.prompts + [self.prompts[0]] * pad
-
-  def search_keys(self, budget: int, index: int) -> jax.Array:
-    """[batch_problems] keys for search method `index` at `budget` (rows past the batch pad)."""
-    root = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.experiment.seed + 2), index), budget)
-    ids = jnp.arange(self.experiment.batch_problems) + self.start
-    return jax.vmap(lambda j: jax.random.fold_in(root, j))(ids)
 
 
 @jax.jit

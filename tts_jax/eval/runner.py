@@ -20,15 +20,20 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from tts_jax.config_files import to_dict
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.compile_cache import enable_compilation_cache
 from tts_jax.eval.experiment import Experiment
+from tts_jax.eval.group import BatchGroup
 from tts_jax.eval.summary import format_table, plot, summarize
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
+from tts_jax.parallel import data_size, describe
 from tts_jax.tasks import PAD, load_default, task_prompts
 
 RESULTS, SUMMARY, CONFIG, PLOT = "results.jsonl", "summary.json", "config.json", "scaling.png"
@@ -66,45 +71,54 @@ def _completed_batches(path: str, lines_per_batch: int) -> int:
   return batches
 
 
-def _batch_records(exp: Experiment, models, batch_index: int, problems, prompt_width: int, timer: Timer) -> list[dict]:
+def _batch_records(batch: Batch) -> list[dict]:
   """One record per (problem, budget): every method's outcome."""
-  batch = Batch(experiment=exp, models=models, problems=problems, start=batch_index * exp.batch_problems,
-                prompt_width=prompt_width, timer=timer)
+  exp, timer = batch.experiment, batch.timer
   by_method = {}
   for i, m in enumerate(exp.methods):
     with timer.phase(m.timing_phase):
       by_method[m.name] = m.evaluate(batch, i)
   return [{"problem": batch.start + i, "budget": k, "methods": {name: o[k][i].record() for name, o in by_method.items()}}
-          for i in range(len(problems)) for k in exp.budgets]
+          for i in range(len(batch.problems)) for k in exp.budgets]
 
 
-def run_experiment(exp: Experiment, *, stop_after_batches: int | None = None, quiet: bool = False) -> dict:
+def run_experiment(exp: Experiment, *, mesh=None, stop_after_batches: int | None = None, quiet: bool = False) -> dict:
   """Runs (or resumes) `exp`; returns the summary (also written to summary.json + scaling.png).
 
+  mesh: a `tts_jax.parallel` mesh: D = its data axis batches at a time, each device
+    sampling, scoring and searching one batch (`tts_jax.eval.group`); the results are byte
+    for byte those of a one-device run. On a multi-process run (`jax.distributed`) every
+    process runs this with the same arguments; process 0 alone writes the output directory.
   stop_after_batches: stop after computing this many new batches (simulates a crash in tests).
   """
   enable_compilation_cache()
   with Timer() as timer:
-    return _run(exp, timer, stop_after_batches, quiet)
+    return _run(exp, timer, mesh, stop_after_batches, quiet)
 
 
-def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: bool) -> dict:
-  out = exp.output_dir
-  os.makedirs(out, exist_ok=True)
-  cfg_path = os.path.join(out, CONFIG)
-  cfg = to_dict(exp)
+def _check_config(exp: Experiment, cfg_path: str) -> None:
   if os.path.isfile(cfg_path):
     with open(cfg_path) as fh:
       old = json.load(fh)
-    if old != json.loads(json.dumps(cfg)):
-      raise ResultsMismatch(f"{out} holds results of a different experiment config; choose another out_dir "
-                            f"(--set out_dir=...) or remove {out}")
-  else:
-    with open(cfg_path, "w") as fh:
-      json.dump(cfg, fh, indent=1)
+    if old != json.loads(json.dumps(to_dict(exp))):
+      raise ResultsMismatch(f"{exp.output_dir} holds results of a different experiment config; choose another "
+                            f"out_dir (--set out_dir=...) or remove {exp.output_dir}")
+
+
+def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, quiet: bool) -> dict:
+  out = exp.output_dir
+  writer = jax.process_index() == 0  # one writer on a multi-process run
+  quiet = quiet or not writer
+  cfg_path = os.path.join(out, CONFIG)
   split = exp.task.split(exp.split)
   if exp.num_problems > len(split):
     raise ValueError(f"num_problems={exp.num_problems} but split {exp.split!r} has {len(split)} problems")
+  if writer:
+    _check_config(exp, cfg_path)
+    os.makedirs(out, exist_ok=True)
+    if not os.path.isfile(cfg_path):
+      with open(cfg_path, "w") as fh:
+        json.dump(to_dict(exp), fh, indent=1)
   problems = list(split[:exp.num_problems])
   with timer.phase("loading"):
     models = _load_models(exp)
@@ -113,29 +127,40 @@ def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: b
   results_path = os.path.join(out, RESULTS)
   num_batches = -(-len(problems) // exp.batch_problems)
   lines_per_batch = exp.batch_problems * len(exp.budgets)
-  done = _completed_batches(results_path, lines_per_batch)
+  done = _completed_batches(results_path, lines_per_batch) if writer else 0
+  if jax.process_count() > 1:  # every process resumes where the writer's file ends
+    done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
   bar = tqdm(total=len(problems), initial=min(done * exp.batch_problems, len(problems)), desc=exp.name,
              unit="problem", disable=quiet, dynamic_ncols=True)
-  new, per_batch = 0, []
-  for b in range(done, num_batches):
-    if stop_after_batches is not None and new >= stop_after_batches:
-      bar.close()
-      return {}
-    chunk = problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]
-    before = timer.compilations
-    records = _batch_records(exp, models, b, chunk, prompt_width, timer)
-    per_batch.append(timer.compilations - before)
-    with timer.phase("host I/O"), open(results_path, "a") as fh:
-      fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-      fh.flush()
-      os.fsync(fh.fileno())
-    bar.update(len(chunk))
-    new += 1
+  new, per_batch, d = 0, [], data_size(mesh)
+  chunk = lambda b: problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]  # noqa: E731
+  for first in range(done, num_batches, d):
+    ids = list(range(first, min(first + d, num_batches)))
+    group = BatchGroup(exp, models, [chunk(b) for b in ids], first, prompt_width=prompt_width, mesh=mesh, timer=timer)
+    for slot, b in enumerate(ids):
+      if stop_after_batches is not None and new >= stop_after_batches:
+        bar.close()
+        return {}
+      before = timer.compilations
+      batch = Batch(experiment=exp, models=models, problems=chunk(b), start=b * exp.batch_problems,
+                    prompt_width=prompt_width, timer=timer, group=group, slot=slot)
+      records = _batch_records(batch)
+      per_batch.append(timer.compilations - before)
+      if writer:
+        with timer.phase("host I/O"), open(results_path, "a") as fh:
+          fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+          fh.flush()
+          os.fsync(fh.fileno())
+      bar.update(len(batch.problems))
+      new += 1
   bar.close()
+  if not writer:
+    return {}
   with timer.phase("host I/O"):
     summary = summarize(exp, results_path)
     plot(exp, summary, os.path.join(out, PLOT))
-  summary["timing"] = {"batches_computed": new, **timer.report(), "compilations_per_batch": per_batch}
+  summary["timing"] = {"batches_computed": new, "mesh": describe(mesh), **timer.report(),
+                       "compilations_per_batch": per_batch}
   with open(os.path.join(out, SUMMARY), "w") as fh:
     json.dump(summary, fh, indent=1)
   if not quiet:
@@ -143,5 +168,3 @@ def _run(exp: Experiment, timer: Timer, stop_after_batches: int | None, quiet: b
     print(timer.format())
     print(f"results: {results_path}\nplot: {os.path.join(out, PLOT)}")
   return summary
-
-

@@ -13,14 +13,11 @@ import abc
 import dataclasses
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import search_cost
 from tts_jax.eval.method import Outcome
-from tts_jax.models import pad_prompts
 from tts_jax.search import beam_search, dvts, particle_filter
 from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.tasks import EOS, PAD, STEP, completion_text, step_oracle
@@ -71,19 +68,21 @@ class SearchMethod(abc.ABC):
     return {k: self.evaluate_budget(batch, k, index) for k in batch.experiment.budgets}
 
   def evaluate_budget(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
-    """One engine run at budget N = `budget`: one Outcome per problem of the batch."""
-    exp, models, task = batch.experiment, batch.models, batch.task
+    """One engine run at budget N = `budget`: one Outcome per problem of the batch (the
+    run itself is shared by the batch's group, `Batch.search`)."""
+    return self._outcomes(batch, batch.search(self, index, budget), budget)
+
+  def run_engine(self, models, exp, tokens, lengths, keys, budget: int, mesh=None) -> Particles:
+    """The particle engine at budget N from prompts int32[B, Tp] (lengths int32[B]) with one
+    key per prompt ([B]); prompts split over `mesh`'s data axis when given."""
+    task = exp.task
     tok = task.tokenizer()
     eos, pad, step = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(STEP)
-    problems, prompts = batch.padded()
-    tokens, lengths = pad_prompts(prompts, pad_id=pad, width=batch.prompt_width)
     cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=(step,), stop_tokens=(eos,),
                           max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=pad)
     potential, pparams = self.potential(models, task)
-    p = run_smc(models.policy, models.policy_params, jnp.asarray(tokens), jnp.asarray(lengths),
-                batch.search_keys(budget, index), cfg=cfg, potential=potential, potential_params=pparams)
-    p = jax.device_get(p)
-    return self._outcomes(batch, lengths, p, budget)[:len(batch.problems)]
+    return run_smc(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
+                   potential_params=pparams, mesh=mesh)
 
   def _answer(self, task, texts, score, weights) -> str:
     if self.final == "argmax":
@@ -96,16 +95,16 @@ class SearchMethod(abc.ABC):
     best = max(votes, key=votes.get) if votes else None
     return next((t for t in texts if task.extract_answer(t) == best), texts[0])
 
-  def _outcomes(self, batch: Batch, plens, p: Particles, n: int) -> list[Outcome]:
+  def _outcomes(self, batch: Batch, p: Particles, n: int) -> list[Outcome]:
     task, models = batch.task, batch.models
     weights, score = self.final_weights(p), np.asarray(p.log_potential)
     verifier = models.prm.config if self.verifier == "prm" else None
     out = []
-    for i, prob in enumerate(batch.padded()[0][:len(batch.problems)]):
+    for i, prob in enumerate(batch.problems):
       texts = [completion_text(task, p.tokens[i, j, :p.length[i, j]]) for j in range(n)]
       text = self._answer(task, texts, score[i], weights[i])
       out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n),
-                         cost=search_cost(models.policy.config, verifier, plens[i], float(p.decoded[i]), n),
+                         cost=search_cost(models.policy.config, verifier, len(batch.prompts[i]), float(p.decoded[i]), n),
                          extra=(("resamples", float(p.num_resamples[i])),)))
     return out
 

@@ -19,6 +19,7 @@ import re
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
@@ -94,14 +95,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def put(x, sharding: NamedSharding):
+  """x (numpy, jax or PRNG key array) placed with `sharding`. Works on multi-process runs,
+  where the sharding spans other processes' devices: every process passes the same whole
+  array and keeps its own shards (key arrays travel as their uint32 key data). An array
+  already placed so is returned as is."""
+  if isinstance(x, jax.Array) and x.sharding == sharding:
+    return x
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = put(np.asarray(jax.random.key_data(x)), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  if not sharding.is_fully_addressable:
+    x = np.asarray(x)
+  return jax.device_put(x, sharding)
+
+
 def shard_batch(mesh: Mesh | None, *arrays):
   """Pads every array's leading (prompt) axis to a multiple of the data axis and places it
   split over "data". Without a mesh, returns the arrays unchanged. PRNG key arrays work."""
   if mesh is None:
     return arrays if len(arrays) != 1 else arrays[0]
   rows = padded_rows(arrays[0].shape[0], mesh)
-  out = tuple(jax.device_put(pad_rows(x, rows), batch_sharding(mesh, x.ndim)) for x in arrays)
+  out = tuple(put(pad_rows(x, rows), batch_sharding(mesh, x.ndim)) for x in arrays)
   return out if len(out) != 1 else out[0]
+
+
+def to_host(tree):
+  """numpy copies of every array leaf (None leaves stay None). On a multi-process run an
+  array sharded over other processes' devices is gathered: every process gets all of it."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
 
 
 def unpad(tree, rows: int):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tts_jax.parallel.mesh import MODEL
+from tts_jax.parallel.mesh import MODEL, put
 
 # (path suffix, the sharded axis of that parameter)
 RULES: tuple[tuple[str, int], ...] = (
@@ -54,4 +54,4 @@ def place_params(mesh: Mesh | None, params):
   if mesh is None:
     return params
   specs, _ = param_specs(params, mesh.shape[MODEL])
-  return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+  return jax.tree.map(lambda x, s: put(x, NamedSharding(mesh, s)), params, specs)

@@ -53,6 +53,7 @@ from flax import struct
 
 from tts_jax.models import CausalLM
 from tts_jax.models.paged import check_pages
+from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling import SamplingParams, draw_tokens
 from tts_jax.smc.particles import Particles, move
 from tts_jax.smc.resample import Resample
@@ -294,7 +295,7 @@ def _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg
 
 def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential,
             potential_params=None, twist: CausalLM | None = None, twist_params=None, reference_tokens=None,
-            reference_lengths=None) -> Particles:
+            reference_lengths=None, mesh=None) -> Particles:
   """Runs the engine from B prompts.
 
   Args:
@@ -307,6 +308,14 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
     twist, twist_params: an optional twist model (outputs log psi float32[..., V]).
     reference_tokens int32[B, T], reference_lengths int32[B]: an exact target sample per
       prompt to hold particle 0 to (conditional SMC; `Resample('multinomial')`, threshold 0 or 1).
+    mesh: a `tts_jax.parallel` mesh: prompts (and so their particles, caches and
+      resampling) split over its "data" axis, padded to a multiple of it with copies of the
+      first. With model=1 each device runs the engine's loop on its own prompts
+      (`per_device`): its rows are bit for bit a one-device run on those prompts. With
+      model > 1 the policy, potential and twist params are split over "model" (tensor
+      parallel): the same run up to float rounding. With model=1 the returned particles
+      carry no caches (`cache`, `twist_cache`, `potential_state` are None: they are
+      per-device state that stays inside the run).
 
   Returns:
     The final `Particles` (weights are not resampled after the last step:
@@ -328,6 +337,32 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
     reference = (jnp.asarray(reference_tokens, jnp.int32), jnp.asarray(reference_lengths, jnp.int32))
   models = SMCModels(policy=lm, potential=as_potential(potential), twist=twist)
   params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
-  p = _run_jit(models, params, prompt_tokens, prompt_lengths, prompt_keys(key, b), reference, cfg)
+  keys = prompt_keys(key, b)
+  if mesh is None:
+    p = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
+  else:
+    params = SMCParams(policy=place_params(mesh, params.policy), potential=place_params(mesh, params.potential),
+                       twist=place_params(mesh, params.twist))
+    prompt_tokens, prompt_lengths, keys = shard_batch(mesh, prompt_tokens, prompt_lengths, keys)
+    reference = None if reference is None else shard_batch(mesh, *reference)
+    if mesh.shape[MODEL] == 1:
+      p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
+      if bool(jnp.any(oom)):
+        raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
+                           "were dropped. Increase num_pages.")
+      return unpad(p, b)
+    p = unpad(_run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg), b)
   check_pages(p.cache)
   return p
+
+
+@functools.partial(jax.jit, static_argnames=("models", "mesh", "cfg"))
+def _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg):
+  """`run` on every device's prompts (split over "data"), each device its own loop.
+  Returns the particles without their caches (device-local state, e.g. a decode slot
+  counter per device) and bool[B] "a paged cache ran out of pages"."""
+  def local(tokens, lengths, k, *ref):
+    p = run(models, params, tokens, lengths, k, cfg, tuple(ref) if ref else None)
+    oom = getattr(p.cache, "oom", jnp.zeros(tokens.shape[:1], bool))
+    return p.replace(cache=None, twist_cache=None, potential_state=None), oom
+  return per_device(mesh, local, prompt_tokens, prompt_lengths, keys, *(reference or ()))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.models import pad_prompts
-from tts_jax.parallel import data_size
+from tts_jax.parallel import data_size, to_host
 from tts_jax.sampling import sample
 from tts_jax.tasks.base import EOS, PAD, completion_text, prompt_ids
 
@@ -58,7 +58,7 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
     out = sample(lm, params, tokens[rows], prompt_lengths=lengths[rows], key=keys, num_samples=num_samples,
                  max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(eos,), pad_id=pad, mesh=mesh,
                  **sampling)
-    outs.append(jax.device_get(out))
+    outs.append(to_host(out))
   cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]
   tokens, lengths = cat("tokens"), cat("lengths")
   texts = [[completion_text(task, tokens[p, n, :lengths[p, n]]) for n in range(num_samples)]

@@ -6,14 +6,13 @@ from tts_jax.verifiers.metrics import roc_auc, within_group_auc
 from tts_jax.verifiers.oracle import OraclePotential, PromptState, StepChecker
 from tts_jax.verifiers.potentials import SequencePotential, ValuePotential, ValueState, as_potential
 from tts_jax.verifiers.scoring import (completion_outcome_probabilities, completion_step_probabilities,
-                                      completion_values, outcome_probabilities, score_sequences, sigmoid,
-                                      step_probabilities,
-                                       value_logits_chunked)
+                                      completion_values, completion_width, outcome_probabilities, score_sequences,
+                                      sigmoid, step_probabilities, value_logits_chunked)
 from tts_jax.verifiers.steps import (AGGREGATES, Aggregate, accumulate_step, aggregate_steps, delimiter_positions,
                                      step_ends)
 
 __all__ = ["Potential", "PotentialFn", "gather_state", "roc_auc", "within_group_auc", "OraclePotential",
            "PromptState", "StepChecker", "SequencePotential", "ValuePotential", "ValueState", "as_potential",
-           "completion_outcome_probabilities", "completion_step_probabilities", "completion_values",
+           "completion_outcome_probabilities", "completion_step_probabilities", "completion_values", "completion_width",
            "outcome_probabilities", "score_sequences", "sigmoid", "step_probabilities", "value_logits_chunked",
            "AGGREGATES", "Aggregate", "accumulate_step", "aggregate_steps", "delimiter_positions", "step_ends"]

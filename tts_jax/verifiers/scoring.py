@@ -22,6 +22,7 @@ import numpy as np
 
 from tts_jax.models import pad_prompts
 from tts_jax.models.value import ValueModel, value_logits
+from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, to_host, unpad
 from tts_jax.verifiers.steps import step_ends
 
 
@@ -82,45 +83,80 @@ def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tok
   return last_prompt, lm.extend(params, prefix, tokens, lengths)
 
 
+def completion_width(lengths) -> int:
+  """The completion width `completion_values` uses by default: the longest completion
+  rounded up to a multiple of 32 (so a run's batches share a few shapes)."""
+  return -(-max(int(np.max(lengths)), 1) // COMPLETION_WIDTH_MULTIPLE) * COMPLETION_WIDTH_MULTIPLE
+
+
 def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]], tokens: np.ndarray,
-                      lengths: np.ndarray, prompt_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      lengths: np.ndarray, prompt_width: int | None = None, width: int | None = None,
+                      mesh=None) -> tuple[np.ndarray, np.ndarray]:
   """Value logits of N completions of each prompt, the prompt computed once (its KV shared
   by its completions, `LanguageModel.extend`): the same numbers as a full forward over
   each prompt + completion.
 
   prompts: P token lists; tokens: int32[P, N, T] completions, lengths: int32[P, N];
-  prompt_width: pad prompts to this width (one width per run: one compilation). The
-  completion axis is cut to the longest completion rounded up to a multiple of 32.
-  Returns (float32[P] value at each prompt's last token, float32[P, N, L] value at each
+  prompt_width: pad prompts to this width (one width per run: one compilation); width: the
+  completion axis is cut (or padded) to this many tokens (default `completion_width`: the
+  longest completion rounded up to a multiple of 32); mesh: a `tts_jax.parallel` mesh, the
+  P prompts split over its "data" axis (each device scores its rows with the one-device
+  program, so its rows are bit for bit a one-device call on them; model > 1: the value
+  model split over "model", equal up to float rounding).
+  Returns (float32[P] value at each prompt's last token, float32[P, N, width] value at each
   completion token).
   """
   ptoks, plens = pad_prompts(prompts, width=prompt_width)
-  width = -(-max(int(np.max(lengths)), 1) // COMPLETION_WIDTH_MULTIPLE) * COMPLETION_WIDTH_MULTIPLE
+  width = completion_width(lengths) if width is None else width
+  if width < 1:
+    raise ValueError(f"completion width must be >= 1, got {width}")
   toks = np.zeros(tokens.shape[:2] + (width,), np.int32)
   cut = min(width, tokens.shape[2])
   toks[..., :cut] = tokens[..., :cut]
-  first, values = _prompt_and_completion_values(model.as_lm(), params, jnp.asarray(ptoks), jnp.asarray(plens),
-                                                jnp.asarray(toks), jnp.asarray(lengths, jnp.int32))
-  return np.asarray(first), np.asarray(values)
+  lm, args = model.as_lm(), (jnp.asarray(ptoks), jnp.asarray(plens), jnp.asarray(toks),
+                             jnp.asarray(np.minimum(lengths, width), jnp.int32))
+  if mesh is None:
+    first, values = _prompt_and_completion_values(lm, params, *args)
+  else:
+    params, args = place_params(mesh, params), shard_batch(mesh, *args)
+    run = _values_per_device if mesh.shape[MODEL] == 1 else _values_tensor_parallel
+    first, values = unpad(run(lm, mesh, params, *args), len(prompts))
+  return to_host((first, values))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _values_per_device(lm, mesh, params, *args):
+  return per_device(mesh, lambda *a: _prompt_and_completion_values(lm, params, *a), *args)
+
+
+def _values_tensor_parallel(lm, mesh, params, *args):
+  del mesh  # the shardings of params and args carry it (XLA's SPMD partitioner)
+  return _prompt_and_completion_values(lm, params, *args)
 
 
 def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens, lengths,
-                                     prompt_width: int | None = None) -> np.ndarray:
+                                     prompt_width: int | None = None, width: int | None = None,
+                                     mesh=None) -> np.ndarray:
   """float32[P, N]: an ORM's probability for each completion (its value at the completion's
-  last token; at the prompt's last token for an empty completion)."""
-  first, values = completion_values(model, params, prompts, tokens, lengths, prompt_width)
+  last token; at the prompt's last token for an empty completion). width, mesh: as in
+  `completion_values` (width must cover the longest completion)."""
+  _check_width(width, lengths)
+  first, values = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh)
   last = np.take_along_axis(values, np.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
   return sigmoid(np.where(lengths > 0, last, first[:, None]))
 
 
 def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
-                                  num_steps: int | None = None, prompt_width: int | None = None):
+                                  num_steps: int | None = None, prompt_width: int | None = None,
+                                  width: int | None = None, mesh=None):
   """A PRM's probability at each step end of each completion (`step_ends`: every
   delimiter, and the last token, a final delimiter counted once), vectorised over [P, N].
+  width, mesh: as in `completion_values` (width must cover the longest completion).
 
   Returns (float32[P, N, S] probabilities, bool[P, N, S] mask of real steps), S the most
   steps (or num_steps if larger)."""
-  _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width)
+  _check_width(width, lengths)
+  _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh)
   width = values.shape[-1]
   pos = np.arange(width)
   toks = np.zeros(values.shape, np.int64)
@@ -136,3 +172,9 @@ def completion_step_probabilities(model: ValueModel, params, prompts, tokens, le
   logits[i, j, slot[i, j, t]] = values[i, j, t]
   mask[i, j, slot[i, j, t]] = True
   return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask
+
+
+def _check_width(width, lengths) -> None:
+  if width is not None and width < int(np.max(lengths, initial=0)):
+    raise ValueError(f"completion width {width} is shorter than the longest completion ({int(np.max(lengths))} "
+                     f"tokens); its last tokens would not be scored")

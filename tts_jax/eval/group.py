@@ -1,0 +1,130 @@
+"""The device work of D consecutive runner batches, run as one call over a mesh's data axis.
+
+With a mesh of D data devices the runner takes D batches at a time: their pool samples,
+verifier scores and search runs are each one call in which device d computes batch d
+with exactly the program a one-device run uses for that batch (`tts_jax.parallel.per_device`),
+so every number, and results.jsonl byte for byte, is the same for any device count.
+Selection and metrics then run per batch, as without a mesh. Without a mesh a group is
+one batch and the calls are the plain one-device ones.
+
+Every batch is padded to `batch_problems` rows (copies of its first problem) for the device
+work, and a group to D batches (copies of its first batch), so each device always gets one
+whole batch. Verifier scores use each batch's own completion width (its longest completion
+rounded up to 32), as a one-device run does: a group whose batches need different widths
+makes one scoring call per width.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tts_jax.eval.experiment import Experiment
+from tts_jax.eval.timing import Timer
+from tts_jax.models import pad_prompts
+from tts_jax.parallel import data_size, to_host
+from tts_jax.tasks import PAD, STEP, Completions, DefaultModels, complete, task_prompts
+from tts_jax.verifiers import completion_outcome_probabilities, completion_step_probabilities, completion_width
+
+
+class BatchGroup:
+  """Batches `first`, ..., `first + len(chunks) - 1` of a run (chunks: their problems), at
+  most `data_size(mesh)` of them. The device work is done once, on first use, for all of
+  them; `Batch` objects read their rows (`rows(b)`)."""
+
+  def __init__(self, experiment: Experiment, models: DefaultModels, chunks: list[list], first: int, *,
+               prompt_width: int | None = None, mesh=None, timer: Timer | None = None):
+    d = data_size(mesh)
+    if not 1 <= len(chunks) <= d:
+      raise ValueError(f"a group holds 1 to {d} batches (the mesh's data axis), got {len(chunks)}")
+    self.experiment, self.models, self.chunks, self.first = experiment, models, chunks, first
+    self.prompt_width, self.mesh, self.timer = prompt_width, mesh, timer or Timer()
+    self.size = d  # batches per device call; missing ones are copies of the first
+    self._values: dict = {}
+    self._search: dict = {}
+
+  @property
+  def rows_per_batch(self) -> int:
+    return self.experiment.batch_problems
+
+  def rows(self, b: int) -> slice:
+    """The rows of batch `b` (0-based within the group) in the group's arrays."""
+    return slice(b * self.rows_per_batch, (b + 1) * self.rows_per_batch)
+
+  @functools.cached_property
+  def problems(self) -> list:
+    """size x batch_problems problems: each batch padded with copies of its first problem,
+    the group with copies of its first batch."""
+    n = self.rows_per_batch
+    batches = [c + [c[0]] * (n - len(c)) for c in self.chunks]
+    return sum(batches + [batches[0]] * (self.size - len(batches)), [])
+
+  @functools.cached_property
+  def prompts(self) -> list[list[int]]:
+    return task_prompts(self.experiment.task, self.problems)
+
+  @functools.cached_property
+  def completions(self) -> Completions:
+    """max(budgets) samples of every row: row r of the group draws from fold_in(key(seed),
+    first * batch_problems + r), the problem's index in the split for every real row (so a
+    problem's samples do not depend on the grouping); each device samples one batch."""
+    exp, m, n = self.experiment, self.models, self.rows_per_batch
+    with self.timer.phase("sampling"):
+      return complete(exp.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
+                      key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
+                      temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
+                      min_p=exp.sampling.min_p, batch_prompts=n, index_offset=self.first * n,
+                      prompt_width=self.prompt_width, mesh=self.mesh)
+
+  def verifier_scores(self, verifier: str, b: int):
+    """Batch `b`'s scores by the shipped `verifier` ("orm": float32[n, N] probabilities;
+    "prm": (float32[n, N, S], bool[n, N, S]) step probabilities and mask), n = batch_problems."""
+    if verifier not in self._values:
+      with self.timer.phase("verifier scoring"):
+        self._values[verifier] = self._score(verifier)
+    out = self._values[verifier]
+    return jax.tree.map(lambda x: x[self.rows(b)], out)
+
+  def _score(self, verifier: str):
+    exp, comps = self.experiment, self.completions
+    model, params = getattr(self.models, verifier), getattr(self.models, f"{verifier}_params")
+    widths = [completion_width(comps.lengths[self.rows(b)]) for b in range(self.size)]
+    out = None
+    for w in sorted(set(widths)):  # one call per distinct batch width (almost always one)
+      lengths = np.minimum(comps.lengths, w)  # rows of batches of another width: cut, then dropped
+      kw = dict(prompt_width=self.prompt_width, width=w, mesh=self.mesh)
+      if verifier == "orm":
+        got = completion_outcome_probabilities(model, params, self.prompts, comps.tokens, lengths, **kw)
+      elif verifier == "prm":
+        step = exp.task.tokenizer().token_to_id(STEP)
+        got = completion_step_probabilities(model, params, self.prompts, comps.tokens, lengths, (step,),
+                                            num_steps=exp.max_new_tokens, **kw)
+      else:
+        raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
+      out = jax.tree.map(np.array, got) if out is None else out  # writable copies
+      for b in range(self.size):
+        if widths[b] == w:
+          jax.tree.map(lambda dst, src: dst.__setitem__(self.rows(b), src[self.rows(b)]), out, got)
+    return out
+
+  def search(self, method, index: int, budget: int):
+    """The final particles (host arrays, caches dropped) of search `method` (the experiment's
+    method number `index`) at `budget`, for every row of the group."""
+    if (index, budget) not in self._search:
+      exp, task = self.experiment, self.experiment.task
+      pad = task.tokenizer().token_to_id(PAD)
+      tokens, lengths = pad_prompts(self.prompts, pad_id=pad, width=self.prompt_width)
+      keys = jnp.concatenate([self._search_keys(budget, index, b) for b in range(self.size)])
+      p = method.run_engine(self.models, exp, jnp.asarray(tokens), jnp.asarray(lengths), keys, budget, self.mesh)
+      self._search[index, budget] = to_host(p.replace(cache=None, twist_cache=None, potential_state=None))
+    return self._search[index, budget]
+
+  def _search_keys(self, budget: int, index: int, b: int) -> jax.Array:
+    """[batch_problems] keys of search method `index` at `budget` for batch `b`: problem i
+    draws from fold_in(fold_in(fold_in(key(seed + 2), index), budget), i)."""
+    root = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.experiment.seed + 2), index), budget)
+    start = (self.first + (b if b < len(self.chunks) else 0)) * self.rows_per_batch
+    return jax.vmap(lambda j: jax.random.fold_in(root, j))(jnp.arange(self.rows_per_batch) + start)
