@@ -46,9 +46,9 @@ def digest(*arrays) -> str:
   return h.hexdigest()
 
 
-def tiny_lm(task):
+def tiny_lm(task, attention_impl="auto"):
   cfg = ModelConfig(vocab_size=task.tokenizer().vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
-                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128)
+                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=128, attention_impl=attention_impl)
   return init(cfg, 0)
 
 
@@ -63,6 +63,11 @@ def sample_mode():
   comps = complete(task, lm, params, task_prompts(task, problems), num_samples=4, key=jax.random.key(3),
                    max_new_tokens=16, batch_prompts=3, mesh=mesh_or_none())
   print("DIGEST", comps.tokens.shape, digest(comps.tokens, comps.lengths, comps.logprobs, comps.entropy))
+  # The Pallas kernels (flash prefill, cascade decode; interpret mode on CPU) under shard_map.
+  lm, params = tiny_lm(task, attention_impl="pallas")
+  comps = complete(task, lm, params, task_prompts(task, problems[:3]), num_samples=2, key=jax.random.key(4),
+                   max_new_tokens=6, batch_prompts=1, mesh=mesh_or_none())
+  print("PALLAS", comps.tokens.shape, digest(comps.tokens, comps.lengths, comps.logprobs, comps.entropy))
   if A.devices == 4:  # tensor parallel: params split over model=2 (data=2)
     from tts_jax.sampling import sample  # noqa: PLC0415
     prompts = task_prompts(task, problems)

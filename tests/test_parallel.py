@@ -38,11 +38,14 @@ def _free_port() -> int:
 def test_completions_are_bit_identical_on_1_2_4_8_devices():
   """7 prompts in batches of 3 (neither the batch nor the device count divides the other):
   every device runs whole batches, so tokens, lengths, log-probs and entropies are the same
-  bytes for every device count; nothing dropped or duplicated (shape [7, ...])."""
+  bytes for every device count; nothing dropped or duplicated (shape [7, ...]). The same
+  with the Pallas attention kernels (interpret mode) running under shard_map.""""
   results = {n: _worker("sample", n) for n in (1, 2, 4, 8)}
   digests = {n: r["DIGEST"] for n, r in results.items()}
   assert "(7, 4, 16)" in digests[1]
   assert len(set(digests.values())) == 1, digests
+  pallas = {n: r["PALLAS"] for n, r in results.items()}  # the Pallas kernels under shard_map
+  assert "(3, 2, 6)" in pallas[1] and len(set(pallas.values())) == 1, pallas
   # Tensor parallel (data=2 x model=2): the same samples, log-probs equal up to rounding.
   _, same, diff = results[4]["TP"].split()
   assert float(same) == 1.0 and float(diff) < 1e-5, results[4]["TP"]
