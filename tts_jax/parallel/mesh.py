@@ -131,8 +131,9 @@ def to_host(tree):
 
 
 def unpad(tree, rows: int):
-  """Cuts every leaf's leading axis back to `rows` (after `shard_batch`)."""
-  return jax.tree.map(lambda x: x[:rows], tree)
+  """Cuts every leaf's leading axis back to `rows` (after `shard_batch`); scalars (state
+  shared by all rows, e.g. a cache's write slot) are kept."""
+  return jax.tree.map(lambda x: x[:rows] if x.ndim else x, tree)
 
 
 def per_device(mesh: Mesh, fn, *batched):
