@@ -63,7 +63,23 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
 }
+
+
+def randomize(model, seed: int):
+  """Every parameter of a torch module random (norm weights near 1, biases and weights small)."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+      elif name.endswith("bias"):
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+      else:
+        p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+  return model
 
 
 def make_hf_model(family: str, seed: int = 0, **overrides):
@@ -75,16 +91,7 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
             num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256)
   kw.update(overrides)
   torch.manual_seed(seed)
-  model = model_cls(cfg_cls(**kw)).eval()
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("norm.weight"):
-        p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-      elif name.endswith("bias"):
-        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-      else:
-        p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+  model = randomize(model_cls(cfg_cls(**kw)).eval(), seed + 1)
   model.generation_config.eos_token_id = None
   model.generation_config.pad_token_id = 0
   return model

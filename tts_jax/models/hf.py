@@ -21,9 +21,21 @@ from tts_jax.models.tokenizer import Tokenizer
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
+# Reward-model architectures: (trunk family, reward head kind); see `load_reward_model`.
+REWARD_ARCHITECTURES = {
+    "Qwen2ForProcessRewardModel": ("qwen2", "two_layer"),   # Qwen2.5-Math-PRM
+    "Qwen2ForPrmModel": ("qwen2", "linear"),                # Skywork-o1-Open-PRM (v_head.summary)
+    "LlamaForSequenceClassification": ("llama", "seqcls"),
+    "MistralForSequenceClassification": ("mistral", "seqcls"),
+    "Qwen2ForSequenceClassification": ("qwen2", "seqcls"),
+    **{arch: (family, "tokens") for arch, family in SUPPORTED_ARCHITECTURES.items()},  # "+" / "-" PRMs
+}
+# Our reward-head modules -> their tensor names in the checkpoints.
+_HEAD_NAMES = {"score_0": "score.0", "score_2": "score.2", "value_head": "v_head.summary", "score": "score"}
 # Buffers some checkpoints carry that are recomputed here.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -57,12 +69,12 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
 def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
   """Translates a Hugging Face config.json dict into a `ModelConfig`."""
   archs = hf.get("architectures") or []
-  arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+  arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES or a in REWARD_ARCHITECTURES), None)
   if arch is None:
     raise CheckpointError(
         f"unsupported architecture {archs or hf.get('model_type')!r}; supported: "
-        f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-  family = SUPPORTED_ARCHITECTURES[arch]
+        f"{', '.join(SUPPORTED_ARCHITECTURES)} (reward models: {', '.join(REWARD_ARCHITECTURES)})")
+  family = SUPPORTED_ARCHITECTURES.get(arch) or REWARD_ARCHITECTURES[arch][0]
   if hf.get("hidden_act", "silu") != "silu":
     raise CheckpointError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' (SwiGLU)")
   if hf.get("mlp_bias", False):
@@ -71,6 +83,10 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
     raise CheckpointError("unsupported: use_sliding_window=True (sliding-window attention)")
   theta, scaling = _rope(hf)
   heads = hf["num_attention_heads"]
+  context = hf.get("max_position_embeddings", 4096)
+  if family == "mistral" and hf.get("sliding_window"):
+    # Mistral's sliding window equals full attention within it: the usable context is the window.
+    context = min(context, int(hf["sliding_window"]))
   return ModelConfig(
       vocab_size=hf["vocab_size"],
       hidden_size=hf["hidden_size"],
@@ -86,7 +102,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
       attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
       attention_out_bias=family != "qwen2" and bool(hf.get("attention_bias", False)),
       qk_norm=family == "qwen3",
-      max_position_embeddings=hf.get("max_position_embeddings", 4096),
+      max_position_embeddings=context,
       dtype=dtype,
       family=family,
   )
@@ -95,6 +111,8 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
 def _hf_name(path: tuple) -> tuple[str, bool]:
   """Our param path -> (Hugging Face tensor name, whether it is stored transposed)."""
   *mods, leaf = (str(p) for p in path)
+  if len(mods) == 1 and mods[0] in _HEAD_NAMES:  # a reward head
+    return f"{_HEAD_NAMES[mods[0]]}.{'weight' if leaf == 'kernel' else leaf}", leaf == "kernel"
   if mods == [] and leaf == "embed_tokens":
     return "model.embed_tokens.weight", False
   if mods == [] and leaf == "lm_head":
@@ -179,7 +197,51 @@ def load(path: str, dtype: str = "float32") -> tuple[LanguageModel, dict, Tokeni
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f"model directory not found: {path}")
-  config = config_from_hf(_read_json(os.path.join(path, "config.json")), dtype=dtype)
+  hf = _read_json(os.path.join(path, "config.json"))
+  if not any(a in SUPPORTED_ARCHITECTURES for a in hf.get("architectures") or []) and \
+      any(a in REWARD_ARCHITECTURES for a in hf.get("architectures") or []):
+    raise CheckpointError(f"{path} is a reward model ({hf['architectures']}); load it with load_reward_model")
+  config = config_from_hf(hf, dtype=dtype)
   tokenizer = Tokenizer.from_directory(path)
   lm, abstract_params = abstract(config)
   return lm, load_params(path, lm, abstract_params), tokenizer
+
+
+def load_reward_model(path: str, dtype: str = "float32", *, good_token: str = "+", bad_token: str = "-"):
+  """Loads a local reward-model directory as a `ValueModel` (`tts_jax.models.reward`).
+
+  The head follows config.json's architecture: Qwen2ForProcessRewardModel (Qwen2.5-Math-PRM:
+  2-class head at step separators), Qwen2ForPrmModel (Skywork-o1-Open-PRM: value head),
+  *ForSequenceClassification (ORMs), or a causal LM (Math-Shepherd, RLHFlow PRMs) read as
+  logit(good_token) - logit(bad_token), each token a single vocabulary entry.
+
+  Returns (ValueModel, params, Tokenizer); sigmoid(values) is the probability of correct.
+  Raises FileNotFoundError / CheckpointError naming the file, tensor or token.
+  """
+  from tts_jax.models.reward import RewardHead, abstract_reward  # noqa: PLC0415
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"model directory not found: {path}")
+  hf = _read_json(os.path.join(path, "config.json"))
+  config = config_from_hf(hf, dtype=dtype)
+  arch = next(a for a in hf.get("architectures") or [] if a in REWARD_ARCHITECTURES)
+  kind = REWARD_ARCHITECTURES[arch][1]
+  tokenizer = Tokenizer.from_directory(path)
+  if kind == "tokens":
+    ids = []
+    for t in (good_token, bad_token):
+      enc = tokenizer.encode(t, add_special_tokens=False)
+      if len(enc) != 1:
+        raise CheckpointError(f"reward token {t!r} is {len(enc)} tokens in {path}'s tokenizer; it must be one")
+      ids.append(enc[0])
+    head = RewardHead("tokens", good=ids[0], bad=ids[1])
+  elif kind == "seqcls":
+    files = _weight_files(path)
+    if "score.weight" not in files:
+      raise CheckpointError(f"checkpoint {path} has no score.weight for its {arch} head")
+    with safe_open(files["score.weight"], framework="numpy") as fh:
+      labels = fh.get_slice("score.weight").get_shape()[0]
+    head = RewardHead("seqcls", labels=labels)
+  else:
+    head = RewardHead(kind)
+  vm, abstract_params = abstract_reward(config, head)
+  return vm, load_params(path, vm.as_lm(), abstract_params), tokenizer
