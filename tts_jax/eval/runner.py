@@ -33,6 +33,7 @@ from tts_jax.eval.group import BatchGroup
 from tts_jax.eval.summary import format_table, plot, summarize
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
+from tts_jax.models.memory import plan_memory
 from tts_jax.parallel import data_size, describe
 from tts_jax.tasks import PAD, load_default, task_prompts
 
@@ -96,6 +97,15 @@ def run_experiment(exp: Experiment, *, mesh=None, stop_after_batches: int | None
     return _run(exp, timer, mesh, stop_after_batches, quiet)
 
 
+def memory_plan(exp: Experiment, models, prompt_width: int, mesh=None):
+  """The device memory one batch needs (`tts_jax.models.memory`): the policy and the verifiers
+  the methods use, batch_problems prompts x max(budgets) samples on each data device."""
+  names = sorted({v for m in exp.methods for v in m.verifiers()})
+  return plan_memory(models.policy.config, [getattr(models, v).config for v in names], prompts=exp.batch_problems,
+                     num_particles=max(exp.budgets), prompt_len=prompt_width, max_new_tokens=exp.max_new_tokens,
+                     model_devices=1 if mesh is None else mesh.shape["model"])
+
+
 def _check_config(exp: Experiment, cfg_path: str) -> None:
   if os.path.isfile(cfg_path):
     with open(cfg_path) as fh:
@@ -113,17 +123,18 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   split = exp.task.split(exp.split)
   if exp.num_problems > len(split):
     raise ValueError(f"num_problems={exp.num_problems} but split {exp.split!r} has {len(split)} problems")
+  problems = list(split[:exp.num_problems])
+  with timer.phase("loading"):
+    models = _load_models(exp)
+  pad = exp.task.tokenizer().token_to_id(PAD)
+  prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
+  memory_plan(exp, models, prompt_width, mesh).check()  # refuse before touching the disk
   if writer:
     _check_config(exp, cfg_path)
     os.makedirs(out, exist_ok=True)
     if not os.path.isfile(cfg_path):
       with open(cfg_path, "w") as fh:
         json.dump(to_dict(exp), fh, indent=1)
-  problems = list(split[:exp.num_problems])
-  with timer.phase("loading"):
-    models = _load_models(exp)
-  pad = exp.task.tokenizer().token_to_id(PAD)
-  prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
   results_path = os.path.join(out, RESULTS)
   num_batches = -(-len(problems) // exp.batch_problems)
   lines_per_batch = exp.batch_problems * len(exp.budgets)
