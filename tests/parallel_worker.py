@@ -139,5 +139,7 @@ def run_mode():
 
 
 if __name__ == "__main__":
+  from tts_jax.eval.compile_cache import enable_compilation_cache  # noqa: E402
+  enable_compilation_cache()
   assert jax.device_count() == A.devices * A.processes, jax.devices()
   {"sample": sample_mode, "smc": smc_mode, "run": run_mode}[A.mode]()

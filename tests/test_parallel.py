@@ -21,8 +21,16 @@ from tts_jax.parallel import MODEL, make_mesh, param_specs, parse_mesh, place_pa
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _worker(*args, check=True) -> dict:
+def _env(cache) -> dict:
+  """The subprocess environment: no XLA_FLAGS of ours, and a compilation cache shared by the
+  test's subprocesses (the programs that do not depend on the device count compile once)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["TTS_JAX_COMPILATION_CACHE"] = str(cache)
+  return env
+
+
+def _worker(*args, cache, check=True) -> dict:
+  env = _env(cache)
   out = subprocess.run([sys.executable, "-m", "tests.parallel_worker", *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0 or not check, out.stderr[-3000:]
@@ -35,12 +43,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_completions_are_bit_identical_on_1_2_4_8_devices():
+def test_completions_are_bit_identical_on_1_2_4_8_devices(tmp_path):
   """7 prompts in batches of 3 (neither the batch nor the device count divides the other):
   every device runs whole batches, so tokens, lengths, log-probs and entropies are the same
   bytes for every device count; nothing dropped or duplicated (shape [7, ...]). The same
   with the Pallas attention kernels (interpret mode) running under shard_map."""
-  results = {n: _worker("sample", n) for n in (1, 2, 4, 8)}
+  results = {n: _worker("sample", n, cache=tmp_path) for n in (1, 2, 4, 8)}
   digests = {n: r["DIGEST"] for n, r in results.items()}
   assert "(7, 4, 16)" in digests[1]
   assert len(set(digests.values())) == 1, digests
@@ -52,11 +60,11 @@ def test_completions_are_bit_identical_on_1_2_4_8_devices():
   assert float(same) == 1.0 and float(diff) < 1e-5, results[4]["TP"]
 
 
-def test_run_smc_is_bit_identical_on_1_2_4_8_devices():
+def test_run_smc_is_bit_identical_on_1_2_4_8_devices(tmp_path):
   """run_smc under NoSelect, Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights,
   log Z, ancestors and resample counts are the same bytes for every device count; tensor
   parallel (data=2 x model=2) gives the same particles up to float rounding."""
-  results = {n: _worker("smc", n) for n in (1, 2, 4, 8)}
+  results = {n: _worker("smc", n, cache=tmp_path) for n in (1, 2, 4, 8)}
   digests = {n: r["DIGEST"] for n, r in results.items()}
   assert len(set(digests.values())) == 1, digests
   _, same, diff = results[4]["TP"].split()  # particle filtering with the policy split over "model"
@@ -67,7 +75,7 @@ def test_experiment_results_are_byte_identical_on_1_2_4_8_devices(tmp_path):
   """`run_experiment` with pool methods (PRM and ORM scores) and search methods (PRM and the
   host step checker) on 9 problems in 5 batches: results.jsonl is byte-identical for 1, 2,
   4 and 8 devices (groups of D batches, padded with copies; nothing dropped or duplicated)."""
-  digests = {n: _worker("run", n, tmp_path / f"d{n}")["DIGEST"] for n in (1, 2, 4, 8)}
+  digests = {n: _worker("run", n, tmp_path / f"d{n}", cache=tmp_path / "cache")["DIGEST"] for n in (1, 2, 4, 8)}
   assert len(set(digests.values())) == 1, digests
   lines = (tmp_path / "d8" / "results.jsonl").read_text().splitlines()
   assert sorted((json.loads(x)["problem"], json.loads(x)["budget"]) for x in lines) == \
@@ -79,12 +87,12 @@ def test_two_processes_write_one_results_file_and_resume_after_a_kill(tmp_path):
   together: process 0 alone writes. Process 1 is killed with SIGKILL after the first batch
   is written (process 0 then dies or is killed too), both are started again, and the run
   resumes to the same bytes as a one-process run."""
-  reference = _worker("run", 1, tmp_path / "one")["DIGEST"]
+  reference = _worker("run", 1, tmp_path / "one", cache=tmp_path / "cache")["DIGEST"]
   out = tmp_path / "two"
   results = out / "results.jsonl"
 
   def start(port):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = _env(tmp_path / "cache")
     return [subprocess.Popen([sys.executable, "-m", "tests.parallel_worker", "run", "2", str(out), "--process",
                               str(i), "--processes", "2", "--port", str(port)], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]

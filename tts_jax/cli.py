@@ -93,6 +93,12 @@ def _train_defaults(args) -> None:
   print(train_defaults(args.task, dest=args.dest))
 
 
+def _smoke_models(args) -> None:
+  from tts_jax.tasks.math.smoke import write_smoke_models
+  for role, path in write_smoke_models(args.dest).items():
+    print(f"{role}: {path}")
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="tts-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +126,10 @@ def main(argv=None) -> None:
   defaults.add_argument("task")
   defaults.add_argument("--dest", default=None, help="install here instead of tts_jax/tasks/defaults/TASK")
   defaults.set_defaults(fn=_train_defaults)
+  smoke = sub.add_parser("smoke-models", help="write tiny random checkpoints of the real architectures "
+                                               "(Qwen2 policy, Qwen2.5-Math-PRM-style PRM, ORM) for smoke runs")
+  smoke.add_argument("dest")
+  smoke.set_defaults(fn=_smoke_models)
   args = parser.parse_args(argv)
   args.fn(args)
 

@@ -26,7 +26,7 @@ from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
 from tts_jax.parallel import data_size, to_host
-from tts_jax.tasks import PAD, STEP, Completions, DefaultModels, complete, task_prompts
+from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts, task_tokens
 from tts_jax.verifiers import completion_outcome_probabilities, completion_step_probabilities, completion_width
 
 
@@ -99,8 +99,8 @@ class BatchGroup:
       if verifier == "orm":
         got = completion_outcome_probabilities(model, params, self.prompts, comps.tokens, lengths, **kw)
       elif verifier == "prm":
-        step = exp.task.tokenizer().token_to_id(STEP)
-        got = completion_step_probabilities(model, params, self.prompts, comps.tokens, lengths, (step,),
+        got = completion_step_probabilities(model, params, self.prompts, comps.tokens, lengths,
+                                            task_tokens(exp.task).steps,
                                             num_steps=exp.max_new_tokens, **kw)
       else:
         raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
@@ -115,7 +115,7 @@ class BatchGroup:
     method number `index`) at `budget`, for every row of the group."""
     if (index, budget) not in self._search:
       exp, task = self.experiment, self.experiment.task
-      pad = task.tokenizer().token_to_id(PAD)
+      pad = task_tokens(task).pad
       tokens, lengths = pad_prompts(self.prompts, pad_id=pad, width=self.prompt_width)
       keys = jnp.concatenate([self._search_keys(budget, index, b) for b in range(self.size)])
       p = method.run_engine(self.models, exp, jnp.asarray(tokens), jnp.asarray(lengths), keys, budget, self.mesh)

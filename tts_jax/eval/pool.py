@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.selection import encode_answers
-from tts_jax.tasks import STEP, Completions
+from tts_jax.tasks import Completions, task_tokens
 from tts_jax.verifiers import aggregate_steps, completion_outcome_probabilities, completion_step_probabilities
 
 
@@ -96,7 +96,7 @@ def score_pool(pool: Pool, task, prompts, comps: Completions, verifier: str, mod
                                                 prompt_width=prompt_width)
   elif verifier == "prm":
     pool.prm_steps, pool.prm_mask = completion_step_probabilities(
-        model, params, prompts, comps.tokens, comps.lengths, (task.tokenizer().token_to_id(STEP),),
+        model, params, prompts, comps.tokens, comps.lengths, task_tokens(task).steps,
         num_steps=max_new_tokens, prompt_width=prompt_width)
   else:
     raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")

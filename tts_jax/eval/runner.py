@@ -35,7 +35,7 @@ from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
 from tts_jax.models.memory import plan_memory
 from tts_jax.parallel import data_size, describe
-from tts_jax.tasks import PAD, load_default, task_prompts
+from tts_jax.tasks import load_models, task_prompts, task_tokens
 
 RESULTS, SUMMARY, CONFIG, PLOT = "results.jsonl", "summary.json", "config.json", "scaling.png"
 
@@ -45,9 +45,7 @@ class ResultsMismatch(ValueError):
 
 
 def _load_models(exp: Experiment):
-  if exp.models == "default":
-    return load_default(exp.task.name)
-  return load_default(exp.task.name, directory=exp.models)
+  return load_models(exp.models, exp.task)
 
 
 def _completed_batches(path: str, lines_per_batch: int) -> int:
@@ -126,7 +124,7 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   problems = list(split[:exp.num_problems])
   with timer.phase("loading"):
     models = _load_models(exp)
-  pad = exp.task.tokenizer().token_to_id(PAD)
+  pad = task_tokens(exp.task).pad
   prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
   memory_plan(exp, models, prompt_width, mesh).check()  # refuse before touching the disk
   if writer:

@@ -20,7 +20,7 @@ from tts_jax.eval.cost import search_cost
 from tts_jax.eval.method import Outcome
 from tts_jax.search import beam_search, dvts, particle_filter
 from tts_jax.smc import Particles, SMCConfig, run_smc
-from tts_jax.tasks import EOS, PAD, STEP, completion_text, step_oracle
+from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import ValuePotential
 
 Final = Literal["argmax", "weighted_majority"]
@@ -76,10 +76,9 @@ class SearchMethod(abc.ABC):
     """The particle engine at budget N from prompts int32[B, Tp] (lengths int32[B]) with one
     key per prompt ([B]); prompts split over `mesh`'s data axis when given."""
     task = exp.task
-    tok = task.tokenizer()
-    eos, pad, step = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(STEP)
-    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=(step,), stop_tokens=(eos,),
-                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=pad)
+    ids = task_tokens(task)
+    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
+                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
     potential, pparams = self.potential(models, task)
     return run_smc(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
                    potential_params=pparams, mesh=mesh)

@@ -245,3 +245,36 @@ def load_reward_model(path: str, dtype: str = "float32", *, good_token: str = "+
     head = RewardHead(kind)
   vm, abstract_params = abstract_reward(config, head)
   return vm, load_params(path, vm.as_lm(), abstract_params), tokenizer
+
+
+def config_to_hf(config: ModelConfig, architecture: str) -> dict:
+  """The config.json of `config` for `architecture` (inverse of `config_from_hf`)."""
+  if config.rope_scaling is not None:
+    raise CheckpointError("writing rope-scaled configs is not supported")
+  family = SUPPORTED_ARCHITECTURES.get(architecture) or REWARD_ARCHITECTURES.get(architecture, (None,))[0]
+  if family is None:
+    raise CheckpointError(f"unknown architecture {architecture!r}")
+  return {"architectures": [architecture], "model_type": family, "vocab_size": config.vocab_size,
+          "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+          "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+          "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim, "rope_theta": config.rope_theta,
+          "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
+          "max_position_embeddings": config.max_position_embeddings, "hidden_act": "silu",
+          "attention_bias": config.attention_bias, "torch_dtype": config.dtype}
+
+
+def save_pretrained(path: str, config: ModelConfig, params: dict, architecture: str) -> None:
+  """Writes config.json and model.safetensors in the Hugging Face layout (tensor names and
+  [out, in] kernels as transformers stores them), loadable by `load` / `load_reward_model`
+  and by transformers. Reward heads are named as `REWARD_ARCHITECTURES`' checkpoints name them."""
+  import numpy as np  # noqa: PLC0415
+  from safetensors.numpy import save_file  # noqa: PLC0415
+  os.makedirs(path, exist_ok=True)
+  tensors = {}
+  for p, x in traverse_util.flatten_dict(params).items():
+    name, transposed = _hf_name(p)
+    x = np.asarray(jnp.asarray(x, jnp.float32))
+    tensors[name] = np.ascontiguousarray(x.T if transposed else x)
+  save_file(tensors, os.path.join(path, "model.safetensors"))
+  with open(os.path.join(path, "config.json"), "w") as fh:
+    json.dump(config_to_hf(config, architecture), fh, indent=1)

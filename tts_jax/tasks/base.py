@@ -19,6 +19,7 @@ the same interface as a real model's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 
@@ -96,8 +97,29 @@ class SplitsMixin:
       attempt += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskTokens:
+  """The token ids a task's runs need: stop (end a generation), pad, steps (end a step)."""
+
+  stop: tuple[int, ...]
+  pad: int
+  steps: tuple[int, ...]
+
+
+def task_tokens(task) -> TaskTokens:
+  """`task.token_ids()` when the task defines it (real tokenizers: `tts_jax.tasks.math`),
+  else the synthetic tasks' <eos>, <pad> and ";"."""
+  if hasattr(task, "token_ids"):
+    return task.token_ids()
+  tok = task.tokenizer()
+  return TaskTokens(stop=(tok.token_to_id(EOS),), pad=tok.token_to_id(PAD), steps=(tok.token_to_id(STEP),))
+
+
 def prompt_ids(task, problem) -> list[int]:
-  """[BOS] + the prompt's token ids: what a policy is conditioned on."""
+  """What a policy is conditioned on: `task.prompt_ids(problem)` when the task defines it
+  (e.g. a chat template), else [BOS] + the prompt's token ids."""
+  if hasattr(task, "prompt_ids"):
+    return task.prompt_ids(problem)
   tok = task.tokenizer()
   return [tok.token_to_id(BOS)] + tok.encode(task.prompt(problem), add_special_tokens=False)
 

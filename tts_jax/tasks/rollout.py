@@ -11,7 +11,7 @@ import numpy as np
 from tts_jax.models import pad_prompts
 from tts_jax.parallel import data_size, to_host
 from tts_jax.sampling import sample
-from tts_jax.tasks.base import EOS, PAD, completion_text, prompt_ids
+from tts_jax.tasks.base import completion_text, prompt_ids, task_tokens
 
 
 @dataclasses.dataclass
@@ -42,8 +42,8 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
   once), so every device runs the single-device program and the completions are bit for
   bit those of a run without a mesh.
   """
-  tok = task.tokenizer()
-  eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+  ids = task_tokens(task)
+  pad = ids.pad
   tokens, lengths = pad_prompts(prompts, pad_id=pad, width=prompt_width)
   per_call = batch_prompts * data_size(mesh)
   outs = []
@@ -56,7 +56,7 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
     rows = np.concatenate(rows)
     keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(rows + index_offset))
     out = sample(lm, params, tokens[rows], prompt_lengths=lengths[rows], key=keys, num_samples=num_samples,
-                 max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(eos,), pad_id=pad, mesh=mesh,
+                 max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=ids.stop, pad_id=pad, mesh=mesh,
                  **sampling)
     outs.append(to_host(out))
   cat = lambda f: np.concatenate([getattr(o, f) for o in outs])[:len(prompts)]

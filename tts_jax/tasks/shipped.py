@@ -61,3 +61,47 @@ def load_default(task: str = "modchain", directory: str | None = None) -> Defaul
   return DefaultModels(task=t, policy=models["policy"][0], policy_params=models["policy"][1],
                        orm=models["orm"][0], orm_params=models["orm"][1], prm=models["prm"][0],
                        prm_params=models["prm"][1], report=report)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFModels:
+  """Models from local Hugging Face directories (a field of an experiment config): the
+  policy (`tts_jax.models.hf.load`) and, optionally, a PRM and an ORM
+  (`tts_jax.models.hf.load_reward_model`, which reads the head from config.json). They must
+  share the policy's tokenizer. dtype: "float32" or "bfloat16"; good_token / bad_token: the
+  "+" / "-" of causal-LM PRMs (Math-Shepherd, RLHFlow)."""
+
+  policy_path: str
+  prm_path: str = ""
+  orm_path: str = ""
+  dtype: str = "float32"
+  good_token: str = "+"
+  bad_token: str = "-"
+
+
+def load_models(spec, task) -> DefaultModels:
+  """The models of an experiment: "default" (the task's shipped ones), a directory laid out
+  like the shipped defaults, or `HFModels`. A verifier that is not given is None (a method
+  that asks for it fails with its name)."""
+  if isinstance(spec, HFModels):
+    from tts_jax.models import hf  # noqa: PLC0415
+    policy, policy_params, tok = hf.load(spec.policy_path, dtype=spec.dtype)
+    loaded = {}
+    for role in ("prm", "orm"):
+      path = getattr(spec, f"{role}_path")
+      if path:
+        vm, params, vtok = hf.load_reward_model(path, dtype=spec.dtype, good_token=spec.good_token,
+                                                bad_token=spec.bad_token)
+        if vtok.backend.get_vocab() != tok.backend.get_vocab():
+          raise ValueError(f"the {role} at {path} has another tokenizer than the policy at {spec.policy_path}; "
+                           f"verifiers read the policy's token ids, so they must share its vocabulary")
+        loaded[role] = (vm, params)
+    none = (None, None)
+    return DefaultModels(task=task, policy=policy, policy_params=policy_params, orm=loaded.get("orm", none)[0],
+                         orm_params=loaded.get("orm", none)[1], prm=loaded.get("prm", none)[0],
+                         prm_params=loaded.get("prm", none)[1], report={})
+  if spec == "default":
+    return load_default(task.name)
+  if isinstance(spec, str):
+    return load_default(task.name, directory=spec)
+  raise ValueError(f"models must be 'default', a directory or HFModels(...), got {spec!r}")

@@ -1,0 +1,66 @@
+"""The real-benchmark configs end to end on tiny random checkpoints of the real
+architectures (Qwen2 policy, Qwen2.5-Math-PRM-style PRM, a causal LM read as a "+"/"-"
+PRM), a byte-level BPE trained here, the sample MATH file: the code path users run with
+their weights, in CI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tts_jax.cli import main
+from tts_jax.config_files import apply_overrides, load_config
+from tts_jax.tasks import load_models, task_prompts, task_tokens
+from tts_jax.tasks.math import QWEN_MATH_SYSTEM, SAMPLE_FILE, math_equal
+from tts_jax.tasks.math.smoke import write_smoke_models
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  return write_smoke_models(str(tmp_path_factory.mktemp("smoke")))
+
+
+def overrides(smoke, prm: str, out) -> list[str]:
+  return [f"models.policy_path={smoke['policy']}", f"models.prm_path={prm}", f"task.tokenizer_path={smoke['policy']}",
+          f"task.data_path={SAMPLE_FILE}", "num_problems=3", "budgets=(2, 4)", "max_new_tokens=40",
+          "batch_problems=2", "models.dtype=float32", f"out_dir={out}"]
+
+
+@pytest.mark.parametrize("config, prm", [("puri_table1", "prm"), ("search_and_learn", "policy")])
+def test_config_runs_end_to_end(smoke, tmp_path, config, prm):
+  path = f"experiments/math500/{config}.py"
+  main(["run", path, "--set", *overrides(smoke, smoke[prm], tmp_path / "out")])
+  lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+  assert sorted((r["problem"], r["budget"]) for r in lines) == [(i, k) for i in range(3) for k in (2, 4)]
+  exp = apply_overrides(load_config(path), overrides(smoke, smoke[prm], tmp_path / "out"))
+  assert set(lines[0]["methods"]) == {m.name for m in exp.methods}
+  for r in lines:
+    for name, rec in r["methods"].items():
+      assert rec["accuracy"] in (0.0, 1.0) or "self-consistency" in name or "majority" in name.lower()
+      assert rec["flops"] > 0 and rec["generated_tokens"] > 0, (name, rec)
+      if "PRM" in name:
+        assert rec["verifier_tokens"] > 0, (name, rec)
+  # The prompts are the chat template's, the steps end at blank-line tokens, the PRM scores vary.
+  models = load_models(exp.models, exp.task)
+  tok = exp.task.tokenizer()
+  text = tok.decode(task_prompts(exp.task, exp.task.split("test")[:1])[0], skip_special_tokens=False)
+  assert text.startswith(f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\n")
+  assert text.endswith("<|im_start|>assistant\n")
+  assert all("\n\n" in tok.decode([i], skip_special_tokens=False) for i in task_tokens(exp.task).steps)
+  ids = np.asarray([task_prompts(exp.task, exp.task.split("test")[:1])[0]], np.int32)
+  values = np.asarray(models.prm.values(models.prm_params, ids))
+  assert np.isfinite(values).all() and values.std() > 0
+  # The task's grader reads the reference answers of the sample file.
+  p = exp.task.split("test")[1]
+  assert exp.task.verify(p, p.solution) and not exp.task.verify(p, "\\boxed{7}") and math_equal(p.answer, p.answer)
+
+
+def test_models_with_another_tokenizer_are_refused(smoke, tmp_path):
+  from tts_jax.tasks import HFModels
+  from tts_jax.tasks.math.smoke import write_tokenizer
+  other = tmp_path / "other"
+  import shutil
+  shutil.copytree(smoke["prm"], other)
+  write_tokenizer(str(other), vocab_size=400)
+  with pytest.raises(ValueError, match="another tokenizer than the policy"):
+    load_models(HFModels(policy_path=smoke["policy"], prm_path=str(other)), None)
