@@ -64,3 +64,30 @@ def test_models_with_another_tokenizer_are_refused(smoke, tmp_path):
   write_tokenizer(str(other), vocab_size=400)
   with pytest.raises(ValueError, match="another tokenizer than the policy"):
     load_models(HFModels(policy_path=smoke["policy"], prm_path=str(other)), None)
+
+
+def test_a_prm_with_step_tags_reads_its_own_format(smoke, tmp_path):
+  """models.prm_step_tag=qwen: the pool's PRM step scores are the PRM's values at each
+  "<extra_0>" of its own conversation (system + problem, steps joined by the tag), equal to a
+  full forward over that text."""
+  from tts_jax.eval.batch import Batch
+  from tts_jax.models import hf
+  from tts_jax.tasks.math import StepTagFormat
+  over = overrides(smoke, smoke["prm"], tmp_path / "out") + ["models.prm_step_tag=qwen"]
+  exp = apply_overrides(load_config("experiments/math500/puri_table1.py"), over)
+  models = load_models(exp.models, exp.task)
+  assert models.prm_format == StepTagFormat.qwen_math_prm()
+  batch = Batch(experiment=exp, models=models, problems=list(exp.task.split("test")[:2]), start=0)
+  pool = batch.pool(("prm",))
+  vm, params, tok = hf.load_reward_model(smoke["prm"])
+  tag = tok.token_to_id("<extra_0>")
+  for i, problem in enumerate(batch.problems):
+    for j in range(2):
+      prompt, ids = models.prm_format.encode(tok, problem.problem, batch.completions.texts[i][j])
+      seq = np.asarray([prompt + ids], np.int32)
+      want = 1 / (1 + np.exp(-np.asarray(vm.values(params, seq))[0, len(prompt):]))[np.asarray(ids) == tag]
+      got = pool.prm_steps[i, j][pool.prm_mask[i, j]]
+      np.testing.assert_allclose(got, want, atol=2e-5)
+      assert len(got) >= 1
+  main(["run", "experiments/math500/puri_table1.py", "--set", *over])
+  assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 6

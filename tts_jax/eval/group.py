@@ -88,20 +88,45 @@ class BatchGroup:
     out = self._values[verifier]
     return jax.tree.map(lambda x: x[self.rows(b)], out)
 
+  def _prm_view(self):
+    """(prompts, tokens int32[P, N, L], lengths, step tag ids): the samples as the PRM reads
+    them (`models.prm_format`: its own prompt, steps re-tokenized each followed by a tag)."""
+    exp, comps, fmt, tok = self.experiment, self.completions, self.models.prm_format, self.models.prm_tokenizer
+    prompts, seqs = [], []
+    for problem, texts in zip(self.problems, comps.texts):
+      encoded = [fmt.encode(tok, problem.problem, t) for t in texts]
+      prompts.append(encoded[0][0])
+      seqs.append([ids for _, ids in encoded])
+    longest = max(len(s) for row in seqs for s in row)
+    width = max(exp.max_new_tokens, longest)
+    tokens = np.zeros(comps.tokens.shape[:2] + (width,), np.int32)
+    lengths = np.zeros(comps.lengths.shape, np.int32)
+    for i, row in enumerate(seqs):
+      for j, s in enumerate(row):
+        tokens[i, j, :len(s)], lengths[i, j] = s, len(s)
+    return prompts, tokens, lengths, (fmt.tag_id(tok),)
+
   def _score(self, verifier: str):
     exp, comps = self.experiment, self.completions
     model, params = getattr(self.models, verifier), getattr(self.models, f"{verifier}_params")
-    widths = [completion_width(comps.lengths[self.rows(b)]) for b in range(self.size)]
+    if model is None:
+      raise ValueError(f"a method asks for the {verifier.upper()} but the experiment's models have none "
+                       f"(set models.{verifier}_path)")
+    prompts, tokens, all_lengths, steps = self.prompts, comps.tokens, comps.lengths, task_tokens(exp.task).steps
+    prompt_width = self.prompt_width
+    if verifier == "prm" and getattr(self.models, "prm_format", None) is not None:
+      prompts, tokens, all_lengths, steps = self._prm_view()
+      prompt_width = None  # the PRM's own prompts
+    widths = [completion_width(all_lengths[self.rows(b)]) for b in range(self.size)]
     out = None
     for w in sorted(set(widths)):  # one call per distinct batch width (almost always one)
-      lengths = np.minimum(comps.lengths, w)  # rows of batches of another width: cut, then dropped
-      kw = dict(prompt_width=self.prompt_width, width=w, mesh=self.mesh)
+      lengths = np.minimum(all_lengths, w)  # rows of batches of another width: cut, then dropped
+      kw = dict(prompt_width=prompt_width, width=w, mesh=self.mesh)
       if verifier == "orm":
-        got = completion_outcome_probabilities(model, params, self.prompts, comps.tokens, lengths, **kw)
+        got = completion_outcome_probabilities(model, params, prompts, tokens, lengths, **kw)
       elif verifier == "prm":
-        got = completion_step_probabilities(model, params, self.prompts, comps.tokens, lengths,
-                                            task_tokens(exp.task).steps,
-                                            num_steps=exp.max_new_tokens, **kw)
+        got = completion_step_probabilities(model, params, prompts, tokens, lengths, steps,
+                                            num_steps=max(exp.max_new_tokens, tokens.shape[-1]), **kw)
       else:
         raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
       out = jax.tree.map(np.array, got) if out is None else out  # writable copies

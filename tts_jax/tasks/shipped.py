@@ -32,6 +32,8 @@ class DefaultModels:
   prm: object
   prm_params: dict
   report: dict
+  prm_format: object = None  # a `tts_jax.tasks.math.StepTagFormat`: pool scoring re-reads the text that way
+  prm_tokenizer: object = None  # the PRM's own tokenizer (for `prm_format`)
 
   @property
   def tokenizer(self):
@@ -77,6 +79,7 @@ class HFModels:
   dtype: str = "float32"
   good_token: str = "+"
   bad_token: str = "-"
+  prm_step_tag: str = ""  # "qwen" (Qwen2.5-Math-PRM's <extra_0>) or "shepherd" (ки): see StepTagFormat
 
 
 def load_models(spec, task) -> DefaultModels:
@@ -92,14 +95,24 @@ def load_models(spec, task) -> DefaultModels:
       if path:
         vm, params, vtok = hf.load_reward_model(path, dtype=spec.dtype, good_token=spec.good_token,
                                                 bad_token=spec.bad_token)
-        if vtok.backend.get_vocab() != tok.backend.get_vocab():
+        mine, policy_vocab = vtok.backend.get_vocab(), tok.backend.get_vocab()
+        if any(mine.get(t) != i for t, i in policy_vocab.items()):
           raise ValueError(f"the {role} at {path} has another tokenizer than the policy at {spec.policy_path}; "
-                           f"verifiers read the policy's token ids, so they must share its vocabulary")
-        loaded[role] = (vm, params)
-    none = (None, None)
+                           f"verifiers read the policy's token ids, so its vocabulary must contain the policy's "
+                           f"with the same ids")
+        loaded[role] = (vm, params, vtok)
+    none = (None, None, None)
+    fmt = None
+    if spec.prm_step_tag:
+      from tts_jax.tasks.math.prm_format import StepTagFormat  # noqa: PLC0415
+      formats = {"qwen": StepTagFormat.qwen_math_prm, "shepherd": StepTagFormat.math_shepherd}
+      if spec.prm_step_tag not in formats:
+        raise ValueError(f"prm_step_tag must be 'qwen' or 'shepherd', got {spec.prm_step_tag!r}")
+      fmt = formats[spec.prm_step_tag]()
     return DefaultModels(task=task, policy=policy, policy_params=policy_params, orm=loaded.get("orm", none)[0],
                          orm_params=loaded.get("orm", none)[1], prm=loaded.get("prm", none)[0],
-                         prm_params=loaded.get("prm", none)[1], report={})
+                         prm_params=loaded.get("prm", none)[1], report={}, prm_format=fmt,
+                         prm_tokenizer=loaded.get("prm", none)[2])
   if spec == "default":
     return load_default(task.name)
   if isinstance(spec, str):

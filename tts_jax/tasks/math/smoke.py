@@ -18,7 +18,7 @@ import shutil
 from tts_jax.tasks.math.data import SAMPLE_FILE, read_problems
 from tts_jax.tasks.math.prompts import QWEN25_TEMPLATE
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]  # <extra_0>: Qwen2.5-Math-PRM's step tag
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
