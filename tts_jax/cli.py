@@ -130,8 +130,18 @@ def main(argv=None) -> None:
                                                "(Qwen2 policy, Qwen2.5-Math-PRM-style PRM, ORM) for smoke runs")
   smoke.add_argument("dest")
   smoke.set_defaults(fn=_smoke_models)
+  parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+  for sp in (demo, run, train, defaults, smoke):
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback")
   args = parser.parse_args(argv)
-  args.fn(args)
+  try:
+    args.fn(args)
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as e:  # one line naming the problem; --debug keeps the traceback
+    if args.debug:
+      raise
+    raise SystemExit(f"tts-jax {args.command}: {type(e).__name__}: {e}") from None
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ class Experiment:
       raise ValueError(f"method names must be unique, got {names}")
     for m in self.methods:
       m.check_budgets(self.budgets)
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+      raise ValueError(f"Experiment.seed must be an int >= 0, got {self.seed!r}")
+    if not isinstance(self.sampling, SamplingParams):
+      raise ValueError(f"Experiment.sampling must be a SamplingParams, got {type(self.sampling).__name__}")
     for name in ("num_problems", "batch_problems", "num_subsets", "max_new_tokens"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:

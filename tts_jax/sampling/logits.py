@@ -35,10 +35,16 @@ class SamplingParams:
     validate(self.temperature, self.top_k, self.top_p, self.min_p)
 
 
+MIN_TEMPERATURE = 1e-4  # below it logits / T reaches float32's range: use 0 (greedy)
+
+
 def validate(temperature, top_k, top_p, min_p) -> None:
   """Raises ValueError naming the first invalid sampling parameter."""
-  if not isinstance(temperature, (int, float)) or not temperature >= 0:
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
     raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+  if 0 < temperature < MIN_TEMPERATURE or temperature == float("inf"):
+    raise ValueError(f"temperature {temperature!r} is outside [{MIN_TEMPERATURE}, inf) (logits / T overflows "
+                     f"float32); use 0 for greedy decoding")
   if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
     raise ValueError(f"top_k must be an int >= 0 (0 disables), got {top_k!r}")
   if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:

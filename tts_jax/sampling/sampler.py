@@ -22,6 +22,7 @@ from flax import struct
 
 from tts_jax.models import CausalLM, pad_prompts
 from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
+from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.sampling.token_step import draw_tokens
 
@@ -152,52 +153,38 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
   params_s = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
   if not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if prompt_lengths is None:
     if isinstance(prompts, (np.ndarray, jax.Array)):
       raise ValueError("an array of prompts needs prompt_lengths; or pass a list of token lists")
     tokens, lengths = pad_prompts(prompts, pad_id=pad_id)
   else:
-    tokens, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
-    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
-      raise ValueError(f"prompts must be int32[B, Tp] with prompt_lengths int32[B]; got "
-                       f"{tokens.shape} and {lengths.shape}")
-    if (lengths < 1).any() or (lengths > tokens.shape[1]).any():
-      raise ValueError(f"prompt_lengths must be in [1, {tokens.shape[1]}], got {lengths.tolist()}")
-  vocab = lm.vocab_size
-  valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-  bad = np.argwhere(valid & ((tokens < 0) | (tokens >= vocab)))
-  if len(bad):
-    i, j = bad[0]
-    raise ValueError(f"prompt {i} has token id {tokens[i, j]} at position {j}, outside the "
-                     f"vocabulary [0, {vocab})")
-  longest = int(lengths.max())
-  limit = lm.max_length
-  if longest + max_new_tokens > limit:
-    raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the "
-                     f"model's context of {limit} tokens (max_length)")
+    tokens, lengths = prompts, prompt_lengths
+  tokens, lengths = check_prompt_batch(lm, tokens, lengths, max_new_tokens)
   stop_tokens = tuple(sorted({int(s) for s in stop_tokens}))
+  check_token_ids(lm, stop_tokens=stop_tokens, pad_id=(pad_id,))
   kwargs = dict(max_new_tokens=max_new_tokens, params_s=params_s, stop_tokens=stop_tokens, pad_id=pad_id)
   b = tokens.shape[0]
-  keys = jnp.asarray(key)
-  if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-    raise ValueError("key must be a typed PRNG key (jax.random.key(seed)), not raw uint32 key data")
-  if keys.shape == ():
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-  elif keys.shape != (b,):
-    raise ValueError(f"key must be one PRNG key or one per prompt ({b}), got shape {keys.shape}")
+  keys = prompt_keys(key, b)
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
   kwargs.update(num_samples=num_samples, share_prefix=share_prefix)
   if mesh is None:
-    return _sample_jit(lm, params, tokens, lengths, keys, **kwargs)
+    return _check_logprobs(_sample_jit(lm, params, tokens, lengths, keys, **kwargs))
   tokens, lengths, keys = shard_batch(mesh, tokens, lengths, keys)
   params = place_params(mesh, params)
   if mesh.shape[MODEL] == 1:
-    return unpad(_sample_sharded(lm, mesh, params, tokens, lengths, keys, **kwargs), b)
+    return _check_logprobs(unpad(_sample_sharded(lm, mesh, params, tokens, lengths, keys, **kwargs), b))
   # Tensor parallel: XLA's SPMD partitioner splits the layers over "model" by the params'
   # shardings (the same samples up to float rounding of the split reductions).
-  return unpad(_sample_jit(lm, params, tokens, lengths, keys, **kwargs), b)
+  return _check_logprobs(unpad(_sample_jit(lm, params, tokens, lengths, keys, **kwargs), b))
+
+
+def _check_logprobs(out: SampleOutput) -> SampleOutput:
+  """Raises if a sampled token's log-probability is NaN: the model gave NaN (or all -inf)
+  logits, so the 'samples' are not draws from anything."""
+  if bool(jnp.any(jnp.isnan(out.logprobs))):
+    raise FloatingPointError("the model produced NaN or all -inf logits while sampling (check the params: NaN "
+                             "weights, a checkpoint of another dtype); no sample was drawn from it")
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("lm", "mesh", "num_samples", "max_new_tokens", "params_s",

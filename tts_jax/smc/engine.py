@@ -55,6 +55,7 @@ from tts_jax.models import CausalLM
 from tts_jax.models.paged import check_pages
 from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling import SamplingParams, draw_tokens
+from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.smc.particles import Particles, move
 from tts_jax.smc.resample import Resample
 from tts_jax.smc.strategy import Selection, SelectionStrategy
@@ -121,13 +122,13 @@ class SMCParams:
   twist: Any = None
 
 
-def prompt_keys(key: jax.Array, b: int) -> jax.Array:
-  """One PRNG key per prompt: key [B] as given, or fold_in(key, b) of a single key."""
-  if key.ndim == 0:
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-  if key.shape != (b,):
-    raise ValueError(f"key must be one PRNG key or one per prompt ([{b}]), got shape {key.shape}")
-  return key
+def _check_potential_vocabulary(lm, potential) -> None:
+  """A value-model potential reads the policy's token ids: its vocabulary must hold them all."""
+  model = getattr(potential, "model", None)
+  size = getattr(model, "vocab_size", None)
+  if size is not None and size < lm.vocab_size:
+    raise ValueError(f"the potential's model has a vocabulary of {size} tokens but the policy's has {lm.vocab_size}: "
+                     f"it would read token ids it does not know")
 
 
 def init_particles(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
@@ -235,10 +236,15 @@ def reweight(models: SMCModels, params: SMCParams, cfg: SMCConfig, p: Particles,
   """
   log_phi, pot_state = models.potential.score(params.potential, p.potential_state, p.tokens, p.length, p.done,
                                               extended)
-  chex.assert_shape(log_phi, p.shape)
+  if log_phi.shape != p.shape:
+    raise ValueError(f"the potential returned shape {log_phi.shape}; it must return log phi float32{list(p.shape)} "
+                     f"(one value per prompt and particle)")
   log_phi = jnp.where(extended, log_phi, p.log_potential)
   if cfg.incremental:
-    log_weights = p.log_weights + jnp.where(extended, token_log_weights + log_phi - p.log_potential, 0.0)
+    # A zero potential (log -inf), now or before, is a zero weight for good (never -inf - -inf).
+    zero = (log_phi == -jnp.inf) | (p.log_potential == -jnp.inf)
+    ratio = jnp.where(zero, -jnp.inf, log_phi - jnp.where(zero, 0.0, p.log_potential))
+    log_weights = p.log_weights + jnp.where(extended, token_log_weights + ratio, 0.0)
   else:  # the current potential (Puri et al.); a prompt finished before this step keeps its weights
     log_weights = jnp.where(live[:, None], log_phi, p.log_weights)
   return p.replace(log_weights=log_weights, log_potential=log_phi, potential_state=pot_state)
@@ -323,11 +329,13 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
 
   Raises RuntimeError if a paged cache (cfg.page_size > 0) ran out of pages.
   """
-  prompt_tokens = jnp.asarray(prompt_tokens)
-  prompt_lengths = jnp.asarray(prompt_lengths)
-  chex.assert_rank(prompt_tokens, 2)
+  if not isinstance(cfg, SMCConfig):
+    raise ValueError(f"cfg must be an SMCConfig, got {type(cfg).__name__}")
+  prompt_tokens, prompt_lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, cfg.max_new_tokens)
+  check_token_ids(lm, delimiters=cfg.delimiters, stop_tokens=cfg.stop_tokens, pad_id=(cfg.pad_id,))
+  _check_potential_vocabulary(lm, potential)
+  prompt_tokens, prompt_lengths = jnp.asarray(prompt_tokens), jnp.asarray(prompt_lengths)
   b = prompt_tokens.shape[0]
-  chex.assert_shape(prompt_lengths, (b,))
   reference = None
   if reference_tokens is not None:
     cfg.select.check_reference()
@@ -350,10 +358,23 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
       if bool(jnp.any(oom)):
         raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
                            "were dropped. Increase num_pages.")
-      return unpad(p, b)
+      p = unpad(p, b)
+      _check_finite(p)
+      return p
     p = unpad(_run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg), b)
   check_pages(p.cache)
+  _check_finite(p)
   return p
+
+
+def _check_finite(p: Particles) -> None:
+  """Raises if a potential (or twist) produced NaN or +inf: -inf is a zero weight, the
+  others have no meaning as weights."""
+  bad = [name for name, x in (("log_weights", p.log_weights), ("log_potential", p.log_potential), ("log Z", p.log_z))
+         if bool(jnp.any(jnp.isnan(x) | (x == jnp.inf)))]
+  if bad:
+    raise ValueError(f"the run produced NaN or +inf in {', '.join(bad)}: a potential (or twist) returned NaN or +inf "
+                     f"for some particle. Return -inf for a zero weight; NaN and +inf are not weights.")
 
 
 @functools.partial(jax.jit, static_argnames=("models", "mesh", "cfg"))

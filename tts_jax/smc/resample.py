@@ -16,7 +16,9 @@ from tts_jax.smc.strategy import Selection, SelectionStrategy
 class Resample(SelectionStrategy):
   """Resample each prompt's particles with `scheme` when ESS < ess_threshold x N
   (1 = after every step, 0 = never: importance sampling). Resampled weights are reset
-  to 0 and log Z accumulates the log mean weight, so Z_hat stays unbiased."""
+  to 0 and log Z accumulates the log mean weight, so Z_hat stays unbiased. A log-weight of
+  -inf is a zero weight; a prompt with no positive weight left is failed: it is never
+  resampled and its log Z is -inf (NaN and +inf potentials are errors: `run_smc`)."""
 
   scheme: str = "systematic"
   ess_threshold: float = 0.5
@@ -31,6 +33,9 @@ class Resample(SelectionStrategy):
     lw = particles.log_weights
     b, n = lw.shape
     need = (ess(lw) < self.ess_threshold * n) | (self.ess_threshold >= 1.0)  # 1: every step
+    # A prompt whose every weight is zero (log -inf) has failed: never resampled (there is
+    # nothing to draw from); its log Z is -inf.
+    need = need & jnp.any(lw > -jnp.inf, axis=-1)
     resampler = get_resampler(self.scheme)
     ancestors = jax.vmap(lambda k, w: resampler(k, w, n))(keys, lw)
     return Selection(ancestors=ancestors, log_weights=jnp.zeros_like(lw),

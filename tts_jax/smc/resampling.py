@@ -86,6 +86,8 @@ def ess(log_weights: jax.Array, axis: int = -1) -> jax.Array:
   """Effective sample size (sum w)^2 / sum w^2 from unnormalised log-weights, in [1, N]
   (0 when every weight is zero)."""
   lw = log_weights.astype(jnp.float32)
+  top = jnp.max(lw, axis=axis, keepdims=True)
+  lw = lw - jnp.where(jnp.isfinite(top), top, 0.0)  # a common offset cancels: keep precision
   a = jax.nn.logsumexp(lw, axis=axis)
   b = jax.nn.logsumexp(2 * lw, axis=axis)
   return jnp.where(jnp.isfinite(a), jnp.exp(2 * a - b), 0.0)

@@ -1,0 +1,192 @@
+"""Bad input gets an error that names the problem (issue 17): the particle engine validates
+what `sample` validates, non-finite weights follow one documented rule, tiny temperatures
+and NaN models are refused, experiment values are checked before any work, and the CLI
+prints one line (a traceback only with --debug)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tts_jax.models import init, qwen2_config
+from tts_jax.models.value import init_value
+from tts_jax.sampling import SamplingParams, sample
+from tts_jax.search import beam_search, best_of_n, dvts
+from tts_jax.smc import SMCConfig, particle_filter, run_smc
+from tts_jax.smc.resampling import ess
+from tts_jax.verifiers import ValuePotential
+
+CFG = qwen2_config(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                   head_dim=8, max_position_embeddings=48)
+
+
+@pytest.fixture(scope="module")
+def lm():
+  return init(CFG, 0)
+
+
+def zero(tokens, lengths, done):
+  del tokens, done
+  return jnp.zeros(lengths.shape, jnp.float32)
+
+
+def smc(lm, tokens=None, lengths=None, key=None, cfg=None, potential=zero, **kw):
+  model, params = lm
+  tokens = np.array([[1, 2, 3], [4, 5, 0]], np.int32) if tokens is None else tokens
+  lengths = np.array([3, 2], np.int32) if lengths is None else lengths
+  cfg = cfg or particle_filter(4, max_new_tokens=6, delimiters=(7,))
+  return run_smc(model, params, tokens, lengths, jax.random.key(0) if key is None else key, cfg=cfg,
+                 potential=potential, **kw)
+
+
+@pytest.mark.parametrize("tokens, lengths, match", [
+    (np.array([[1, 62, 3]]), np.array([3]), "prompt 0 has token id 62 at position 1, outside the vocabulary"),
+    (np.array([[1, -7, 3]]), np.array([3]), "token id -7"),
+    (np.array([[1, 2, 3]]), np.array([0]), r"prompt_lengths must be in \[1, 3\], got \[0\]"),
+    (np.array([[1, 2, 3]]), np.array([4]), r"prompt_lengths must be in \[1, 3\], got \[4\]"),
+    (np.array([1, 2, 3]), np.array([3]), r"prompts must be int32\[B, Tp\]"),
+    (np.array([[1, 2, 3]]), np.array([3, 3]), r"prompts must be int32\[B, Tp\]"),
+    (np.array([[1.0, 2.0]]), np.array([2]), "must be integers"),
+    (np.ones((1, 45), np.int32), np.array([45]), "prompt of 45 tokens \\+ max_new_tokens=6 exceeds the model's context of 48"),
+])
+def test_run_smc_checks_prompts_like_sample(lm, tokens, lengths, match):
+  with pytest.raises(ValueError, match=match):
+    smc(lm, tokens, lengths)
+  if tokens.ndim == 2 and lengths.shape == tokens.shape[:1] and tokens.dtype.kind == "i":
+    with pytest.raises(ValueError, match=match.replace("max_new_tokens=6", "max_new_tokens=\\d+")):
+      sample(lm[0], lm[1], tokens, prompt_lengths=lengths, key=jax.random.key(0), max_new_tokens=6)
+
+
+def test_run_smc_checks_keys_tokens_and_potentials(lm):
+  with pytest.raises(ValueError, match="typed PRNG key .* not raw uint32"):
+    smc(lm, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match=r"one PRNG key or one per prompt \(2\), got shape \(3,\)"):
+    smc(lm, key=jax.random.split(jax.random.key(0), 3))
+  with pytest.raises(ValueError, match="delimiters holds token id 99, outside the vocabulary"):
+    smc(lm, cfg=particle_filter(4, max_new_tokens=6, delimiters=(99,)))
+  with pytest.raises(ValueError, match="stop_tokens holds token id -1"):
+    smc(lm, cfg=particle_filter(4, max_new_tokens=6, stop_tokens=(-1,)))
+  with pytest.raises(ValueError, match=r"the potential returned shape \(2,\); it must return log phi float32\[2, 4\]"):
+    smc(lm, potential=lambda t, l, d: jnp.zeros(l.shape[:1]))
+  small = qwen2_config(vocab_size=30, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                       num_kv_heads=1, head_dim=8, max_position_embeddings=48)
+  vm, vparams = init_value(small, 1)
+  with pytest.raises(ValueError, match="vocabulary of 30 tokens but the policy's has 40"):
+    smc(lm, potential=ValuePotential(vm.as_lm()), potential_params=vparams)
+  with pytest.raises(ValueError, match="cfg must be an SMCConfig"):
+    smc(lm, cfg={"num_particles": 4})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(num_particles=2.5), "num_particles must be an int >= 1, got 2.5"),
+    (dict(num_particles=0), "num_particles must be an int >= 1"),
+    (dict(max_new_tokens=True), "max_new_tokens must be an int >= 1"),
+    (dict(max_step_tokens=-1), "max_step_tokens must be >= 0"),
+    (dict(select="resample"), "select must be a SelectionStrategy"),
+])
+def test_smc_config_fields_are_checked(kw, match):
+  with pytest.raises(ValueError, match=match):
+    SMCConfig(**kw)
+
+
+STRATEGIES = {"pf": lambda: particle_filter(4, max_new_tokens=6, delimiters=(7,), max_step_tokens=2),
+              "pf-every-step": lambda: particle_filter(4, scheme="multinomial", ess_threshold=1.0, max_new_tokens=6,
+                                                       max_step_tokens=2),
+              "best-of-n": lambda: best_of_n(4, max_new_tokens=6, max_step_tokens=2),
+              "beam": lambda: beam_search(4, 2, max_new_tokens=6, max_step_tokens=2),
+              "dvts": lambda: dvts(4, 2, max_new_tokens=6, max_step_tokens=2)}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_plus_inf_potentials_are_errors_for_every_strategy(lm, name, bad):
+  def potential(tokens, lengths, done):  # one particle of prompt 0 is bad once it has tokens
+    del tokens, done
+    v = jnp.zeros(lengths.shape, jnp.float32)
+    return jnp.where((jnp.arange(4)[None] == 1) & (jnp.arange(2)[:, None] == 0) & (lengths > 0), bad, v)
+  with pytest.raises(ValueError, match="NaN or \\+inf"):
+    smc(lm, cfg=STRATEGIES[name](), potential=potential)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_minus_inf_is_a_zero_weight_and_a_prompt_without_weight_fails(lm, name):
+  """Prompt 0: every particle gets -inf (no positive weight): it is never resampled (each
+  particle stays its own ancestor) and its log Z is -inf. Prompt 1: one particle at -inf, the
+  others finite: resampling never picks it; log Z stays finite."""
+  def potential(tokens, lengths, done):
+    del tokens, done
+    started = lengths > 0
+    row0 = (jnp.arange(2)[:, None] == 0) & started
+    one = (jnp.arange(2)[:, None] == 1) & (jnp.arange(4)[None] == 2) & started
+    return jnp.where(row0 | one, -jnp.inf, 0.0).astype(jnp.float32)
+  p = smc(lm, cfg=STRATEGIES[name](), potential=potential)
+  log_z = np.asarray(p.final_log_z())
+  assert np.isfinite(log_z[1]) and (log_z[0] == -np.inf or name in ("beam", "dvts"))
+  if name.startswith("pf"):
+    assert int(p.num_resamples[0]) == 0  # a failed prompt is never resampled
+    assert (np.asarray(p.ancestors[1]) != 2).all() or int(p.num_resamples[1]) == 0
+
+
+def test_ess_keeps_precision_under_a_large_common_offset():
+  lw = jnp.array([0.0, -1.0, -2.0, 0.5])
+  base = float(ess(lw))
+  assert abs(float(ess(lw + 1e4)) - base) < 1e-5 and abs(float(ess(lw - 1e4)) - base) < 1e-5
+  assert float(ess(jnp.full((4,), -jnp.inf))) == 0.0
+
+
+@pytest.mark.parametrize("t", [1e-8, 1e-30, float("inf"), True, -0.5, float("nan")])
+def test_temperatures_that_would_overflow_are_refused(t):
+  with pytest.raises(ValueError, match="temperature"):
+    SamplingParams(temperature=t)
+
+
+def test_a_model_with_nan_weights_does_not_sample_silently(lm):
+  model, params = lm
+  bad = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+  with pytest.raises(FloatingPointError, match="NaN or all -inf logits"):
+    sample(model, bad, [[1, 2, 3]], key=jax.random.key(0), max_new_tokens=3)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("seed", -1, "seed must be an int >= 0, got -1"),
+    ("seed", 1.5, "seed must be an int >= 0"),
+    ("num_problems", 0, "num_problems must be an int >= 1"),
+    ("batch_problems", 2.0, "batch_problems must be an int >= 1"),
+    ("budgets", (4, 2), "strictly increasing"),
+    ("budgets", (0,), "positive ints"),
+    ("methods", (), "at least one method"),
+    ("sampling", {"temperature": 1.0}, "sampling must be a SamplingParams"),
+])
+def test_experiment_values_are_checked_when_built(field, value, match):
+  from tts_jax.eval import Experiment, MajorityVote
+  from tts_jax.tasks import ModChain
+  kw = dict(name="x", task=ModChain(), methods=(MajorityVote(),))
+  with pytest.raises(ValueError, match=match):
+    Experiment(**{**kw, field: value})
+
+
+@pytest.mark.parametrize("args, match", [
+    (["run", "experiments/modchain/nope.py"], "nope.py"),
+    (["run", "experiments/modchain/scaling.py", "--set", "seed=-1"], "seed must be an int >= 0"),
+    (["run", "experiments/modchain/scaling.py", "--set", "bogus=1"], "bogus"),
+    (["run", "experiments/modchain/scaling.py", "--set", "sampling.top_p=0"], r"top_p must be in \(0, 1\]"),
+    (["run", "experiments/modchain/scaling.py", "--mesh", "data=3"], "devices, but 1 are visible"),
+    (["run", "experiments/modchain/scaling.py", "--mesh", "tensor=2"], "unknown mesh axis 'tensor'"),
+])
+def test_cli_errors_are_one_line_without_a_traceback(args, match, tmp_path):
+  out = subprocess.run([sys.executable, "-m", "tts_jax.cli", *args], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path.parent) if False else None)
+  assert out.returncode != 0
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert __import__("re").search(match, out.stderr), out.stderr[-2000:]
+  assert last.startswith("tts-jax run:") or "error:" in last, last
+
+
+def test_cli_debug_keeps_the_traceback():
+  out = subprocess.run([sys.executable, "-m", "tts_jax.cli", "--debug", "run", "experiments/modchain/nope.py"],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0 and "Traceback" in out.stderr
