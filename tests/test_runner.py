@@ -123,3 +123,42 @@ def test_kill_minus_nine_then_rerun(models_dir, tmp_path):
   assert 6 <= written < 24, written  # killed after the first batch, before the last
   subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
   assert results.read_bytes() == (tmp_path / "full" / "results.jsonl").read_bytes()
+
+
+def test_resume_is_keyed_by_problem_and_budget(models_dir, tmp_path):
+  """Records are matched by (problem, budget), not by counting lines: a duplicated line is
+  dropped, a deleted line costs its batch only (no hole, no duplicate), a short last batch
+  counts as done, and the file ends byte-identical to an uninterrupted run's."""
+  ref = tmp_path / "ref"
+  run_experiment(experiment(models_dir, ref, num_problems=5, methods=(MajorityVote(), BestOfN(verifier="orm"))),
+                 quiet=True)
+  want = (ref / "results.jsonl").read_bytes()
+  lines = want.splitlines(keepends=True)
+  assert len(lines) == 5 * 3  # 3 batches, the last holding one problem
+  out = tmp_path / "edited"
+  exp = experiment(models_dir, out, num_problems=5, methods=(MajorityVote(), BestOfN(verifier="orm")))
+  os.makedirs(out)
+  run_experiment(exp, stop_after_batches=0, quiet=True)  # writes config.json only
+  # problem 1's budget-2 line deleted (batch 0 incomplete), a line of batch 1 duplicated, batch 2 whole.
+  (out / "results.jsonl").write_bytes(b"".join(lines[:4] + lines[5:9] + lines[7:8] + lines[9:]))
+  s = run_experiment(exp, quiet=True)
+  assert s["timing"]["batches_computed"] == 1  # batch 0 only
+  assert (out / "results.jsonl").read_bytes() == want
+  again = run_experiment(exp, quiet=True)  # the short last batch is not recomputed on every re-run
+  assert again["timing"]["batches_computed"] == 0
+
+
+def test_config_json_guards_the_results(models_dir, tmp_path):
+  exp = experiment(models_dir, tmp_path, num_problems=2, methods=(MajorityVote(),))
+  run_experiment(exp, quiet=True)
+  cfg = tmp_path / "config.json"
+  cfg.write_text('{"name": "tiny", ')  # torn
+  with pytest.raises(ResultsMismatch, match="config.json is not valid JSON"):
+    run_experiment(exp, quiet=True)
+  cfg.unlink()  # deleted: the results could be another seed's
+  with pytest.raises(ResultsMismatch, match="results.jsonl exists but .*config.json does not"):
+    run_experiment(experiment(models_dir, tmp_path, num_problems=2, methods=(MajorityVote(),), seed=1), quiet=True)
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):  # nothing written for a bad setting
+    from tts_jax.sampling import SamplingParams
+    run_experiment(experiment(models_dir, tmp_path / "new", sampling=SamplingParams(top_p=1.5)), quiet=True)
+  assert not (tmp_path / "new").exists()

@@ -31,16 +31,18 @@ from tts_jax.verifiers import completion_outcome_probabilities, completion_step_
 
 
 class BatchGroup:
-  """Batches `first`, ..., `first + len(chunks) - 1` of a run (chunks: their problems), at
-  most `data_size(mesh)` of them. The device work is done once, on first use, for all of
-  them; `Batch` objects read their rows (`rows(b)`)."""
+  """Batches `batch_ids` of a run (chunks: their problems), at most `data_size(mesh)` of
+  them. The device work is done once, on first use, for all of them; `Batch` objects read
+  their rows (`rows(slot)`)."""
 
-  def __init__(self, experiment: Experiment, models: DefaultModels, chunks: list[list], first: int, *,
+  def __init__(self, experiment: Experiment, models: DefaultModels, chunks: list[list], batch_ids, *,
                prompt_width: int | None = None, mesh=None, timer: Timer | None = None):
     d = data_size(mesh)
-    if not 1 <= len(chunks) <= d:
-      raise ValueError(f"a group holds 1 to {d} batches (the mesh's data axis), got {len(chunks)}")
-    self.experiment, self.models, self.chunks, self.first = experiment, models, chunks, first
+    batch_ids = [batch_ids] if isinstance(batch_ids, int) else list(batch_ids)
+    if not 1 <= len(chunks) <= d or len(batch_ids) != len(chunks):
+      raise ValueError(f"a group holds 1 to {d} batches (the mesh's data axis) with one id each, got "
+                       f"{len(chunks)} batches and ids {batch_ids}")
+    self.experiment, self.models, self.chunks, self.batch_ids = experiment, models, chunks, batch_ids
     self.prompt_width, self.mesh, self.timer = prompt_width, mesh, timer or Timer()
     self.size = d  # batches per device call; missing ones are copies of the first
     self._values: dict = {}
@@ -49,6 +51,10 @@ class BatchGroup:
   @property
   def rows_per_batch(self) -> int:
     return self.experiment.batch_problems
+
+  def _batch_id(self, slot: int) -> int:
+    """The run's batch number in `slot` (padding slots repeat the first batch)."""
+    return self.batch_ids[slot if slot < len(self.batch_ids) else 0]
 
   def rows(self, b: int) -> slice:
     """The rows of batch `b` (0-based within the group) in the group's arrays."""
@@ -68,15 +74,16 @@ class BatchGroup:
 
   @functools.cached_property
   def completions(self) -> Completions:
-    """max(budgets) samples of every row: row r of the group draws from fold_in(key(seed),
-    first * batch_problems + r), the problem's index in the split for every real row (so a
+    """max(budgets) samples of every row: row r of batch b draws from fold_in(key(seed),
+    b * batch_problems + r), the problem's index in the split for every real row (so a
     problem's samples do not depend on the grouping); each device samples one batch."""
     exp, m, n = self.experiment, self.models, self.rows_per_batch
     with self.timer.phase("sampling"):
       return complete(exp.task, m.policy, m.policy_params, self.prompts, num_samples=max(exp.budgets),
                       key=jax.random.key(exp.seed), max_new_tokens=exp.max_new_tokens,
                       temperature=exp.sampling.temperature, top_k=exp.sampling.top_k, top_p=exp.sampling.top_p,
-                      min_p=exp.sampling.min_p, batch_prompts=n, index_offset=self.first * n,
+                      min_p=exp.sampling.min_p, batch_prompts=n,
+                      row_index=np.concatenate([self._batch_id(s) * n + np.arange(n) for s in range(self.size)]),
                       prompt_width=self.prompt_width, mesh=self.mesh)
 
   def verifier_scores(self, verifier: str, b: int):
@@ -151,5 +158,5 @@ class BatchGroup:
     """[batch_problems] keys of search method `index` at `budget` for batch `b`: problem i
     draws from fold_in(fold_in(fold_in(key(seed + 2), index), budget), i)."""
     root = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.experiment.seed + 2), index), budget)
-    start = (self.first + (b if b < len(self.chunks) else 0)) * self.rows_per_batch
+    start = self._batch_id(b) * self.rows_per_batch
     return jax.vmap(lambda j: jax.random.fold_in(root, j))(jnp.arange(self.rows_per_batch) + start)

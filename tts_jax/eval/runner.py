@@ -30,6 +30,7 @@ from tts_jax.eval.batch import Batch
 from tts_jax.eval.compile_cache import enable_compilation_cache
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.group import BatchGroup
+from tts_jax.eval.results_file import ResultsFile, atomic_write
 from tts_jax.eval.summary import format_table, plot, summarize
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
@@ -46,28 +47,6 @@ class ResultsMismatch(ValueError):
 
 def _load_models(exp: Experiment):
   return load_models(exp.models, exp.task)
-
-
-def _completed_batches(path: str, lines_per_batch: int) -> int:
-  """Number of whole batches in results.jsonl; truncates anything after them."""
-  if not os.path.isfile(path):
-    return 0
-  with open(path, "rb") as fh:
-    data = fh.read()
-  lines = data.split(b"\n")[:-1]  # a torn last line has no newline
-  good = []
-  for line in lines:
-    try:
-      json.loads(line)
-    except json.JSONDecodeError:
-      break
-    good.append(line)
-  batches = len(good) // lines_per_batch
-  keep = b"".join(l + b"\n" for l in good[:batches * lines_per_batch])
-  if keep != data:
-    with open(path, "wb") as fh:
-      fh.write(keep)
-  return batches
 
 
 def _batch_records(batch: Batch) -> list[dict]:
@@ -105,12 +84,23 @@ def memory_plan(exp: Experiment, models, prompt_width: int, mesh=None):
 
 
 def _check_config(exp: Experiment, cfg_path: str) -> None:
-  if os.path.isfile(cfg_path):
+  """The output directory holds this experiment's results or none: a different config, an
+  unreadable config.json, or results without a config.json are refused (never mixed)."""
+  out = exp.output_dir
+  results = os.path.join(out, RESULTS)
+  if not os.path.isfile(cfg_path):
+    if os.path.isfile(results) and os.path.getsize(results) > 0:
+      raise ResultsMismatch(f"{results} exists but {cfg_path} does not, so the results cannot be matched to this "
+                            f"config; choose another out_dir (--set out_dir=...) or remove {out}")
+    return
+  try:
     with open(cfg_path) as fh:
       old = json.load(fh)
-    if old != json.loads(json.dumps(to_dict(exp))):
-      raise ResultsMismatch(f"{exp.output_dir} holds results of a different experiment config; choose another "
-                            f"out_dir (--set out_dir=...) or remove {exp.output_dir}")
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ResultsMismatch(f"{cfg_path} is not valid JSON ({e}); remove {out} or choose another out_dir") from None
+  if old != json.loads(json.dumps(to_dict(exp))):
+    raise ResultsMismatch(f"{out} holds results of a different experiment config; choose another "
+                          f"out_dir (--set out_dir=...) or remove {out}")
 
 
 def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, quiet: bool) -> dict:
@@ -131,21 +121,19 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
     _check_config(exp, cfg_path)
     os.makedirs(out, exist_ok=True)
     if not os.path.isfile(cfg_path):
-      with open(cfg_path, "w") as fh:
-        json.dump(to_dict(exp), fh, indent=1)
-  results_path = os.path.join(out, RESULTS)
-  num_batches = -(-len(problems) // exp.batch_problems)
-  lines_per_batch = exp.batch_problems * len(exp.budgets)
-  done = _completed_batches(results_path, lines_per_batch) if writer else 0
-  if jax.process_count() > 1:  # every process resumes where the writer's file ends
-    done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
-  bar = tqdm(total=len(problems), initial=min(done * exp.batch_problems, len(problems)), desc=exp.name,
-             unit="problem", disable=quiet, dynamic_ncols=True)
-  new, per_batch, d = 0, [], data_size(mesh)
+      atomic_write(cfg_path, json.dumps(to_dict(exp), indent=1))
+  results = ResultsFile(os.path.join(out, RESULTS), len(problems), exp.batch_problems, exp.budgets)
+  done = results.load() if writer else [False] * results.num_batches
+  if jax.process_count() > 1:  # every process resumes from the writer's file
+    done = [bool(x) for x in multihost_utils.broadcast_one_to_all(np.asarray(done, np.int32))]
+  todo = [b for b in range(results.num_batches) if not done[b]]
   chunk = lambda b: problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]  # noqa: E731
-  for first in range(done, num_batches, d):
-    ids = list(range(first, min(first + d, num_batches)))
-    group = BatchGroup(exp, models, [chunk(b) for b in ids], first, prompt_width=prompt_width, mesh=mesh, timer=timer)
+  bar = tqdm(total=len(problems), initial=sum(len(chunk(b)) for b in range(results.num_batches) if done[b]),
+             desc=exp.name, unit="problem", disable=quiet, dynamic_ncols=True)
+  new, per_batch, d = 0, [], data_size(mesh)
+  for g in range(0, len(todo), d):
+    ids = todo[g:g + d]
+    group = BatchGroup(exp, models, [chunk(b) for b in ids], ids, prompt_width=prompt_width, mesh=mesh, timer=timer)
     for slot, b in enumerate(ids):
       if stop_after_batches is not None and new >= stop_after_batches:
         bar.close()
@@ -156,22 +144,21 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
       records = _batch_records(batch)
       per_batch.append(timer.compilations - before)
       if writer:
-        with timer.phase("host I/O"), open(results_path, "a") as fh:
-          fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-          fh.flush()
-          os.fsync(fh.fileno())
+        with timer.phase("host I/O"):
+          results.append(records)
       bar.update(len(batch.problems))
       new += 1
   bar.close()
   if not writer:
     return {}
+  results_path = results.path
   with timer.phase("host I/O"):
+    results.finish()
     summary = summarize(exp, results_path)
     plot(exp, summary, os.path.join(out, PLOT))
   summary["timing"] = {"batches_computed": new, "mesh": describe(mesh), **timer.report(),
                        "compilations_per_batch": per_batch}
-  with open(os.path.join(out, SUMMARY), "w") as fh:
-    json.dump(summary, fh, indent=1)
+  atomic_write(os.path.join(out, SUMMARY), json.dumps(summary, indent=1))
   if not quiet:
     print(format_table(summary))
     print(timer.format())

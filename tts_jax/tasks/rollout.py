@@ -31,13 +31,14 @@ class Completions:
 
 def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, key: jax.Array,
              max_new_tokens: int, temperature: float = 1.0, batch_prompts: int = 64, index_offset: int = 0,
-             prompt_width: int | None = None, mesh=None, **sampling) -> Completions:
+             prompt_width: int | None = None, mesh=None, row_index=None, **sampling) -> Completions:
   """Samples `num_samples` completions of each prompt (token-id lists), `batch_prompts` at a time.
 
   Every batch has the same shape (the last is padded with copies of its first prompt), so
   one compilation serves the whole set. Prompt i uses key fold_in(key, index_offset + i):
   its samples do not depend on the batching. prompt_width: pad prompts to this width (one
-  width for all calls of a run: no recompilation across calls). mesh: a `tts_jax.parallel`
+  width for all calls of a run: no recompilation across calls). row_index: int[len(prompts)],
+  prompt i's key index instead of index_offset + i. mesh: a `tts_jax.parallel`
   mesh; its D data devices each take one batch of `batch_prompts` per call (D batches at
   once), so every device runs the single-device program and the completions are bit for
   bit those of a run without a mesh.
@@ -54,7 +55,8 @@ def complete(task, lm, params, prompts: list[list[int]], *, num_samples: int, ke
       idx = np.arange(first, first + batch_prompts)
       rows.append(np.where(idx < len(prompts), idx, first))  # a short batch is padded with its first prompt
     rows = np.concatenate(rows)
-    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(rows + index_offset))
+    index = rows + index_offset if row_index is None else np.asarray(row_index)[rows]
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.asarray(index))
     out = sample(lm, params, tokens[rows], prompt_lengths=lengths[rows], key=keys, num_samples=num_samples,
                  max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=ids.stop, pad_id=pad, mesh=mesh,
                  **sampling)
