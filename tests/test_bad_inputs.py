@@ -190,3 +190,26 @@ def test_cli_debug_keeps_the_traceback():
   out = subprocess.run([sys.executable, "-m", "tts_jax.cli", "--debug", "run", "experiments/modchain/nope.py"],
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+@pytest.mark.parametrize("kind, field, value, match", [
+    ("policy", "steps", 0, "PolicyTrainConfig.steps must be an int >= 1, got 0"),
+    ("policy", "batch_size", 0, "batch_size must be an int >= 1"),
+    ("policy", "eval_every", -1, "eval_every must be an int >= 0"),
+    ("policy", "checkpoint_every", 0, "checkpoint_every must be an int >= 1"),
+    ("policy", "optim.learning_rate", -1e-3, "OptimConfig.learning_rate must be > 0"),
+    ("verifier", "steps", -5, "VerifierTrainConfig.steps must be an int >= 1"),
+    ("verifier", "kind", "bm", "kind must be 'orm' or 'prm'"),
+    ("verifier", "temperature", 0.0, "temperature > 0"),
+])
+def test_training_configs_are_checked(kind, field, value, match):
+  from tts_jax.tasks import ModChain
+  from tts_jax.train import OptimConfig, PolicyTrainConfig
+  from tts_jax.train.verifier import VerifierTrainConfig
+  with pytest.raises(ValueError, match=match):
+    if field.startswith("optim."):
+      OptimConfig(**{field[6:]: value})
+    elif kind == "policy":
+      PolicyTrainConfig(task=ModChain(), model=CFG, **{field: value})
+    else:
+      VerifierTrainConfig(**{"kind": "orm", "task": ModChain(), "policy_dir": "x", field: value})

@@ -19,6 +19,26 @@ class OptimConfig:
   b2: float = 0.98
   grad_clip: float = 1.0
 
+  def __post_init__(self):
+    checks = {"learning_rate": self.learning_rate > 0, "warmup_steps": self.warmup_steps >= 0,
+              "final_fraction": 0 <= self.final_fraction <= 1, "weight_decay": self.weight_decay >= 0,
+              "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "grad_clip": self.grad_clip > 0}
+    rules = {"learning_rate": "> 0", "warmup_steps": ">= 0", "final_fraction": "in [0, 1]", "weight_decay": ">= 0",
+             "b1": "in [0, 1)", "b2": "in [0, 1)", "grad_clip": "> 0"}
+    for name, ok in checks.items():
+      if not ok:
+        raise ValueError(f"OptimConfig.{name} must be {rules[name]}, got {getattr(self, name)!r}")
+
+
+def check_positive_ints(config, names, allow_zero=()) -> None:
+  """Raises ValueError naming the first field of `config` that is not an int >= 1 (>= 0 for
+  the names in `allow_zero`)."""
+  for name in names:
+    v = getattr(config, name)
+    low = 0 if name in allow_zero else 1
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+      raise ValueError(f"{type(config).__name__}.{name} must be an int >= {low}, got {v!r}")
+
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(

@@ -16,7 +16,7 @@ from tts_jax.models.io import save_model
 from tts_jax.tasks import PAD, complete, grade, task_prompts
 from tts_jax.tasks.base import example_ids
 from tts_jax.train.loop import run as train_loop
-from tts_jax.train.optim import OptimConfig, make_optimizer
+from tts_jax.train.optim import OptimConfig, check_positive_ints, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,10 @@ class PolicyTrainConfig:
   eval_samples: int = 4
   checkpoint_every: int = 250
   out_dir: str = "runs/policy"
+
+  def __post_init__(self):
+    check_positive_ints(self, ("steps", "batch_size", "max_len", "eval_every", "eval_problems", "eval_samples",
+                               "checkpoint_every", "seed"), allow_zero=("seed", "eval_every"))  # eval_every 0: never
 
 
 def make_batch(task, step: int, batch_size: int, max_len: int, seed: int) -> dict:

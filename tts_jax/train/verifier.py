@@ -27,7 +27,7 @@ from tts_jax.models.value import init_value
 from tts_jax.tasks.base import PAD, STEP
 from tts_jax.tasks.rollout import complete, grade, task_prompts
 from tts_jax.train.loop import run as train_loop
-from tts_jax.train.optim import OptimConfig, make_optimizer
+from tts_jax.train.optim import OptimConfig, check_positive_ints, make_optimizer
 from tts_jax.verifiers import delimiter_positions, roc_auc, value_logits_chunked, within_group_auc
 
 
@@ -54,6 +54,18 @@ class VerifierTrainConfig:
   data_seed: int = 1
   checkpoint_every: int = 200
   out_dir: str = "runs/verifier"
+
+  def __post_init__(self):
+    check_positive_ints(self, ("steps", "batch_size", "num_problems", "samples_per_problem", "rollouts",
+                               "max_new_tokens", "eval_problems", "eval_samples", "checkpoint_every", "seed",
+                               "data_seed"), allow_zero=("seed", "data_seed"))
+    if self.kind not in ("orm", "prm"):
+      raise ValueError(f"VerifierTrainConfig.kind must be 'orm' or 'prm', got {self.kind!r}")
+    if self.label not in ("hard", "soft"):
+      raise ValueError(f"VerifierTrainConfig.label must be 'hard' or 'soft', got {self.label!r}")
+    if not self.ranking_weight >= 0 or not self.temperature > 0:
+      raise ValueError(f"VerifierTrainConfig: ranking_weight must be >= 0 and temperature > 0, got "
+                       f"{self.ranking_weight!r}, {self.temperature!r}")
 
 
 @dataclasses.dataclass
