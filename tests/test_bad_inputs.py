@@ -213,3 +213,51 @@ def test_training_configs_are_checked(kind, field, value, match):
       PolicyTrainConfig(task=ModChain(), model=CFG, **{field: value})
     else:
       VerifierTrainConfig(**{"kind": "orm", "task": ModChain(), "policy_dir": "x", field: value})
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+  """This library's own model directory and a Hugging Face one, each written once."""
+  from tts_jax.models import hf
+  from tts_jax.models.io import save_model
+  root = tmp_path_factory.mktemp("saved")
+  model, params = init(CFG, 0)
+  save_model(str(root / "own"), CFG, params)
+  hf.save_pretrained(str(root / "hf"), CFG, params, "Qwen2ForCausalLM")
+  from tts_jax.tasks.math.smoke import write_tokenizer
+  write_tokenizer(str(root / "hf"), vocab_size=300)
+  return root
+
+
+@pytest.mark.parametrize("which, damage, match", [
+    ("own", ("config.json", "{oops"), "config.json is not valid JSON: .* at line 1"),
+    ("own", ("config.json", '{"kind": "policy"}'), "config.json: no 'model' field"),
+    ("own", ("config.json", '{"kind": "policy", "model": {"vocab_size": 40}}'), "config.json: the model config is incomplete"),
+    ("own", ("model.safetensors", b"\x10\x00\x00\x00garbage"), "model.safetensors is not a readable safetensors file"),
+    ("hf", ("config.json", "[1, 2]"), "config.json must hold a JSON object"),
+    ("hf", ("config.json", "{not json"), "config.json is not valid JSON"),
+    ("hf", ("config.json", '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 16}'),
+     "config.json lacks required field\\(s\\): vocab_size, intermediate_size"),
+    ("hf", ("model.safetensors", b"\x10\x00\x00\x00garbage"), "model.safetensors is not a readable safetensors file"),
+])
+def test_damaged_model_files_are_named(saved_models, tmp_path, which, damage, match):
+  import shutil
+  from tts_jax.models import hf
+  from tts_jax.models.io import load_model
+  path = tmp_path / which
+  shutil.copytree(saved_models / which, path)
+  name, content = damage
+  (path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(ValueError, match=match):
+    load_model(str(path)) if which == "own" else hf.load(str(path))
+
+
+def test_a_truncated_safetensors_file_is_named(saved_models, tmp_path):
+  import shutil
+  from tts_jax.models import hf
+  path = tmp_path / "hf"
+  shutil.copytree(saved_models / "hf", path)
+  data = (path / "model.safetensors").read_bytes()
+  (path / "model.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match="model.safetensors"):
+    hf.load(str(path))

@@ -47,8 +47,14 @@ class CheckpointError(ValueError):
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint file missing: {path}")
-  with open(path) as fh:
-    return json.load(fh)
+  try:
+    with open(path) as fh:
+      data = json.load(fh)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+  return data
 
 
 def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
@@ -67,7 +73,12 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
 
 
 def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
-  """Translates a Hugging Face config.json dict into a `ModelConfig`."""
+  """Translates a Hugging Face config.json dict into a `ModelConfig` (a missing required
+  field is named)."""
+  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+             if k not in hf]
+  if missing:
+    raise CheckpointError(f"config.json lacks required field(s): {', '.join(missing)}")
   archs = hf.get("architectures") or []
   arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES or a in REWARD_ARCHITECTURES), None)
   if arch is None:
@@ -133,8 +144,11 @@ def _weight_files(path: str) -> dict[str, str]:
         raise FileNotFoundError(f"checkpoint shard missing: {f} (listed in {index})")
     return files
   if os.path.isfile(single):
-    with safe_open(single, framework="numpy") as fh:
-      return {n: single for n in fh.keys()}
+    try:
+      with safe_open(single, framework="numpy") as fh:
+        return {n: single for n in fh.keys()}
+    except Exception as e:  # SafetensorError: a corrupt or truncated header
+      raise CheckpointError(f"{single} is not a readable safetensors file (corrupt or truncated?): {e}") from None
   raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
 
 
@@ -166,14 +180,19 @@ def load_params(path: str, lm: LanguageModel, abstract_params: dict) -> dict:
   try:
     for name, (p, transposed, shape) in expected.items():
       f = files[name]
-      if f not in handles:
-        handles[f] = safe_open(f, framework="flax")
-      t = handles[f].get_slice(name)
-      got = tuple(t.get_shape())
+      try:
+        if f not in handles:
+          handles[f] = safe_open(f, framework="flax")
+        got = tuple(handles[f].get_slice(name).get_shape())
+      except Exception as e:  # a corrupt header
+        raise CheckpointError(f"{f} is not a readable safetensors file (corrupt or truncated?): {e}") from None
       if got != shape:
         raise CheckpointError(f"tensor {name} has shape {got} in the checkpoint but the config "
                               f"implies {shape}")
-      x = jnp.asarray(handles[f].get_tensor(name))
+      try:
+        x = jnp.asarray(handles[f].get_tensor(name))
+      except Exception as e:  # truncated data
+        raise CheckpointError(f"{f}: tensor {name} cannot be read (truncated file?): {e}") from None
       out[p] = (x.T if transposed else x).astype(dtype)
   finally:
     handles.clear()

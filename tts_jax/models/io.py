@@ -43,6 +43,25 @@ def save_model(path: str, config: ModelConfig, params: dict, kind: str = "policy
     json.dump({"kind": kind, "model": config_to_dict(config), "info": info or {}}, fh, indent=1)
 
 
+def read_json(path: str):
+  """json.load of `path`, an error naming the file (and where) if it is not JSON."""
+  try:
+    with open(path) as fh:
+      return json.load(fh)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+  except UnicodeDecodeError:
+    raise ValueError(f"{path} is not a text (UTF-8) JSON file") from None
+
+
+def read_safetensors(path: str) -> dict:
+  """The tensors of a safetensors file, an error naming the file if it is corrupt or truncated."""
+  try:
+    return load_file(path)
+  except Exception as e:  # safetensors raises its own SafetensorError (and others for truncation)
+    raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+
+
 def _unflatten(tensors: dict) -> dict:
   def key(part: str):
     return int(part) if part.isdigit() else part
@@ -58,11 +77,15 @@ def load_model(path: str):
   for f in (cfg_file, w_file):
     if not os.path.isfile(f):
       raise FileNotFoundError(f"model file missing: {f}")
-  with open(cfg_file) as fh:
-    meta = json.load(fh)
-  config = config_from_dict(meta["model"])
+  meta = read_json(cfg_file)
+  if not isinstance(meta, dict) or "model" not in meta:
+    raise ValueError(f"{cfg_file}: no 'model' field (this library's model config holds kind, model, info)")
+  try:
+    config = config_from_dict(meta["model"])
+  except TypeError as e:  # a missing or misspelt field
+    raise ValueError(f"{cfg_file}: the model config is incomplete or malformed ({e})") from None
   model, expected = abstract(config) if meta.get("kind", "policy") == "policy" else abstract_value(config)
-  params = _unflatten(load_file(w_file))
+  params = _unflatten(read_safetensors(w_file))
   want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
   got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params).items()}
   if set(want) != set(got):
