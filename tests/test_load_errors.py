@@ -63,8 +63,8 @@ def test_missing_file(ckpt, name):
 
 def test_unsupported_architecture(ckpt):
   edit_config(ckpt, architectures=["GPT2LMHeadModel"], model_type="gpt2")
-  with pytest.raises(CheckpointError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM, "
-                     "Qwen2ForCausalLM, Qwen3ForCausalLM"):
+  with pytest.raises(CheckpointError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM, MistralForCausalLM, "
+                     "Qwen2ForCausalLM, Qwen3ForCausalLM; reward models also: Qwen2ForProcessRewardModel"):
     hf.load(ckpt)
 
 

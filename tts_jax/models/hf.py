@@ -84,7 +84,8 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
   if arch is None:
     raise CheckpointError(
         f"unsupported architecture {archs or hf.get('model_type')!r}; supported: "
-        f"{', '.join(SUPPORTED_ARCHITECTURES)} (reward models: {', '.join(REWARD_ARCHITECTURES)})")
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}; reward models also: "
+        f"{', '.join(a for a in REWARD_ARCHITECTURES if a not in SUPPORTED_ARCHITECTURES)}")
   family = SUPPORTED_ARCHITECTURES.get(arch) or REWARD_ARCHITECTURES[arch][0]
   if hf.get("hidden_act", "silu") != "silu":
     raise CheckpointError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' (SwiGLU)")
