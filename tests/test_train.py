@@ -86,3 +86,20 @@ def test_roc_auc_against_pairwise_definition():
   pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
   assert abs(roc_auc(s, y) - pairwise) < 1e-12
   assert roc_auc([1, 2, 3], [False, False, True]) == 1.0
+
+
+def test_resuming_under_another_config_is_refused_and_the_log_has_no_duplicates(tmp_path):
+  """Checkpoints store their config: a changed schedule or model is named, not silently
+  continued; metrics.jsonl holds each step once after a resume."""
+  import json
+  cfg = dataclasses.replace(tiny_config(tmp_path, steps=12), checkpoint_every=5)
+  train_policy(cfg, stop_after=7)  # checkpoint at 5; the log already has step 1 (and nothing past 7)
+  with open(tmp_path / "metrics.jsonl", "a") as fh:
+    fh.write(json.dumps({"step": 6, "loss": 9.0}) + "\n")  # a record past the checkpoint, as after a kill
+  with pytest.raises(ValueError, match=r"another config \(differs in: optim\)"):
+    train_policy(dataclasses.replace(cfg, optim=OptimConfig(learning_rate=5e-3, warmup_steps=4)))
+  with pytest.raises(ValueError, match=r"differs in: steps"):
+    train_policy(dataclasses.replace(cfg, steps=20))
+  train_policy(cfg)
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(set(steps)) and steps[-1] == 12, steps

@@ -24,9 +24,50 @@ def _manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _check_run_config(checkpoint_dir: str, config: dict | None, resuming: bool) -> None:
+  if config is None:
+    return
+  path = os.path.join(checkpoint_dir, "run_config.json")
+  config = json.loads(json.dumps(config))
+  if resuming and os.path.isfile(path):
+    with open(path) as fh:
+      try:
+        old = json.load(fh)
+      except json.JSONDecodeError:
+        old = None
+    if old is not None and old != config:
+      diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+      raise ValueError(f"{checkpoint_dir} holds checkpoints of another config (differs in: {', '.join(diff)}); "
+                       f"resuming would continue under the new one. Use another out_dir or remove it.")
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as fh:
+    json.dump(config, fh, indent=1)
+  os.replace(tmp, path)
+
+
+def _truncate_log(path: str, start: int) -> None:
+  """Keeps the metrics records up to step `start` (atomically); torn lines dropped."""
+  if not os.path.isfile(path):
+    return
+  keep = []
+  with open(path) as fh:
+    for line in fh:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if rec.get("step", 0) <= start:
+        keep.append(json.dumps(rec) + "\n")
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as fh:
+    fh.write("".join(keep))
+  os.replace(tmp, path)
+
+
 def run(*, params: dict, loss_fn: Callable, batch_fn: Callable[[int], dict], optimizer: optax.GradientTransformation,
         steps: int, checkpoint_dir: str, checkpoint_every: int, eval_fn: Callable[[dict, int], dict] | None = None,
-        eval_every: int = 0, stop_after: int | None = None, desc: str = "train") -> tuple[dict, list[dict]]:
+        eval_every: int = 0, stop_after: int | None = None, desc: str = "train",
+        config: dict | None = None) -> tuple[dict, list[dict]]:
   """Trains `params` for `steps` steps, resuming from `checkpoint_dir` when it holds a checkpoint.
 
   Args:
@@ -39,6 +80,8 @@ def run(*, params: dict, loss_fn: Callable, batch_fn: Callable[[int], dict], opt
     checkpoint_every: save every this many steps (and at the end).
     eval_fn: (params, step) -> dict of metrics, run every `eval_every` steps and at the end.
     stop_after: stop (after checkpointing) once this step is reached; simulates a crash in tests.
+    config: the run's config (JSON-ready): stored beside the checkpoints; resuming under a
+      different one is refused, naming the fields that differ.
 
   Returns:
     (params, metrics log): the log also goes to `checkpoint_dir`/metrics.jsonl.
@@ -48,6 +91,7 @@ def run(*, params: dict, loss_fn: Callable, batch_fn: Callable[[int], dict], opt
   state = {"params": params, "opt_state": optimizer.init(params)}
   start = 0
   latest = mngr.latest_step()
+  _check_run_config(checkpoint_dir, config, resuming=latest is not None)
   if latest is not None:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
@@ -61,6 +105,7 @@ def run(*, params: dict, loss_fn: Callable, batch_fn: Callable[[int], dict], opt
     return {"params": params, "opt_state": opt_state}, {"loss": loss, **metrics}
 
   log_path = os.path.join(checkpoint_dir, "metrics.jsonl")
+  _truncate_log(log_path, start)  # records after the checkpoint we resume from are written again
   log: list[dict] = []
   bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
   t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tts_jax.config_files import to_dict
 from tts_jax.models import ModelConfig, init, pad_prompts
 from tts_jax.models.io import save_model
 from tts_jax.tasks import PAD, complete, grade, task_prompts
@@ -113,7 +114,8 @@ def train_policy(config: PolicyTrainConfig, stop_after: int | None = None) -> tu
       batch_fn=lambda s: make_batch(task, s, config.batch_size, config.max_len, config.seed),
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
       checkpoint_dir=config.out_dir, checkpoint_every=config.checkpoint_every, eval_fn=eval_fn,
-      eval_every=config.eval_every, stop_after=stop_after, desc=f"policy[{task.name}]")
+      eval_every=config.eval_every, stop_after=stop_after, desc=f"policy[{task.name}]",
+      config=to_dict(config))
   if stop_after is None or stop_after >= config.steps:
     save_model(os.path.join(config.out_dir, "model"), config.model, params, kind="policy",
                info={"task": task.name, "task_knobs": task_knobs(task), "steps": config.steps,

@@ -13,6 +13,7 @@ scores against the oracle's step correctness.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tts_jax.config_files import to_dict
 from tts_jax.models import pad_prompts
 from tts_jax.models.io import load_model, save_model
 from tts_jax.models.value import init_value
@@ -172,17 +174,29 @@ def evaluate_verifier(kind: str, vm, params, data: ValueData) -> dict:
           "positive_rate": float(np.mean(data.target[sel] > 0.5))}
 
 
+_DATA_FIELDS = ("kind", "task", "policy_dir", "num_problems", "samples_per_problem", "rollouts", "label",
+                "temperature", "max_new_tokens", "eval_problems", "eval_samples", "seed", "data_seed")
+
+
 def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
   """Runs (or resumes) `config`; returns (value model, params, metrics log)."""
   task = config.task
   lm, policy_params, _ = load_model(config.policy_dir)
   os.makedirs(config.out_dir, exist_ok=True)
   cache = os.path.join(config.out_dir, "data.npz")
+  # The data depend on these fields only; a cache built under other values is rebuilt.
+  key = json.dumps({k: v for k, v in to_dict(config).items() if k in _DATA_FIELDS}, sort_keys=True)
+  cached = None
   if os.path.isfile(cache):
-    with np.load(cache) as z:
-      fields = [f.name for f in dataclasses.fields(ValueData)]
-      train = ValueData(**{k: z["train_" + k] for k in fields})
-      evald = ValueData(**{k: z["eval_" + k] for k in fields})
+    try:
+      with np.load(cache) as z:
+        if "key" in z and str(z["key"]) == key:
+          fields = [f.name for f in dataclasses.fields(ValueData)]
+          cached = (ValueData(**{k: z["train_" + k] for k in fields}), ValueData(**{k: z["eval_" + k] for k in fields}))
+    except (OSError, ValueError, KeyError, EOFError):  # a torn file from an old, non-atomic write
+      cached = None
+  if cached is not None:
+    train, evald = cached
   else:
     problems = [task.train_problem(config.data_seed, i) for i in range(config.num_problems)]
     train, _ = build_data(config, task, lm, policy_params, problems, key=jax.random.key(config.data_seed),
@@ -190,8 +204,11 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
     val = list(task.split("val")[:config.eval_problems])
     evald, _ = build_data(config, task, lm, policy_params, val, key=jax.random.key(10_000 + config.seed),
                           rollouts=False)
-    np.savez(cache, **{f"train_{k}": v for k, v in dataclasses.asdict(train).items()},
-             **{f"eval_{k}": v for k, v in dataclasses.asdict(evald).items()})
+    tmp = f"{cache}.tmp"
+    with open(tmp, "wb") as fh:  # atomic: write, then rename
+      np.savez(fh, key=np.asarray(key), **{f"train_{k}": v for k, v in dataclasses.asdict(train).items()},
+               **{f"eval_{k}": v for k, v in dataclasses.asdict(evald).items()})
+    os.replace(tmp, cache)
   vm, params = init_value(lm.config, seed=config.seed, trunk_params=policy_params)
   m = len(train.tokens)
 
@@ -214,7 +231,8 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
       checkpoint_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
       eval_fn=lambda p, s: evaluate_verifier(config.kind, vm, p, evald), eval_every=config.checkpoint_every,
-      stop_after=stop_after, desc=f"{config.kind}[{task.name}]")
+      stop_after=stop_after, desc=f"{config.kind}[{task.name}]",
+      config=to_dict(config))
   if stop_after is None or stop_after >= config.steps:
     save_model(os.path.join(config.out_dir, "model"), lm.config, params, kind=config.kind,
                info={"task": task.name, "steps": config.steps, "train_sequences": m,
