@@ -128,3 +128,29 @@ def test_bad_search_configs_are_named():
     Resample("gumbel")
   with pytest.raises(ValueError, match="aggregate must be"):
     ValuePotential(None, aggregate="mean")
+
+
+def test_greedy_is_the_argmax_continuation_at_every_budget():
+  """Greedy: one temperature-0 completion per problem (the sampler's greedy tokens), the same
+  outcome at every budget, costing one sample."""
+  import jax
+  import numpy as np
+  from tts_jax.eval import Experiment, Greedy
+  from tts_jax.eval.batch import Batch
+  from tts_jax.sampling import sample
+  from tts_jax.tasks import ModChain, load_default, task_prompts, task_tokens
+  task = ModChain()
+  exp = Experiment(name="g", task=task, split="hard", methods=(Greedy(),), budgets=(1, 4), max_new_tokens=64)
+  models = load_default("modchain")
+  problems = list(task.split("hard")[:3])
+  batch = Batch(experiment=exp, models=models, problems=problems, start=0)
+  out = Greedy().evaluate(batch, 0)
+  assert [o.accuracy for o in out[1]] == [o.accuracy for o in out[4]] and all(o.samples == 1 for o in out[4])
+  p = batch.search(Greedy(), 0, 1)
+  ids = task_tokens(task)
+  ref = sample(models.policy, models.policy_params, task_prompts(task, problems), key=jax.random.key(0),
+               max_new_tokens=64, temperature=0.0, stop_tokens=ids.stop, pad_id=ids.pad)
+  for i in range(3):
+    n = int(ref.lengths[i, 0])
+    assert int(p.length[i, 0]) == n
+    np.testing.assert_array_equal(np.asarray(p.tokens[i, 0, :n]), np.asarray(ref.tokens[i, 0, :n]))

@@ -4,14 +4,15 @@
         models.policy_path=/weights/Qwen2.5-Math-1.5B-Instruct models.prm_path=/weights/Qwen2.5-Math-PRM-7B \\
         task.tokenizer_path=/weights/Qwen2.5-Math-1.5B-Instruct task.data_path=/data/MATH-500/test.jsonl
 
-Self-consistency, best-of-N and weighted best-of-N (PRM, last step), beam search, DVTS and
+Greedy decoding, self-consistency, best-of-N and weighted best-of-N (PRM, last step), beam search, DVTS and
 particle filtering (the paper's: resampling at every step, weights = the PRM's last step
 score as a logit, answer = the heaviest particle) at N = 4..32. Smoke run on tiny random
 checkpoints (the same code path): `tts-jax smoke-models runs/smoke-models`, then the
 command above with those paths and `num_problems=4 budgets="(2, 4)" max_new_tokens=48`.
 """
 
-from tts_jax.eval import DVTS, BeamSearch, BestOfN, Experiment, MajorityVote, ParticleFiltering, WeightedMajority
+from tts_jax.eval import (DVTS, BeamSearch, BestOfN, Experiment, Greedy, MajorityVote, ParticleFiltering,
+                          WeightedMajority)
 from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import HFModels
 from tts_jax.tasks.math import MathTask
@@ -23,7 +24,8 @@ config = Experiment(
     num_problems=500,
     models=HFModels(policy_path="Qwen2.5-Math-1.5B-Instruct", prm_path="Qwen2.5-Math-PRM-7B", dtype="bfloat16"),
     methods=(
-        MajorityVote(name="self-consistency"),
+        Greedy(),
+    MajorityVote(name="self-consistency"),
         BestOfN(verifier="prm", aggregate="last", name="best-of-N (PRM)"),
         WeightedMajority(verifier="prm", aggregate="last", name="weighted best-of-N (PRM)"),
         BeamSearch(expansions=4, name="beam search (PRM, M=4)"),

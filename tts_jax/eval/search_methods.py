@@ -13,12 +13,14 @@ import abc
 import dataclasses
 from typing import Literal
 
+import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import search_cost
 from tts_jax.eval.method import Outcome
-from tts_jax.search import beam_search, dvts, particle_filter
+from tts_jax.sampling import SamplingParams
+from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
 from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import ValuePotential
@@ -155,3 +157,29 @@ class DVTS(_TreeSearch):
 
   def smc_config(self, n, **kw):
     return dvts(n, min(self.expansions, n), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy(SearchMethod):
+  """Greedy decoding (temperature 0, first argmax on ties): one completion per problem,
+  the same at every budget (a budget-independent baseline, Puri et al. 2025's first row).
+  Runs once per batch; its cost is one sample whatever the budget."""
+
+  verifier: Literal["prm", "oracle"] = "oracle"  # no verifier is read
+  name: str = "greedy"
+
+  def smc_config(self, n, **kw):
+    kw["proposal"] = SamplingParams(temperature=0.0)
+    return best_of_n(1, **kw)
+
+  def verifiers(self) -> tuple[str, ...]:
+    return ()
+
+  def potential(self, models, task):
+    return (lambda tokens, lengths, done: jnp.zeros(lengths.shape, jnp.float32)), None
+
+  def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
+    first = batch.experiment.budgets[0]
+    p = batch.search(self, index, first)
+    outcomes = self._outcomes(batch, p, 1)
+    return {k: outcomes for k in batch.experiment.budgets}
