@@ -20,7 +20,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import timed
 
 MODEL = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
              head_dim=64, max_position_embeddings=512)
@@ -36,19 +37,6 @@ def _setup(prompts: int):
   return lm, params, [list(rng.randint(2, cfg.vocab_size, size=int(n))) for n in rng.randint(24, 64, size=prompts)]
 
 
-def _timed(fn, repeats: int) -> tuple[float, float]:
-  """(first call seconds, median of `repeats` further calls)."""
-  t0 = time.perf_counter()
-  fn()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times) if times else first
-
-
 def overhead(args) -> None:
   import jax
 
@@ -57,15 +45,15 @@ def overhead(args) -> None:
   lm, params, prompts = _setup(args.prompts)
   kw = dict(key=jax.random.key(0), num_samples=args.samples, max_new_tokens=args.new_tokens)
   mesh = make_mesh(devices=jax.devices()[:1])
-  plain = lambda: jax.block_until_ready(sample(lm, params, prompts, **kw).tokens)  # noqa: E731
-  meshed = lambda: jax.block_until_ready(sample(lm, params, prompts, mesh=mesh, **kw).tokens)  # noqa: E731
+  plain = lambda: sample(lm, params, prompts, **kw).tokens  # noqa: E731
+  meshed = lambda: sample(lm, params, prompts, mesh=mesh, **kw).tokens  # noqa: E731
   # Interleave the two so drifts of the machine hit both alike.
-  c_plain, _ = _timed(plain, 0)
-  c_mesh, _ = _timed(meshed, 0)
+  c_plain, _ = timed(plain, repeats=1)
+  c_mesh, _ = timed(meshed, repeats=1)
   t_plain, t_mesh = [], []
   for _ in range(args.repeats):
-    t_plain.append(_timed(plain, 1)[1])
-    t_mesh.append(_timed(meshed, 1)[1])
+    t_plain.append(timed(plain, repeats=1)[1])
+    t_mesh.append(timed(meshed, repeats=1)[1])
   a, b = statistics.median(t_plain), statistics.median(t_mesh)
   print(f"one device ({jax.devices()[0].platform}), {args.prompts} prompts x {args.samples} samples x "
         f"{args.new_tokens} tokens: no mesh {a * 1e3:.0f} ms, one-device mesh {b * 1e3:.0f} ms, "
@@ -81,7 +69,7 @@ def scaling_child(args) -> None:
   lm, params, prompts = _setup(args.prompts * d)
   kw = dict(key=jax.random.key(0), num_samples=args.samples, max_new_tokens=args.new_tokens)
   mesh = make_mesh() if d > 1 else None
-  first, t = _timed(lambda: jax.block_until_ready(sample(lm, params, prompts, mesh=mesh, **kw).tokens), args.repeats)
+  first, t = timed(lambda: sample(lm, params, prompts, mesh=mesh, **kw).tokens, repeats=args.repeats)
   tokens = len(prompts) * args.samples * args.new_tokens
   print(f"RESULT {d} {tokens / t:.0f} {t:.3f} {first:.1f}")
 
