@@ -17,6 +17,7 @@ under "timing" (the invocation that wrote the summary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -35,7 +36,7 @@ from tts_jax.eval.summary import format_table, plot, summarize
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
 from tts_jax.models.memory import plan_memory
-from tts_jax.parallel import data_size, describe
+from tts_jax.parallel import data_size, describe, place_params
 from tts_jax.tasks import load_models, task_prompts, task_tokens
 
 RESULTS, SUMMARY, CONFIG, PLOT = "results.jsonl", "summary.json", "config.json", "scaling.png"
@@ -114,6 +115,9 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   problems = list(split[:exp.num_problems])
   with timer.phase("loading"):
     models = _load_models(exp)
+    if mesh is not None:  # placed once: every later call finds its params where they belong
+      models = dataclasses.replace(models, **{f"{k}_params": place_params(mesh, getattr(models, f"{k}_params"))
+                                             for k in ("policy", "orm", "prm")})
   pad = task_tokens(exp.task).pad
   prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
   memory_plan(exp, models, prompt_width, mesh).check()  # refuse before touching the disk
