@@ -145,7 +145,9 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
       multiple of it with copies of the first). With model=1 every device runs its own
       loop on its prompts (`per_device`): bit for bit what a single-device call on those
       prompts returns. With model > 1 the params are split over "model" (tensor parallel,
-      `tts_jax.parallel.rules`): the same samples up to float rounding.
+      `tts_jax.parallel.rules`): the same samples up to float rounding. Params not yet
+      placed on the mesh are copied there on every call: place them once with
+      `tts_jax.parallel.place_params(mesh, params)` (the runner does).
 
   Returns:
     SampleOutput with leading dims [B, N].
