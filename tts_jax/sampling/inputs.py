@@ -16,6 +16,11 @@ def check_prompt_batch(lm, tokens, lengths, max_new_tokens: int) -> tuple[np.nda
   max_new_tokens within the model's context, max_new_tokens an int >= 1."""
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+  if isinstance(tokens, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):  # under a caller's trace:
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:                      # shapes only
+      raise ValueError(f"prompts must be int32[B, Tp] with prompt_lengths int32[B]; got {tokens.shape} and "
+                       f"{lengths.shape}")
+    return tokens, lengths
   tokens, lengths = np.asarray(tokens), np.asarray(lengths)
   if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
     raise ValueError(f"prompts must be int32[B, Tp] with prompt_lengths int32[B]; got {tokens.shape} and "

@@ -183,6 +183,8 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
 def _check_logprobs(out: SampleOutput) -> SampleOutput:
   """Raises if a sampled token's log-probability is NaN: the model gave NaN (or all -inf)
   logits, so the 'samples' are not draws from anything."""
+  if isinstance(out.logprobs, jax.core.Tracer):
+    return out  # under a caller's trace: nothing concrete to check
   if bool(jnp.any(jnp.isnan(out.logprobs))):
     raise FloatingPointError("the model produced NaN or all -inf logits while sampling (check the params: NaN "
                              "weights, a checkpoint of another dtype); no sample was drawn from it")

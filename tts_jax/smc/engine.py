@@ -370,6 +370,8 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
 def _check_finite(p: Particles) -> None:
   """Raises if a potential (or twist) produced NaN or +inf: -inf is a zero weight, the
   others have no meaning as weights."""
+  if isinstance(p.log_weights, jax.core.Tracer):
+    return  # under a caller's trace (e.g. twist training): nothing concrete to check
   bad = [name for name, x in (("log_weights", p.log_weights), ("log_potential", p.log_potential), ("log Z", p.log_z))
          if bool(jnp.any(jnp.isnan(x) | (x == jnp.inf)))]
   if bad:
