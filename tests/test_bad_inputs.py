@@ -3,6 +3,7 @@ what `sample` validates, non-finite weights follow one documented rule, tiny tem
 and NaN models are refused, experiment values are checked before any work, and the CLI
 prints one line (a traceback only with --debug)."""
 
+import re
 import subprocess
 import sys
 
@@ -127,7 +128,10 @@ def test_minus_inf_is_a_zero_weight_and_a_prompt_without_weight_fails(lm, name):
   assert np.isfinite(log_z[1]) and (log_z[0] == -np.inf or name in ("beam", "dvts"))
   if name.startswith("pf"):
     assert int(p.num_resamples[0]) == 0  # a failed prompt is never resampled
-    assert (np.asarray(p.ancestors[1]) != 2).all() or int(p.num_resamples[1]) == 0
+    if int(p.num_resamples[1]) > 0:  # the zero-weight particle is never an ancestor
+      assert (np.asarray(p.ancestors[1]) != 2).all()
+    if name == "pf-every-step":
+      assert int(p.num_resamples[1]) > 0
 
 
 def test_ess_keeps_precision_under_a_large_common_offset():
@@ -176,13 +180,12 @@ def test_experiment_values_are_checked_when_built(field, value, match):
     (["run", "experiments/modchain/scaling.py", "--mesh", "data=3"], "devices, but 1 are visible"),
     (["run", "experiments/modchain/scaling.py", "--mesh", "tensor=2"], "unknown mesh axis 'tensor'"),
 ])
-def test_cli_errors_are_one_line_without_a_traceback(args, match, tmp_path):
-  out = subprocess.run([sys.executable, "-m", "tts_jax.cli", *args], capture_output=True, text=True, timeout=300,
-                       cwd=str(tmp_path.parent) if False else None)
+def test_cli_errors_are_one_line_without_a_traceback(args, match):
+  out = subprocess.run([sys.executable, "-m", "tts_jax.cli", *args], capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
   last = out.stderr.strip().splitlines()[-1]
-  assert __import__("re").search(match, out.stderr), out.stderr[-2000:]
+  assert re.search(match, out.stderr), out.stderr[-2000:]
   assert last.startswith("tts-jax run:") or "error:" in last, last
 
 

@@ -139,9 +139,9 @@ def test_reward_loading_errors_name_the_problem(tmp_path):
   qwen_prm(path)
   with pytest.raises(CheckpointError, match="is a reward model .*load_reward_model"):
     hf.load(path)
+  token_prm("mistral")(str(tmp_path / "shepherd"))
   with pytest.raises(CheckpointError, match="reward token 'ab cd' is"):
-    hf.load_reward_model(str(tmp_path / "shepherd") if token_prm("mistral")(str(tmp_path / "shepherd")) else "",
-                         good_token="ab cd")
+    hf.load_reward_model(str(tmp_path / "shepherd"), good_token="ab cd")
   cfg = json.load(open(os.path.join(path, "config.json")))
   json.dump({**cfg, "hidden_size": 64}, open(os.path.join(path, "config.json"), "w"))
   with pytest.raises(CheckpointError, match="does not match|has shape"):

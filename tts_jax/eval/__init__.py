@@ -6,7 +6,7 @@ from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import Cost, forward_flops, kv_bytes_per_token, pool_cost, search_cost
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.method import Method, Outcome
-from tts_jax.eval.pool import Pool, build_pool, score_pool
+from tts_jax.eval.pool import Pool, build_pool
 from tts_jax.eval.pool_methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
                                        PoolMethod, ShortestMajority, WeightedMajority)
 from tts_jax.eval.runner import ResultsMismatch, run_experiment
@@ -14,7 +14,7 @@ from tts_jax.eval.search_methods import DVTS, BeamSearch, Greedy, ParticleFilter
 from tts_jax.eval.summary import format_table, plot, summarize
 
 __all__ = ["Batch", "Cost", "forward_flops", "kv_bytes_per_token", "pool_cost", "search_cost", "Experiment", "Method",
-           "Outcome", "Pool", "build_pool", "score_pool", "RPC", "AdaptiveConsistency", "BestOfN",
+           "Outcome", "Pool", "build_pool", "RPC", "AdaptiveConsistency", "BestOfN",
            "InverseEntropyVote", "MajorityVote", "PassAtK", "PoolMethod", "ShortestMajority", "WeightedMajority",
            "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "SearchMethod",
            "format_table", "plot", "summarize"]

@@ -26,7 +26,7 @@ from tts_jax.eval.group import BatchGroup
 from tts_jax.eval.pool import Pool, build_pool
 from tts_jax.eval.subsets import random_ranks
 from tts_jax.eval.timing import Timer
-from tts_jax.tasks import Completions, DefaultModels, task_prompts
+from tts_jax.tasks import Completions, DefaultModels
 
 
 @dataclasses.dataclass
@@ -64,8 +64,8 @@ class Batch:
 
   @functools.cached_property
   def prompts(self) -> list[list[int]]:
-    """The problems' prompt token ids ([BOS] + prompt)."""
-    return task_prompts(self.task, self.problems)
+    """The problems' prompt token ids (`tts_jax.tasks.prompt_ids`), the group's rows."""
+    return self.group.prompts[self.group.rows(self.slot)][:len(self.problems)]
 
   @functools.cached_property
   def completions(self) -> Completions:

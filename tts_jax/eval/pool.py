@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.selection import encode_answers
-from tts_jax.tasks import Completions, task_tokens
-from tts_jax.verifiers import aggregate_steps, completion_outcome_probabilities, completion_step_probabilities
+from tts_jax.tasks import Completions
+from tts_jax.verifiers import aggregate_steps
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class Pool:
 
 
 def build_pool(task, problems, prompts, comps: Completions) -> Pool:
-  """Grades sampled completions (no verifier scores yet: see `score_pool`)."""
+  """Grades sampled completions (verifier scores are filled by `Batch.pool`, from `BatchGroup`)."""
   p, n = comps.lengths.shape
   answers, _ = encode_answers([[task.extract_answer(t) for t in row] for row in comps.texts])
   correct = np.array([[task.verify(pr, t) for t in row] for pr, row in zip(problems, comps.texts)])
@@ -81,22 +81,3 @@ def build_pool(task, problems, prompts, comps: Completions) -> Pool:
   return Pool(answers=answers, correct=correct, lengths=lens.astype(np.int32),
               mean_entropy=(comps.entropy * mask).sum(-1) / denom, mean_logprob=(comps.logprobs * mask).sum(-1) / denom,
               seq_ids=seq_ids, prompt_lens=np.array([len(x) for x in prompts], np.int32))
-
-
-def score_pool(pool: Pool, task, prompts, comps: Completions, verifier: str, model, params,
-               prompt_width: int | None = None, max_new_tokens: int | None = None) -> None:
-  """Fills the pool's `verifier` ("orm" or "prm") scores from a value model, in place.
-
-  Each prompt is run once and its KV shared by its samples (`completion_values`).
-  prompt_width, max_new_tokens: the run's padded prompt width and generation cap (the PRM
-  gets max_new_tokens step slots), so one shape serves a whole run.
-  """
-  if verifier == "orm":
-    pool.orm = completion_outcome_probabilities(model, params, prompts, comps.tokens, comps.lengths,
-                                                prompt_width=prompt_width)
-  elif verifier == "prm":
-    pool.prm_steps, pool.prm_mask = completion_step_probabilities(
-        model, params, prompts, comps.tokens, comps.lengths, task_tokens(task).steps,
-        num_steps=max_new_tokens, prompt_width=prompt_width)
-  else:
-    raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
