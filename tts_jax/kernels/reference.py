@@ -38,18 +38,24 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   """
   if q.shape[1] == 1 and q.shape[0] >= ONE_QUERY_MIN_ROWS:
     return _attend_one(q, k, v, mask, scale)
-  # Scores laid out [B, Hkv, Tq, G, Tk], the order XLA's dot produces for batch dims (B, Hkv):
-  # no transpose of the largest array (faster on CPU; the same numbers).
-  s = jnp.einsum("bqhgd,bkhd->bhqgk", q, k, preferred_element_type=jnp.float32) * scale
-  s = jnp.where(mask[:, None, :, None, :], s, -jnp.inf)
-  s_max = jnp.max(s, axis=-1)  # [B, Hkv, Tq, G]
+  # Heads first and the G query heads of a key head folded into the query rows: one
+  # [Tq * G, D] x [D, Tk] matmul per (row, key head). XLA:CPU runs the 5-D form with G
+  # as a free dim plus transposes ~1.3x slower (scoring 1,600 rows x 64 tokens).
+  b, tq, hkv, g, d = q.shape
+  qh = jnp.transpose(q, (0, 2, 1, 3, 4)).reshape(b, hkv, tq * g, d)
+  kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, Tk, D]
+  s = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+  allowed = jnp.broadcast_to(mask[:, None, :, None, :], (b, 1, tq, g, mask.shape[-1])).reshape(b, 1, tq * g, -1)
+  s = jnp.where(allowed, s, -jnp.inf)
+  s_max = jnp.max(s, axis=-1)  # [B, Hkv, Tq * G]
   s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
   p = jnp.exp(s - s_max[..., None])
   l = jnp.sum(p, axis=-1)
-  o = jnp.einsum("bhqgk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  l_q, s_max = jnp.moveaxis(l, 1, 2), jnp.moveaxis(s_max, 1, 2)  # [B, Tq, Hkv, G]
-  o = o / jnp.where(l_q > 0, l_q, 1.0)[..., None]
-  lse = jnp.where(l_q > 0, jnp.log(jnp.where(l_q > 0, l_q, 1.0)) + s_max, -jnp.inf)
+  o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+  o = o / jnp.where(l > 0, l, 1.0)[..., None]
+  lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + s_max, -jnp.inf)
+  o = jnp.transpose(o.reshape(b, hkv, tq, g, d), (0, 2, 1, 3, 4))
+  lse = jnp.transpose(lse.reshape(b, hkv, tq, g), (0, 2, 1, 3))
   return o, lse
 
 
