@@ -89,6 +89,10 @@ def test_answer_extraction():
     ("2", "\\boxed{2} first, finally \\boxed{3}", False),    # the last box counts
     ("9\\pi", "The area is $\\boxed{9\\pi}$.", True),
     ("5", "the answer is 5", True),                          # no box: math-verify's extraction
+    ("(1,2]", "(1, 2]", True),                               # bare answers (no box): read as answers
+    ("(-\\infty, 3)", "(-\\infty,3)", True),
+    ("(1,2]", "[1, 2]", False),
+    ("\\frac{1}{2}", "0.5", True),
 ])
 def test_math_verify_equivalences(reference, prediction, equal):
   assert math_equal(reference, prediction) is equal

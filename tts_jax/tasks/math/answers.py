@@ -54,6 +54,17 @@ def _parse(text: str, *, timeout: int | None):
   return parse(text, extraction_config=configs, parsing_timeout=timeout)
 
 
+BARE_ANSWER_MAX_CHARS = 64
+
+
+def _is_bare_answer(text: str) -> bool:
+  """A short one-line prediction without words of prose: graded as the answer itself
+  (math-verify's text extraction does not read bare intervals such as "(1,2]")."""
+  text = text.strip()
+  words = re.search(r"[A-Za-z]{3,}", re.sub(r"\\[A-Za-z]+", "", text))  # LaTeX commands are not words
+  return 0 < len(text) <= BARE_ANSWER_MAX_CHARS and "\n" not in text and not words
+
+
 def _as_latex(answer: str) -> str:
   """A bare reference answer as math-verify reads it best: boxed (so LaTeX and plain text both parse)."""
   answer = answer.strip()
@@ -68,6 +79,8 @@ def math_equal(reference: str, prediction: str, *, timeout: int | None = 5) -> b
   based timeout: main thread only; None disables it, e.g. in worker threads)."""
   from math_verify import verify  # noqa: PLC0415
   final = extract_answer(prediction)
+  if final is None and _is_bare_answer(prediction):
+    final = prediction  # "(1, 2]", "0.5": read as an answer, not searched as a text
   pred = _parse(_as_latex(final) if final is not None else prediction, timeout=timeout)
   gold = _parse(_as_latex(reference), timeout=timeout)
   if not gold or not pred:
