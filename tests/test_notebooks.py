@@ -41,3 +41,12 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
   client.execute()  # raises CellExecutionError, naming the cell, on any error
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
   assert not errors
+
+
+def test_readme_prompting_example_runs(capsys):
+  """The README's "Prompting the shipped policy" block, executed as written."""
+  readme = (COLAB.parent / "README.md").read_text()
+  block = readme.split("Prompting the shipped policy", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+  exec(compile(block, "README.md", "exec"), {})
+  printed = capsys.readouterr().out
+  assert "? c :" in printed and printed.rstrip().endswith(("True", "False"))

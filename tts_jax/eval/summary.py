@@ -41,24 +41,49 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+MARKERS = "osD^vP*Xh<>p"
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot(exp: Experiment, summary: dict, path: str) -> None:
-  """Accuracy against FLOPs per problem (log x), one line per method, 95% CI bars."""
+  """Two panels, one line per method with 95% CI bars: accuracy against the budget N (left;
+  methods dodged sideways so that lines which coincide stay visible) and against FLOPs per
+  problem (right; every point labelled with its N). Distinct marker and dash per method,
+  the legend below the panels."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-  for name, rows in summary["methods"].items():
-    x = [r["flops"] for r in rows]
-    y = [100 * r["accuracy"] for r in rows]
+  methods = list(summary["methods"].items())
+  fig, (by_n, by_flops) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=120, sharey=True)
+  spread = 0.4  # total sideways dodge in log2(N) units, shared by all methods
+  for i, (name, rows) in enumerate(methods):
+    style = dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[(i // len(MARKERS) + i) % len(LINESTYLES)],
+                 ms=4, capsize=2, lw=1.2, elinewidth=0.7, label=name)
+    n = np.array([r["budget"] for r in rows], float)
+    y = np.array([100 * r["accuracy"] for r in rows])
     err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
-    ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=name)
-  ax.set_xscale("log")
-  ax.set_xlabel("FLOPs per problem (policy + verifier)")
-  ax.set_ylabel("accuracy (%)")
-  ax.set_title(f"{exp.name}: {exp.task.name} {exp.split}, {exp.num_problems} problems, N = "
-               f"{exp.budgets[0]}..{exp.budgets[-1]}", fontsize=9)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
+    dodge = 2.0 ** (spread * (i / max(len(methods) - 1, 1) - 0.5))
+    line = by_n.errorbar(n * dodge, y, yerr=err, **style)
+    flops = [r["flops"] for r in rows]
+    by_flops.errorbar(flops, y, yerr=err, color=line[0].get_color(), **{**style, "label": None})
+    for x, yy, k in zip(flops, y, n):
+      by_flops.annotate(f"{int(k)}", (x, yy), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                        color=line[0].get_color())
+  budgets = sorted({r["budget"] for _, rows in methods for r in rows})
+  by_n.set_xscale("log", base=2)
+  by_n.set_xticks(budgets, [str(k) for k in budgets])
+  by_n.minorticks_off()
+  by_n.set_xlabel("N (samples or particles per problem; methods dodged sideways)")
+  by_n.set_ylabel("accuracy (%)")
+  by_flops.set_xscale("log")
+  by_flops.set_xlabel("FLOPs per problem (policy + verifier); labels: N")
+  for ax in (by_n, by_flops):
+    ax.grid(True, which="major", alpha=0.3)
+  fig.suptitle(f"{exp.name}: {exp.task.name} {exp.split}, {exp.num_problems} problems, 95% bootstrap CIs",
+               fontsize=10)
+  fig.legend(*by_n.get_legend_handles_labels(), loc="lower center", ncol=min(3, len(methods)), fontsize=8,
+             frameon=False)
+  rows_of_legend = -(-len(methods) // 3)
+  fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
   fig.savefig(path)
   plt.close(fig)
