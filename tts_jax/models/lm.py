@@ -71,6 +71,15 @@ class KVCache:
     """Ts, the number of suffix slots."""
     return self.mask.shape[-1]
 
+  def grow(self, capacity: int) -> "KVCache":
+    """The same cache with `capacity` >= Ts suffix slots (new slots empty): decoding can start
+    with a small cache, whose steps read fewer slots, and grow it when it fills."""
+    extra = capacity - self.capacity
+    if extra < 0:
+      raise ValueError(f"a cache of {self.capacity} slots cannot shrink to {capacity}")
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 3))
+    return self.replace(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)), mask=pad(self.mask))
+
   def gather(self, ancestors: jax.Array) -> "KVCache":
     """The cache of particles `ancestors` int32[B, N'] (indices into each prompt's own N
     samples): suffix state only moves; the shared prompt KV is untouched. N' may differ from N."""

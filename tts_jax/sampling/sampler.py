@@ -62,6 +62,28 @@ class _LoopState:
   out: SampleOutput
 
 
+CACHE_SEGMENT = 32  # the first suffix capacity; it doubles each time the cache fills
+
+
+def cache_segments(lm, max_new_tokens: int) -> tuple[int, ...]:
+  """The suffix capacities a decode loop runs through: 32, 64, 128, ... then max_new_tokens
+  (one `lax.while_loop` each; the cache grows between them, `KVCache.grow`). A decode step
+  reads every slot of its cache, so steps in a small cache are cheaper (CPU, 1,600 samples:
+  36 ms per step at 32 slots, 58 ms at 96). Caches without `grow` (e.g. tabular) use one loop."""
+  if not hasattr(getattr(lm, "init_cache", None), "__call__") or not _grows(lm):
+    return (max_new_tokens,)
+  out, c = [], CACHE_SEGMENT
+  while c < max_new_tokens:
+    out.append(c)
+    c *= 2
+  return tuple(out) + (max_new_tokens,)
+
+
+def _grows(lm) -> bool:
+  from tts_jax.models.lm import LanguageModel  # noqa: PLC0415
+  return isinstance(lm, LanguageModel)
+
+
 def _entropy(logp: jax.Array) -> jax.Array:
   p = jnp.exp(logp)
   return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
@@ -73,13 +95,14 @@ def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int
                 max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
                 pad_id: int, share_prefix: bool) -> SampleOutput:
   b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
+  segments = cache_segments(lm, t_max)
   if share_prefix:
     first_logits, prefix = lm.prefill(params, tokens, lengths)
-    cache = lm.init_cache(prefix, n, t_max)
+    cache = lm.init_cache(prefix, n, segments[0])
   else:  # the baseline: N copies of every prompt, each with one sample
     first_logits, prefix = lm.prefill(params, jnp.repeat(tokens, n, axis=0), jnp.repeat(lengths, n))
     first_logits = first_logits[::n]
-    cache = lm.init_cache(prefix, 1, t_max)
+    cache = lm.init_cache(prefix, 1, segments[0])
   layout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b * n, 1, *x.shape[2:]))
   unlayout = (lambda x: x) if share_prefix else (lambda x: x.reshape(b, n, *x.shape[2:]))
 
@@ -93,8 +116,8 @@ def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int
                     cache=cache, done=jnp.zeros((b, n), bool), reason=jnp.zeros((b, n), jnp.int32),
                     out=out)
 
-  def cond(s: _LoopState):
-    return (s.t < t_max) & ~jnp.all(s.done)
+  def cond(end):
+    return lambda s: (s.t < end) & ~jnp.all(s.done)
 
   def body(s: _LoopState):
     active = ~s.done
@@ -115,7 +138,11 @@ def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int
     logits = unlayout(logits)
     return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o)
 
-  final = jax.lax.while_loop(cond, body, init)
+  final = init
+  for i, end in enumerate(segments):  # the cache grows when full: early steps read fewer slots
+    if i:
+      final = final.replace(cache=final.cache.grow(end))
+    final = jax.lax.while_loop(cond(end), body, final)
   reason = jnp.where(final.reason == RUNNING, LENGTH, final.reason)
   return final.out.replace(finish_reason=reason)
 
