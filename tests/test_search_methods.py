@@ -154,3 +154,24 @@ def test_greedy_is_the_argmax_continuation_at_every_budget():
     n = int(ref.lengths[i, 0])
     assert int(p.length[i, 0]) == n
     np.testing.assert_array_equal(np.asarray(p.tokens[i, 0, :n]), np.asarray(ref.tokens[i, 0, :n]))
+
+
+def test_particle_gibbs_method_runs_its_sweeps_and_counts_them():
+  """ParticleGibbs as an experiment method: K conditional-SMC sweeps of N particles per problem,
+  N x K samples and K runs' compute in its outcomes; a bad sweep count is named. (Its
+  correctness against enumeration: tests/test_gibbs.py.)"""
+  from tts_jax.eval import ParticleGibbs
+  from tts_jax.eval.batch import Batch
+  from tts_jax.tasks import load_default
+  task = ModChain()
+  one = ParticleGibbs(sweeps=1, verifier="oracle", name="pg1")
+  three = ParticleGibbs(sweeps=3, verifier="oracle", name="pg3")
+  exp = Experiment(name="pg", task=task, split="hard", methods=(one, three), budgets=(4,), max_new_tokens=64)
+  batch = Batch(experiment=exp, models=load_default("modchain"), problems=list(task.split("hard")[:3]), start=0)
+  out1, out3 = one.evaluate(batch, 0)[4], three.evaluate(batch, 1)[4]
+  assert all(o.samples == 4 for o in out1) and all(o.samples == 12 for o in out3)
+  for a, b in zip(out1, out3):
+    assert 2.0 < b.cost.generated_tokens / a.cost.generated_tokens < 4.5  # three sweeps of similar length
+    assert b.cost.flops > 2 * a.cost.flops
+  with pytest.raises(ValueError, match="sweeps must be an int >= 1"):
+    Experiment(name="x", task=task, methods=(ParticleGibbs(sweeps=0),), budgets=(4,))

@@ -10,11 +10,11 @@ from tts_jax.eval.pool import Pool, build_pool
 from tts_jax.eval.pool_methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
                                        PoolMethod, ShortestMajority, WeightedMajority)
 from tts_jax.eval.runner import ResultsMismatch, run_experiment
-from tts_jax.eval.search_methods import DVTS, BeamSearch, Greedy, ParticleFiltering, SearchMethod
+from tts_jax.eval.search_methods import DVTS, BeamSearch, Greedy, ParticleFiltering, ParticleGibbs, SearchMethod
 from tts_jax.eval.summary import format_table, plot, summarize
 
 __all__ = ["Batch", "Cost", "forward_flops", "kv_bytes_per_token", "pool_cost", "search_cost", "Experiment", "Method",
            "Outcome", "Pool", "build_pool", "RPC", "AdaptiveConsistency", "BestOfN",
            "InverseEntropyVote", "MajorityVote", "PassAtK", "PoolMethod", "ShortestMajority", "WeightedMajority",
-           "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "SearchMethod",
+           "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "ParticleGibbs", "SearchMethod",
            "format_table", "plot", "summarize"]

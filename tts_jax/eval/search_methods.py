@@ -22,6 +22,7 @@ from tts_jax.eval.method import Outcome
 from tts_jax.sampling import SamplingParams
 from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
 from tts_jax.smc import Particles, SMCConfig, run_smc
+from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import ValuePotential
 
@@ -104,10 +105,16 @@ class SearchMethod(abc.ABC):
     for i, prob in enumerate(batch.problems):
       texts = [completion_text(task, p.tokens[i, j, :p.length[i, j]]) for j in range(n)]
       text = self._answer(task, texts, score[i], weights[i])
-      out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n),
-                         cost=search_cost(models.policy.config, verifier, len(batch.prompts[i]), float(p.decoded[i]), n),
+      out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n * self.runs),
+                         cost=self.cost(models.policy.config, verifier, len(batch.prompts[i]), float(p.decoded[i]), n),
                          extra=(("resamples", float(p.num_resamples[i])),)))
     return out
+
+  runs = 1  # engine runs per problem at each budget
+
+  def cost(self, policy, verifier, prompt_len: int, decoded: float, n: int):
+    """The compute of one problem: `decoded` policy tokens over `runs` engine runs of N particles."""
+    return search_cost(policy, verifier, prompt_len, decoded / self.runs, n).scale(self.runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +134,42 @@ class ParticleFiltering(SearchMethod):
   def smc_config(self, n, **kw):
     return particle_filter(n, scheme=self.resampler, ess_threshold=self.ess_threshold,
                            incremental=self.incremental, **kw)
+
+  def final_weights(self, particles):
+    return np.asarray(particles.normalized_weights(), np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleGibbs(SearchMethod):
+  """Particle Gibbs (Puri et al. 2025): `sweeps` runs of conditional SMC with N particles, each
+  holding particle 0 to the reference drawn (by final weight) from the run before; the first
+  run is plain SMC (`tts_jax.smc.gibbs`). Proper SMC weights for p(x) PRM(x) (incremental,
+  `transform="log"`) with multinomial resampling at every step, as conditional SMC needs. The
+  answer comes from the last run's particles; the cost counts all `sweeps` runs."""
+
+  sweeps: int = 4
+  transform: Literal["log", "logit"] = "log"
+  name: str = "particle Gibbs (PRM)"
+
+  @property
+  def runs(self) -> int:
+    return self.sweeps
+
+  def check_budgets(self, budgets) -> None:
+    if not isinstance(self.sweeps, int) or self.sweeps < 1:
+      raise ValueError(f"sweeps must be an int >= 1, got {self.sweeps!r}")
+    super().check_budgets(budgets)
+
+  def smc_config(self, n, **kw):
+    return particle_filter(n, scheme="multinomial", ess_threshold=1.0, incremental=True, **kw)
+
+  def run_engine(self, models, exp, tokens, lengths, keys, budget: int, mesh=None) -> Particles:
+    ids = task_tokens(exp.task)
+    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
+                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
+    potential, pparams = self.potential(models, exp.task)
+    return particle_gibbs(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
+                          potential_params=pparams, sweeps=self.sweeps, mesh=mesh).particles
 
   def final_weights(self, particles):
     return np.asarray(particles.normalized_weights(), np.float64)

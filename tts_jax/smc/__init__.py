@@ -1,9 +1,10 @@
 """Sequential Monte Carlo: the particle state and engine, selection strategies, resampling,
-twisted SMC (optimal tabular twists, contrastive twist learning), log Z bounds."""
+twisted SMC (optimal tabular twists, contrastive twist learning), log Z bounds, particle Gibbs."""
 
 from tts_jax.smc.bounds import LogZBounds, log_z_bounds
 from tts_jax.smc.engine import (SMCConfig, SMCModels, SMCParams, apply_selection, extend, init_particles,
                                 prompt_keys, reweight, run, run_smc)
+from tts_jax.smc.gibbs import GibbsChain, particle_gibbs
 from tts_jax.smc.particle_filter import particle_filter
 from tts_jax.smc.particles import Particles, move, take_particles
 from tts_jax.smc.resample import Resample
@@ -17,4 +18,5 @@ __all__ = ["LogZBounds", "log_z_bounds", "SMCConfig", "SMCModels", "SMCParams", 
            "init_particles", "prompt_keys", "reweight", "run", "run_smc", "Particles", "move", "take_particles",
            "Resample", "SCHEMES", "ess", "get_resampler", "multinomial", "residual", "stratified", "systematic",
            "NoSelect", "Selection", "SelectionStrategy", "copy_selected", "keep_all", "CTLConfig", "ctl_loss",
-           "optimal_tabular_twists", "token_log_twists", "train_twists", "particle_filter"]
+           "optimal_tabular_twists", "token_log_twists", "train_twists", "particle_filter", "GibbsChain",
+           "particle_gibbs"]
