@@ -53,19 +53,21 @@ def plot(exp: Experiment, summary: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   methods = list(summary["methods"].items())
+  colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors  # no colour used twice
   fig, (by_n, by_flops) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=120, sharey=True)
   spread = 0.4  # total sideways dodge in log2(N) units, shared by all methods
   for i, (name, rows) in enumerate(methods):
     style = dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[(i // len(MARKERS) + i) % len(LINESTYLES)],
-                 ms=4, capsize=2, lw=1.2, elinewidth=0.7, label=name)
+                 ms=4, capsize=2, lw=1.2, elinewidth=0.7, label=name, color=colors[i % len(colors)])
     n = np.array([r["budget"] for r in rows], float)
     y = np.array([100 * r["accuracy"] for r in rows])
     err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
     dodge = 2.0 ** (spread * (i / max(len(methods) - 1, 1) - 0.5))
     line = by_n.errorbar(n * dodge, y, yerr=err, **style)
-    flops = [r["flops"] for r in rows]
-    by_flops.errorbar(flops, y, yerr=err, color=line[0].get_color(), **{**style, "label": None})
+    flops = [r["flops"] / 1e9 for r in rows]
+    by_flops.errorbar(flops, y, yerr=err, **{**style, "label": None})
     for x, yy, k in zip(flops, y, n):
       by_flops.annotate(f"{int(k)}", (x, yy), textcoords="offset points", xytext=(3, 3), fontsize=6,
                         color=line[0].get_color())
@@ -76,7 +78,10 @@ def plot(exp: Experiment, summary: dict, path: str) -> None:
   by_n.set_xlabel("N (samples or particles per problem; methods dodged sideways)")
   by_n.set_ylabel("accuracy (%)")
   by_flops.set_xscale("log")
-  by_flops.set_xlabel("FLOPs per problem (policy + verifier); labels: N")
+  by_flops.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))  # 1-2-5 ticks, plain numbers
+  by_flops.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  by_flops.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  by_flops.set_xlabel("GFLOPs per problem (policy + verifier); labels: N")
   for ax in (by_n, by_flops):
     ax.grid(True, which="major", alpha=0.3)
   fig.suptitle(f"{exp.name}: {exp.task.name} {exp.split}, {exp.num_problems} problems, 95% bootstrap CIs",
