@@ -93,7 +93,11 @@ def _entropy(logp: jax.Array) -> jax.Array:
                                              "stop_tokens", "pad_id", "share_prefix"))
 def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
                 max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
-                pad_id: int, share_prefix: bool) -> SampleOutput:
+                pad_id: int, share_prefix: bool, limits=None) -> SampleOutput:
+  """The traceable sampler (`sample` checks its inputs, then calls this). limits: optional
+  int32[B], at most this many new tokens for prompt b's samples (<= max_new_tokens; LENGTH
+  when reached): a per-row length cap, e.g. suffixes of different prefixes that must end at
+  one total length (`tts_jax.mcmc`)."""
   b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
   segments = cache_segments(lm, t_max)
   if share_prefix:
@@ -133,6 +137,8 @@ def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int
                      proposal_logprobs=put(o.proposal_logprobs, d.logq),
                      entropy=put(o.entropy, jnp.where(active, _entropy(d.model_logprobs), 0.0)))
     done = s.done | d.stopped
+    if limits is not None:
+      done = done | (o.lengths >= limits[:, None])  # reason stays RUNNING: LENGTH at the end
     reason = jnp.where(d.stopped, STOP, s.reason)
     logits, cache = lm.decode(params, layout(d.tokens), s.cache, active=layout(~done))
     logits = unlayout(logits)

@@ -4,7 +4,8 @@ checkers, scoring of finished sequences, step positions and aggregation, ranking
 from tts_jax.verifiers.base import Potential, PotentialFn, gather_state
 from tts_jax.verifiers.metrics import roc_auc, within_group_auc
 from tts_jax.verifiers.oracle import OraclePotential, PromptState, StepChecker
-from tts_jax.verifiers.potentials import SequencePotential, ValuePotential, ValueState, as_potential
+from tts_jax.verifiers.potentials import (OutcomePotential, OutcomeState, SequencePotential, ValuePotential, ValueState,
+                                         as_potential)
 from tts_jax.verifiers.scoring import (completion_outcome_probabilities, completion_step_probabilities,
                                       completion_values, completion_width, outcome_probabilities, score_sequences,
                                       sigmoid, step_probabilities, value_logits_chunked)
@@ -12,7 +13,8 @@ from tts_jax.verifiers.steps import (AGGREGATES, Aggregate, accumulate_step, agg
                                      step_ends)
 
 __all__ = ["Potential", "PotentialFn", "gather_state", "roc_auc", "within_group_auc", "OraclePotential",
-           "PromptState", "StepChecker", "SequencePotential", "ValuePotential", "ValueState", "as_potential",
+           "PromptState", "StepChecker", "OutcomePotential", "OutcomeState", "SequencePotential", "ValuePotential",
+           "ValueState", "as_potential",
            "completion_outcome_probabilities", "completion_step_probabilities", "completion_values", "completion_width",
            "outcome_probabilities", "score_sequences", "sigmoid", "step_probabilities", "value_logits_chunked",
            "AGGREGATES", "Aggregate", "accumulate_step", "aggregate_steps", "delimiter_positions", "step_ends"]

@@ -91,6 +91,50 @@ class ValuePotential:
     return agg, state.replace(agg=agg, scored=state.scored + extended.astype(jnp.int32))
 
 
+@struct.dataclass
+class OutcomeState:
+  """The prompts' KV (`PrefixCache`) and the value logit float32[B] at each prompt's last token."""
+
+  prefix: object
+  first: jax.Array
+
+  def gather(self, ancestors):
+    return self  # per prompt: resampling particles within a prompt leaves it unchanged
+
+
+@dataclasses.dataclass(frozen=True)
+class OutcomePotential:
+  """A value model (an ORM) scored on whole sequences: log phi = log sigmoid(v) (`"log"`) or
+  v (`"logit"`) of the value logit v at each completion's last token (the prompt's last token
+  for an empty completion). `init` prefills the prompts once; `score` runs the completions on
+  top of that KV (`extend`), so completions may change anywhere between calls (MCMC moves,
+  `tts_jax.mcmc`); `ValuePotential` is the incremental form for growing particles.
+
+  model: a `LanguageModel` whose outputs are value logits (`ValueModel.as_lm()`).
+  """
+
+  model: CausalLM
+  transform: Literal["log", "logit"] = "log"
+
+  def __post_init__(self):
+    if self.transform not in ("log", "logit"):
+      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> OutcomeState:
+    first, prefix = self.model.prefill(params, prompt_tokens, prompt_lengths)
+    return OutcomeState(prefix=prefix, first=first.astype(jnp.float32))
+
+  def advance(self, params, tokens, state, active):
+    return state
+
+  def score(self, params, state: OutcomeState, tokens, lengths, done, extended):
+    """tokens int32[B, N, T], lengths int32[B, N] -> (float32[B, N], state)."""
+    values = self.model.extend(params, state.prefix, tokens, lengths).astype(jnp.float32)  # [B, N, T]
+    last = jnp.take_along_axis(values, jnp.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
+    v = jnp.where(lengths > 0, last, state.first[:, None])
+    return (jax.nn.log_sigmoid(v) if self.transform == "log" else v), state
+
+
 def as_potential(potential):
   """A potential object, wrapping a bare function in `SequencePotential`."""
   if all(hasattr(potential, m) for m in ("init", "advance", "score")):
