@@ -54,7 +54,7 @@ def test_chains_converge_to_the_tilted_target(target):
   seqs, sigma = _tilted(target, BETA)
   reps, steps = 4000, 40  # from samples of p, total variation 0.85 -> 0.09 by step 30 (beta = 0.5 is sharp)
   chains = _run(target, reps, steps, seed=0)
-  idx = lambda k: target.seq_index(np.asarray(chains.tokens[k, :, 0]), np.asarray(chains.lengths[k, :, 0]))
+  idx = lambda k: target.seq_index(np.asarray(chains.tokens[:, 0, k]), np.asarray(chains.lengths[:, 0, k]))
   counts = np.bincount(idx(steps), minlength=len(seqs)).astype(float)
   assert _pvalue(counts, sigma) > 1e-3
   # The start (samples of p) is rejected by the same test: the chains did the work.
@@ -62,8 +62,12 @@ def test_chains_converge_to_the_tilted_target(target):
   assert _pvalue(start, sigma) < 1e-6
   # ...and the end is not p: a wrong temperature (beta = 1) is rejected too.
   assert _pvalue(counts, _tilted(target, 1.0)[1]) < 1e-6
+  # Bookkeeping: the start drew its whole completion; a step drew at most T - kept tokens.
+  drawn, kept = np.asarray(chains.drawn[:, 0]), np.asarray(chains.kept[:, 0])
+  assert np.array_equal(drawn[:, 0], np.asarray(chains.lengths[:, 0, 0])) and np.all(kept[:, 0] == 0)
+  assert np.all(drawn[:, 1:] >= 1) and np.all(kept + drawn <= target.max_new)
   # The stored rewards are r(x) of the states.
-  r = np.asarray(chains.reward[steps, :, 0])
+  r = np.asarray(chains.reward[:, 0, steps])
   np.testing.assert_allclose(r, [target.log_phi(seqs[i]) for i in idx(steps)], atol=1e-6)
 
 
@@ -86,9 +90,9 @@ def test_acceptance_rate_matches_enumeration(target):
   reps, chains = 3000, 2
   # Moves of chains at stationarity: steps 40..79 (the chains mix by ~30, see above).
   run = _run(target, reps, 80, seed=5, chains=chains)
-  acc = np.asarray(run.accepted[40:], np.float64)  # [40, reps, chains]
+  acc = np.asarray(run.accepted[:, :, 40:], np.float64)  # [reps, chains, 40]
   rate = acc.mean()
-  se = acc.mean(axis=0).std() / np.sqrt(acc.shape[1] * acc.shape[2])  # chains are independent; steps are not
+  se = acc.mean(axis=-1).std() / np.sqrt(acc.shape[0] * acc.shape[1])  # chains are independent; steps are not
   assert abs(rate - exact) < 4 * se + 1e-3, (rate, exact, se)
   assert 0.1 < exact < 0.9 and se < 0.02  # a rate the test can tell apart from 0, 1 or a wrong formula
   # The same measurement rejects the acceptance rule without the |x| / |x'| correction.
@@ -114,3 +118,39 @@ def test_bad_arguments_are_named(target):
     with pytest.raises(ValueError, match=match):
       qalign(target.lm, target.params, *target.prompts(2), jax.random.key(0), reward=target.potential,
              max_new_tokens=target.max_new, **args)
+
+
+def test_qalign_method_in_the_runner(tmp_path):
+  """QAlign as an experiment method on the shipped models: one chain serves every budget (the
+  first N states), with the exact checker as reward and a small beta a chain that reaches a
+  right answer never leaves it, N = 1 is the chain's start (a policy sample), and the compute
+  grows with N. Results are the same after a resume."""
+  import dataclasses
+  import json
+  from tests.helpers import without_timing
+  from tts_jax.eval import Experiment, QAlign, run_experiment
+  from tts_jax.tasks import ModChain
+  exp = Experiment(name="qa", task=ModChain(), split="test", num_problems=6, models="default",
+                   methods=(QAlign(reward="oracle", beta=0.05, final="last", name="qalign-oracle"),
+                            QAlign(reward="orm", name="qalign-orm")),
+                   budgets=(1, 3, 6), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
+  full = run_experiment(exp, quiet=True)
+  recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
+  by = {(r["problem"], r["budget"]): r["methods"] for r in recs}
+  climbed = 0
+  for i in range(6):
+    acc = [by[i, k]["qalign-oracle"]["accuracy"] for k in (1, 3, 6)]
+    assert acc == sorted(acc), acc  # right is absorbing at beta = 0.05 (the last state is read)
+    climbed += acc[0] < acc[-1]
+    for name in ("qalign-oracle", "qalign-orm"):
+      rows = [by[i, k][name] for k in (1, 3, 6)]
+      assert [r["samples"] for r in rows] == [1.0, 3.0, 6.0]
+      assert rows[0]["flops"] < rows[1]["flops"] < rows[2]["flops"]
+      assert 0.0 <= rows[2]["acceptance"] <= 1.0
+    assert by[i, 6]["qalign-orm"]["verifier_tokens"] > 0 and by[i, 6]["qalign-oracle"]["verifier_tokens"] == 0
+  assert climbed >= 1  # some chain started wrong and moved to a right answer (seeded: 2 of 6 do)
+  cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
+  run_experiment(cut, stop_after_batches=1, quiet=True)
+  assert without_timing(run_experiment(cut, quiet=True)) == without_timing(full)
+  with pytest.raises(ValueError, match="reward must be 'orm' or 'oracle'"):
+    Experiment(name="x", task=ModChain(), methods=(QAlign(reward="prm"),), budgets=(2,))

@@ -1,10 +1,11 @@
 """The main job: experiments (model + task + methods + budgets), the methods (pool selection
-and engine search) behind one protocol, compute accounting, exact metrics, the resumable
+engine search and MCMC) behind one protocol, compute accounting, exact metrics, the resumable
 runner, and summaries (table, plot)."""
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import Cost, forward_flops, kv_bytes_per_token, pool_cost, search_cost
 from tts_jax.eval.experiment import Experiment
+from tts_jax.eval.mcmc_methods import QAlign
 from tts_jax.eval.method import Method, Outcome
 from tts_jax.eval.pool import Pool, build_pool
 from tts_jax.eval.pool_methods import (RPC, AdaptiveConsistency, BestOfN, InverseEntropyVote, MajorityVote, PassAtK,
@@ -16,5 +17,5 @@ from tts_jax.eval.summary import format_table, plot, summarize
 __all__ = ["Batch", "Cost", "forward_flops", "kv_bytes_per_token", "pool_cost", "search_cost", "Experiment", "Method",
            "Outcome", "Pool", "build_pool", "RPC", "AdaptiveConsistency", "BestOfN",
            "InverseEntropyVote", "MajorityVote", "PassAtK", "PoolMethod", "ShortestMajority", "WeightedMajority",
-           "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "ParticleGibbs", "SearchMethod",
-           "format_table", "plot", "summarize"]
+           "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "ParticleGibbs",
+           "SearchMethod", "QAlign", "format_table", "plot", "summarize"]

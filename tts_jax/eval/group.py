@@ -143,15 +143,16 @@ class BatchGroup:
     return out
 
   def search(self, method, index: int, budget: int):
-    """The final particles (host arrays, caches dropped) of search `method` (the experiment's
-    method number `index`) at `budget`, for every row of the group."""
+    """The result of `method.run_engine` (the experiment's method number `index`) at `budget`
+    for every row of the group, as host arrays (`method.host_state`: e.g. particles without
+    their caches)."""
     if (index, budget) not in self._search:
       exp, task = self.experiment, self.experiment.task
       pad = task_tokens(task).pad
       tokens, lengths = pad_prompts(self.prompts, pad_id=pad, width=self.prompt_width)
       keys = jnp.concatenate([self._search_keys(budget, index, b) for b in range(self.size)])
       p = method.run_engine(self.models, exp, jnp.asarray(tokens), jnp.asarray(lengths), keys, budget, self.mesh)
-      self._search[index, budget] = to_host(p.replace(cache=None, twist_cache=None, potential_state=None))
+      self._search[index, budget] = to_host(method.host_state(p))
     return self._search[index, budget]
 
   def _search_keys(self, budget: int, index: int, b: int) -> jax.Array:

@@ -63,6 +63,10 @@ class SearchMethod(abc.ABC):
       return step_oracle(task, self.transform), None
     return ValuePotential(models.prm.as_lm(), aggregate=self.aggregate, transform=self.transform), models.prm_params
 
+  def host_state(self, particles: Particles) -> Particles:
+    """What the batch keeps of a run: the particles without their device caches."""
+    return particles.replace(cache=None, twist_cache=None, potential_state=None)
+
   def final_weights(self, particles: Particles) -> np.ndarray:
     """float[B, N] vote weights of the final particles (here: the potential as a probability)."""
     return np.exp(np.asarray(particles.log_potential, np.float64))

@@ -3,7 +3,7 @@ al. 2025), targeting sigma(x) proportional to p(x) exp(r(x) / beta) for each pro
 
     chain = qalign(lm, params, prompts, lengths, key, reward=orm_potential, reward_params=orm_params,
                    steps=32, beta=1.0, max_new_tokens=96, stop_tokens=(eos,))
-    chain.tokens[k, b, c, :chain.lengths[k, b, c]]   # chain c of prompt b after step k
+    chain.tokens[b, c, k, :chain.lengths[b, c, k]]   # chain c of prompt b after step k
 
 A move keeps a uniformly chosen prefix x_<i (i in 0 .. |x| - 1) of the current completion and
 resamples the rest from the model, p(. | prompt, x_<i), up to the same total length T. The
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.sampling.sampler import _sample_jit
@@ -38,29 +39,33 @@ from tts_jax.verifiers import as_potential
 @struct.dataclass
 class QAlignChains:
   """What `qalign` returns: K + 1 states (the start, then after each of K steps) of C chains
-  for each of B prompts (T = max_new_tokens).
+  for each of B prompts (T = max_new_tokens), prompt-major like every batched output.
 
-  tokens: int32[K + 1, B, C, T] (pad after each completion's end).
-  lengths: int32[K + 1, B, C].
-  reward: float32[K + 1, B, C] r(x) of each state (before dividing by beta).
-  accepted: bool[K, B, C] whether step k's proposal was accepted.
-  decoded: int32[B] policy tokens generated (start + every proposal's suffix).
+  tokens: int32[B, C, K + 1, T] (pad after each completion's end).
+  lengths: int32[B, C, K + 1].
+  reward: float32[B, C, K + 1] r(x) of each state (before dividing by beta).
+  accepted: bool[B, C, K] whether step k's proposal was accepted.
+  drawn: int32[B, C, K + 1] policy tokens generated for each state's proposal (the start's
+    whole completion, then each step's suffix, accepted or not).
+  kept: int32[B, C, K + 1] the prefix each proposal kept (0 for the start): a step prefills
+    prompt + kept tokens, decodes `drawn`, and the reward reads kept + drawn.
   """
 
   tokens: jax.Array
   lengths: jax.Array
   reward: jax.Array
   accepted: jax.Array
-  decoded: jax.Array
+  drawn: jax.Array
+  kept: jax.Array
 
   def acceptance_rate(self) -> jax.Array:
     """float32[B]: the fraction of accepted moves of each prompt's chains."""
-    return jnp.mean(self.accepted.astype(jnp.float32), axis=(0, 2))
+    return jnp.mean(self.accepted.astype(jnp.float32), axis=(1, 2))
 
 
 def qalign(lm, params, prompt_tokens, prompt_lengths, key, *, reward, reward_params=None, steps: int,
            beta: float = 1.0, num_chains: int = 1, max_new_tokens: int, stop_tokens: Sequence[int] = (),
-           pad_id: int = 0) -> QAlignChains:
+           pad_id: int = 0, mesh=None) -> QAlignChains:
   """Runs `num_chains` QAlign chains of `steps` Metropolis-Hastings steps for each of B prompts.
 
   Args:
@@ -72,6 +77,8 @@ def qalign(lm, params, prompt_tokens, prompt_lengths, key, *, reward, reward_par
     steps: K >= 0 Metropolis-Hastings steps; beta > 0: the temperature of the reward.
     num_chains: C independent chains per prompt.
     max_new_tokens: T, the longest completion; stop_tokens end a completion; pad_id fills.
+    mesh: a `tts_jax.parallel` mesh with model=1: prompts split over "data", each device
+      running the one-device program on its prompts (the same chains for any device count).
 
   Returns:
     `QAlignChains`.
@@ -84,10 +91,25 @@ def qalign(lm, params, prompt_tokens, prompt_lengths, key, *, reward, reward_par
     raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
   tokens, lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, max_new_tokens)
   check_token_ids(lm, stop_tokens=stop_tokens, pad_id=(pad_id,))
-  keys = prompt_keys(key, tokens.shape[0])
-  return _qalign_jit(lm, params, as_potential(reward), reward_params, jnp.asarray(tokens), jnp.asarray(lengths),
-                     keys, steps=steps, beta=float(beta), num_chains=num_chains, max_new_tokens=max_new_tokens,
-                     stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id))
+  b = tokens.shape[0]
+  keys = prompt_keys(key, b)
+  static = dict(steps=steps, beta=float(beta), num_chains=num_chains, max_new_tokens=max_new_tokens,
+                stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id))
+  reward = as_potential(reward)
+  if mesh is None:
+    return _qalign_jit(lm, params, reward, reward_params, jnp.asarray(tokens), jnp.asarray(lengths), keys, **static)
+  if mesh.shape[MODEL] != 1:
+    raise ValueError(f"qalign splits prompts over a mesh's data axis only; got model={mesh.shape[MODEL]}")
+  params, reward_params = place_params(mesh, params), place_params(mesh, reward_params)
+  rows = shard_batch(mesh, jnp.asarray(tokens), jnp.asarray(lengths), keys)
+  return unpad(_qalign_per_device(lm, mesh, params, reward, reward_params, *rows, **static), b)
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "mesh", "reward", "steps", "beta", "num_chains", "max_new_tokens",
+                                             "stop_tokens", "pad_id"))
+def _qalign_per_device(lm, mesh, params, reward, reward_params, tokens, lengths, keys, **static):
+  return per_device(mesh, lambda t, l, k: _qalign_jit(lm, params, reward, reward_params, t, l, k, **static),
+                    tokens, lengths, keys)
 
 
 def suffix_prompts(prompt_tokens, prompt_lengths, tokens, keep, pad_id: int):
@@ -142,7 +164,7 @@ def _qalign_jit(lm, params, reward, reward_params, prompt_tokens, prompt_lengths
   reward0 = score(tokens0, lengths0)
 
   def step(carry, k):
-    tokens, lengths, r, decoded = carry
+    tokens, lengths, r = carry
     ks = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, k), 3))(chain_keys)
     keep = jax.vmap(lambda key, n: jax.random.randint(key, (), 0, jnp.maximum(n, 1)))(ks[:, 0], lengths)
     new_tokens, new_lengths, drawn = propose(ks[:, 1], keep, tokens)
@@ -154,12 +176,13 @@ def _qalign_jit(lm, params, reward, reward_params, prompt_tokens, prompt_lengths
     tokens = jnp.where(accept[:, None], new_tokens, tokens)
     lengths = jnp.where(accept, new_lengths, lengths)
     r = jnp.where(accept, new_r, r)
-    return (tokens, lengths, r, decoded + drawn), (tokens, lengths, r, accept)
+    return (tokens, lengths, r), (tokens, lengths, r, accept, drawn, keep)
 
-  (_, _, _, decoded), (hist_t, hist_l, hist_r, accepted) = jax.lax.scan(
-      step, (tokens0, lengths0, reward0, new0), jnp.arange(1, steps + 1))
-  all_t = jnp.concatenate([tokens0[None], hist_t]).reshape(steps + 1, b, c, t)
-  all_l = jnp.concatenate([lengths0[None], hist_l]).reshape(steps + 1, b, c)
-  all_r = jnp.concatenate([reward0[None], hist_r]).reshape(steps + 1, b, c)
-  return QAlignChains(tokens=all_t, lengths=all_l, reward=all_r, accepted=accepted.reshape(steps, b, c),
-                      decoded=decoded.reshape(b, c).sum(axis=1))
+  _, (hist_t, hist_l, hist_r, accepted, drawn, kept) = jax.lax.scan(step, (tokens0, lengths0, reward0),
+                                                                jnp.arange(1, steps + 1))
+  # [K (+1), B*C, ...] -> [B, C, K (+1), ...]
+  chain_major = lambda x: jnp.moveaxis(x.reshape((x.shape[0], b, c) + x.shape[2:]), 0, 2)
+  with_start = lambda first, rest: chain_major(jnp.concatenate([first[None], rest]))
+  return QAlignChains(tokens=with_start(tokens0, hist_t), lengths=with_start(lengths0, hist_l),
+                      reward=with_start(reward0, hist_r), accepted=chain_major(accepted),
+                      drawn=with_start(new0, drawn), kept=with_start(zeros, kept))
