@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from tests.tabular_target import make_target
-from tts_jax.mcmc import qalign, splice, suffix_prompts
+from tts_jax.mcmc import qalign
+from tts_jax.sampling.prefixes import splice, suffix_prompts
 from tts_jax.models.tabular import enumerate_generations
 
 BETA = 0.5

@@ -30,9 +30,9 @@ import numpy as np
 from flax import struct
 
 from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
+from tts_jax.sampling import sample_jit, splice, suffix_prompts
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.sampling.logits import SamplingParams
-from tts_jax.sampling.sampler import _sample_jit
 from tts_jax.verifiers import as_potential
 
 
@@ -112,29 +112,6 @@ def _qalign_per_device(lm, mesh, params, reward, reward_params, tokens, lengths,
                     tokens, lengths, keys)
 
 
-def suffix_prompts(prompt_tokens, prompt_lengths, tokens, keep, pad_id: int):
-  """Rows prompt + tokens[:keep] (right-padded): int32[R, Tp + T] and int32[R] lengths, from
-  prompts int32[R, Tp] (lengths int32[R]), completions int32[R, T] and keep int32[R]."""
-  r, tp = prompt_tokens.shape
-  t = tokens.shape[1]
-  j = jnp.arange(tp + t)[None, :]
-  from_completion = jnp.take_along_axis(tokens, jnp.clip(j - prompt_lengths[:, None], 0, t - 1), axis=1)
-  rows = jnp.where(j < prompt_lengths[:, None],
-                   jnp.pad(prompt_tokens, ((0, 0), (0, t))),
-                   jnp.where(j < (prompt_lengths + keep)[:, None], from_completion, pad_id))
-  return rows.astype(jnp.int32), (prompt_lengths + keep).astype(jnp.int32)
-
-
-def splice(tokens, keep, suffix, suffix_lengths, pad_id: int):
-  """tokens[:keep] + suffix[:suffix_length] per row, padded: (int32[R, T], int32[R])."""
-  t = tokens.shape[1]
-  j = jnp.arange(t)[None, :]
-  from_suffix = jnp.take_along_axis(suffix, jnp.clip(j - keep[:, None], 0, suffix.shape[1] - 1), axis=1)
-  total = keep + suffix_lengths
-  out = jnp.where(j < keep[:, None], tokens, jnp.where(j < total[:, None], from_suffix, pad_id))
-  return out.astype(jnp.int32), total.astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=("lm", "reward", "steps", "beta", "num_chains", "max_new_tokens",
                                              "stop_tokens", "pad_id"))
 def _qalign_jit(lm, params, reward, reward_params, prompt_tokens, prompt_lengths, keys, *, steps, beta, num_chains,
@@ -154,7 +131,7 @@ def _qalign_jit(lm, params, reward, reward_params, prompt_tokens, prompt_lengths
   def propose(step_keys, keep, tokens):
     """Suffixes after tokens[:keep] from the model, ending at the total length T."""
     rows, row_lengths = suffix_prompts(rows_p, rows_l, tokens, keep, pad_id)
-    out = _sample_jit(lm, params, rows, row_lengths, step_keys, num_samples=1, max_new_tokens=t, params_s=proposal,
+    out = sample_jit(lm, params, rows, row_lengths, step_keys, num_samples=1, max_new_tokens=t, params_s=proposal,
                       stop_tokens=stop_tokens, pad_id=pad_id, share_prefix=True, limits=t - keep)
     return splice(tokens, keep, out.tokens[:, 0], out.lengths[:, 0], pad_id) + (out.lengths[:, 0],)
 

@@ -91,7 +91,7 @@ def _entropy(logp: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("lm", "num_samples", "max_new_tokens", "params_s",
                                              "stop_tokens", "pad_id", "share_prefix"))
-def _sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
+def sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
                 max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
                 pad_id: int, share_prefix: bool, limits=None) -> SampleOutput:
   """The traceable sampler (`sample` checks its inputs, then calls this). limits: optional
@@ -203,14 +203,14 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
   kwargs.update(num_samples=num_samples, share_prefix=share_prefix)
   if mesh is None:
-    return _check_logprobs(_sample_jit(lm, params, tokens, lengths, keys, **kwargs))
+    return _check_logprobs(sample_jit(lm, params, tokens, lengths, keys, **kwargs))
   tokens, lengths, keys = shard_batch(mesh, tokens, lengths, keys)
   params = place_params(mesh, params)
   if mesh.shape[MODEL] == 1:
     return _check_logprobs(unpad(_sample_sharded(lm, mesh, params, tokens, lengths, keys, **kwargs), b))
   # Tensor parallel: XLA's SPMD partitioner splits the layers over "model" by the params'
   # shardings (the same samples up to float rounding of the split reductions).
-  return _check_logprobs(unpad(_sample_jit(lm, params, tokens, lengths, keys, **kwargs), b))
+  return _check_logprobs(unpad(sample_jit(lm, params, tokens, lengths, keys, **kwargs), b))
 
 
 def _check_logprobs(out: SampleOutput) -> SampleOutput:
@@ -227,6 +227,6 @@ def _check_logprobs(out: SampleOutput) -> SampleOutput:
 @functools.partial(jax.jit, static_argnames=("lm", "mesh", "num_samples", "max_new_tokens", "params_s",
                                              "stop_tokens", "pad_id", "share_prefix"))
 def _sample_sharded(lm, mesh, params, tokens, lengths, keys, **static) -> SampleOutput:
-  """`_sample_jit` on every device's prompts (split over "data"), each device running its
+  """`sample_jit` on every device's prompts (split over "data"), each device running its
   own loop: per device, exactly the program of a single-device call on those prompts."""
-  return per_device(mesh, lambda t, l, k: _sample_jit(lm, params, t, l, k, **static), tokens, lengths, keys)
+  return per_device(mesh, lambda t, l, k: sample_jit(lm, params, t, l, k, **static), tokens, lengths, keys)

@@ -1,0 +1,210 @@
+"""Monte Carlo tree search over reasoning steps (PUCT), batched over problems in one jitted loop.
+
+    tree = mcts(lm, params, prompts, lengths, key, potential=step_oracle(task), simulations=16,
+                expansions=4, max_new_tokens=96, delimiters=ids.steps, stop_tokens=ids.stop)
+    best = tree.answer()                                   # int32[B]: the chosen node of each problem
+    tree.tokens[b, best[b], :tree.length[b, best[b]]]
+
+A node is a partial solution ending at a step boundary (the root: the empty solution). One
+simulation per problem:
+
+1. *select*: from the root, while the node is expanded and not finished, go to the child with
+   the largest Q + c_puct * P * sqrt(N_parent) / (1 + N_child) (P = 1/K: the children are
+   samples of the policy, so its preference is already in which steps were drawn);
+2. *expand*: draw K next steps from the policy (`sample` with the step delimiters as stop
+   tokens; the node's prompt + prefix is prefilled once and its KV shared by the K draws);
+3. *evaluate* each child with the potential (value = exp(log phi): a PRM's probability with
+   `OutcomePotential`, or the exact checker's 1 - eps / eps);
+4. *back up* one visit with the mean (or max) of the children's values along the path to the
+   root (each child starts with its own value and one visit).
+
+A finished node (a stop token, or T tokens) is a leaf: selecting it backs up its value again.
+The answer is the finished node reached by following the most-visited children from the
+root, or, if that path ends unfinished, the finished node with the best value.
+
+The search core is written here rather than with `mctx`: mctx expands one node per
+simulation through a recurrent function of (embedding, action), so the K candidate steps of a
+node would have to be drawn in advance and carried in every node's embedding (K sequences per
+node), and its tree arrays hold one embedding per node; here a node is its token row and the
+K candidates of an expansion are one shared-prefix sampler call. `tests/test_mcts.py` checks
+the search against a tabular LM with exact values (visits concentrate on the optimum).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from tts_jax.sampling import sample_jit, splice, suffix_prompts
+from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
+from tts_jax.sampling.logits import SamplingParams
+from tts_jax.verifiers import as_potential
+
+
+@struct.dataclass
+class Tree:
+  """The search trees of B problems, M = 1 + simulations x K node slots each.
+
+  tokens: int32[B, M, T] each node's solution so far; length: int32[B, M].
+  parent: int32[B, M] (-1 for the root and unused slots); first_child: int32[B, M] (-1 while
+    not expanded; the K children are the slots first_child .. first_child + K - 1).
+  visits, value_sum: float32[B, M] backed-up statistics; value: float32[B, M] the node's own
+    evaluation; finished: bool[B, M]; used: int32[B] slots in use; decoded: int32[B] policy
+    tokens drawn.
+  """
+
+  tokens: jax.Array
+  length: jax.Array
+  parent: jax.Array
+  first_child: jax.Array
+  visits: jax.Array
+  value_sum: jax.Array
+  value: jax.Array
+  finished: jax.Array
+  used: jax.Array
+  decoded: jax.Array
+  expansions: int = struct.field(pytree_node=False, default=1)
+
+  def answer(self) -> jax.Array:
+    """int32[B]: the chosen node (see the module docstring)."""
+    return jax.vmap(lambda *a: _answer(self.expansions, *a))(self.first_child, self.visits, self.value_sum,
+                                                             self.value, self.finished, self.parent)
+
+
+def mcts(lm, params, prompt_tokens, prompt_lengths, key, *, potential, potential_params=None, simulations: int,
+         expansions: int, max_new_tokens: int, delimiters: Sequence[int], stop_tokens: Sequence[int] = (),
+         pad_id: int = 0, c_puct: float = 1.0, backup: str = "mean",
+         proposal: SamplingParams = SamplingParams()) -> Tree:
+  """Runs `simulations` PUCT simulations for each of B prompts.
+
+  Args:
+    lm, params: the policy (`CausalLM` contract).
+    prompt_tokens: int32[B, Tp] right-padded; prompt_lengths: int32[B].
+    key: one PRNG key, or one per prompt ([B]).
+    potential, potential_params: a potential that scores whole sequences (a function of the
+      tokens, `OraclePotential`, `OutcomePotential`); value = exp(log phi), so use log-
+      probabilities (transform "log").
+    simulations: S >= 1; expansions: K >= 1 steps drawn per expansion.
+    max_new_tokens: T; delimiters: token ids that end a step; stop_tokens: end a solution.
+    c_puct: the exploration constant; proposal: how steps are drawn (default: the model).
+    backup: the value an expansion backs up (one visit) to the node and its ancestors: the
+      "mean" of its children's values (an estimate of the policy's value, as a PRM gives) or
+      their "max" (an optimal value).
+
+  Returns:
+    The `Tree`s.
+  """
+  for name, v in (("simulations", simulations), ("expansions", expansions)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+  if not c_puct >= 0:
+    raise ValueError(f"c_puct must be >= 0, got {c_puct!r}")
+  if not delimiters:
+    raise ValueError("mcts needs step delimiters (token ids that end a step)")
+  if backup not in ("mean", "max"):
+    raise ValueError(f"backup must be 'mean' or 'max', got {backup!r}")
+  tokens, lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, max_new_tokens)
+  check_token_ids(lm, delimiters=delimiters, stop_tokens=stop_tokens, pad_id=(pad_id,))
+  keys = prompt_keys(key, tokens.shape[0])
+  return _mcts_jit(lm, params, as_potential(potential), potential_params, jnp.asarray(tokens), jnp.asarray(lengths),
+                   keys, simulations=simulations, k=expansions, t=max_new_tokens,
+                   delimiters=tuple(int(d) for d in delimiters), stop_tokens=tuple(int(s) for s in stop_tokens),
+                   pad_id=int(pad_id), c_puct=float(c_puct), proposal=proposal, backup=backup)
+
+
+def _select(k: int, c_puct: float, first_child, visits, value_sum, finished):
+  """One problem: the node a simulation expands (or re-evaluates, if finished), and the
+  path length. Children are always evaluated when created, so their visits are >= 1."""
+
+  def cond(node):
+    return (first_child[node] >= 0) & ~finished[node]
+
+  def body(node):
+    kids = first_child[node] + jnp.arange(k)
+    q = value_sum[kids] / jnp.maximum(visits[kids], 1.0)
+    u = c_puct * (1.0 / k) * jnp.sqrt(visits[node]) / (1.0 + visits[kids])
+    return kids[jnp.argmax(q + u)]
+
+  return jax.lax.while_loop(cond, body, jnp.int32(0))
+
+
+def _backup(parent, visits, value_sum, node, count, total):
+  """Adds `count` visits and `total` value to `node` and its ancestors."""
+
+  def body(c):
+    n, v, s = c
+    return parent[n], v.at[n].add(count), s.at[n].add(total)
+
+  _, visits, value_sum = jax.lax.while_loop(lambda c: c[0] >= 0, body, (node, visits, value_sum))
+  return visits, value_sum
+
+
+def _answer(k, first_child, visits, value_sum, value, finished, parent):
+  def cond(node):
+    return (first_child[node] >= 0) & ~finished[node]
+
+  def body(node):
+    kids = first_child[node] + jnp.arange(k)
+    q = value_sum[kids] / jnp.maximum(visits[kids], 1.0)
+    return kids[jnp.argmax(visits[kids] + 1e-3 * q)]  # most visited; ties: the better Q
+
+  node = jax.lax.while_loop(cond, body, jnp.int32(0))
+  real = finished & (parent >= 0)
+  best_finished = jnp.argmax(jnp.where(real, value, -jnp.inf))
+  return jnp.where(finished[node] | ~jnp.any(real), node, best_finished).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "potential", "simulations", "k", "t", "delimiters",
+                                             "stop_tokens", "pad_id", "c_puct", "proposal", "backup"))
+def _mcts_jit(lm, params, potential, potential_params, prompt_tokens, prompt_lengths, keys, *, simulations, k, t,
+              delimiters, stop_tokens, pad_id, c_puct, proposal, backup):
+  b = prompt_tokens.shape[0]
+  m = 1 + simulations * k
+  rows = jnp.arange(b)
+  pot_state = potential.init(potential_params, prompt_tokens, prompt_lengths, k, t)
+  tree = Tree(tokens=jnp.full((b, m, t), pad_id, jnp.int32), length=jnp.zeros((b, m), jnp.int32),
+              parent=jnp.full((b, m), -1, jnp.int32), first_child=jnp.full((b, m), -1, jnp.int32),
+              visits=jnp.zeros((b, m), jnp.float32).at[:, 0].set(1.0), value_sum=jnp.zeros((b, m), jnp.float32),
+              value=jnp.zeros((b, m), jnp.float32), finished=jnp.zeros((b, m), bool),
+              used=jnp.ones((b,), jnp.int32), decoded=jnp.zeros((b,), jnp.int32), expansions=k)
+  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+
+  def simulate(s, tree: Tree) -> Tree:
+    node = jax.vmap(lambda *a: _select(k, c_puct, *a))(tree.first_child, tree.visits, tree.value_sum, tree.finished)
+    leaf_tokens, leaf_len = tree.tokens[rows, node], tree.length[rows, node]
+    expand = ~tree.finished[rows, node]  # a finished node is re-evaluated, not expanded
+    step_keys = jax.vmap(lambda key: jax.random.fold_in(key, s))(keys)
+    prefix, prefix_len = suffix_prompts(prompt_tokens, prompt_lengths, leaf_tokens, leaf_len, pad_id)
+    out = sample_jit(lm, params, prefix, prefix_len, step_keys, num_samples=k, max_new_tokens=t, params_s=proposal,
+                      stop_tokens=tuple(sorted(set(delimiters) | set(stop_tokens))), pad_id=pad_id,
+                      share_prefix=True, limits=jnp.maximum(t - leaf_len, 1))
+    grow = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B] -> [B*K]
+    child, child_len = splice(grow(leaf_tokens), grow(leaf_len), out.tokens.reshape(b * k, t),
+                              out.lengths.reshape(b * k), pad_id)
+    child, child_len = child.reshape(b, k, t), child_len.reshape(b, k)
+    last = jnp.take_along_axis(child, jnp.maximum(child_len - 1, 0)[..., None], axis=-1)[..., 0]
+    done = jnp.any(last[..., None] == stops, axis=-1) | (child_len >= t)
+    log_phi, _ = potential.score(potential_params, pot_state, child, child_len, done, jnp.ones((b, k), bool))
+    child_value = jnp.exp(log_phi.astype(jnp.float32))  # [B, K]
+    slots = tree.used[:, None] + jnp.arange(k)[None, :]  # [B, K]
+    put = lambda x, v: x.at[rows[:, None], slots].set(jnp.where(expand[:, None], v, x[rows[:, None], slots]))  # noqa: E731
+    tree = tree.replace(
+        tokens=tree.tokens.at[rows[:, None], slots].set(
+            jnp.where(expand[:, None, None], child, tree.tokens[rows[:, None], slots])),
+        length=put(tree.length, child_len), parent=put(tree.parent, jnp.broadcast_to(node[:, None], (b, k))),
+        visits=put(tree.visits, jnp.ones((b, k))), value_sum=put(tree.value_sum, child_value),
+        value=put(tree.value, child_value), finished=put(tree.finished, done),
+        first_child=tree.first_child.at[rows, node].set(jnp.where(expand, tree.used, tree.first_child[rows, node])),
+        used=tree.used + jnp.where(expand, k, 0),
+        decoded=tree.decoded + jnp.where(expand, jnp.sum(out.lengths, axis=1), 0))
+    leaf_value = jnp.max(child_value, axis=1) if backup == "max" else jnp.mean(child_value, axis=1)
+    total = jnp.where(expand, leaf_value, tree.value[rows, node])  # one visit per simulation
+    count = jnp.ones((b,), jnp.float32)
+    visits, value_sum = jax.vmap(_backup)(tree.parent, tree.visits, tree.value_sum, node, count, total)
+    return tree.replace(visits=visits, value_sum=value_sum)
+
+  return jax.lax.fori_loop(0, simulations, simulate, tree)
