@@ -12,6 +12,7 @@ later tokens are `pad_id` and their later log-probs 0.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -26,8 +27,8 @@ from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.sampling.token_step import draw_tokens
 
-RUNNING, STOP, LENGTH = 0, 1, 2
-FINISH_REASONS = {RUNNING: "running", STOP: "stop", LENGTH: "length"}
+RUNNING, STOP, LENGTH, LOW_CONFIDENCE = 0, 1, 2, 3
+FINISH_REASONS = {RUNNING: "running", STOP: "stop", LENGTH: "length", LOW_CONFIDENCE: "low confidence"}
 
 
 @struct.dataclass
@@ -42,6 +43,9 @@ class SampleOutput:
   proposal_logprobs: float32[B, N, T] log-prob under the sampling distribution
     (`process_logits`); 0 after the end.
   entropy: float32[B, N, T] entropy (nats) of the model's next-token distribution; 0 after the end.
+  group_confidence: float32[B, N] with confidence tracking (`ConfidenceWindow`): the lowest
+    mean token confidence over any `window` consecutive tokens (DeepConf's "lowest group
+    confidence"; +inf for a sample shorter than the window); None without.
   """
 
   tokens: jax.Array
@@ -50,6 +54,25 @@ class SampleOutput:
   logprobs: jax.Array
   proposal_logprobs: jax.Array
   entropy: jax.Array
+  group_confidence: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceWindow:
+  """Token confidence as DeepConf (Fu et al. 2025) defines it, tracked while sampling: a
+  token's confidence is minus the mean log-prob of the model's `top_k` most likely tokens at
+  that step (high when the model is sure); a group's is its mean over `window` consecutive
+  tokens. With thresholds (`sample_jit(..., confidence_threshold=float32[B])`) a sample
+  stops, finish reason LOW_CONFIDENCE, as soon as a group falls below its prompt's threshold."""
+
+  window: int = 16
+  top_k: int = 20
+
+  def __post_init__(self):
+    for name in ("window", "top_k"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"ConfidenceWindow.{name} must be an int >= 1, got {v!r}")
 
 
 @struct.dataclass
@@ -60,6 +83,7 @@ class _LoopState:
   done: jax.Array
   reason: jax.Array
   out: SampleOutput
+  conf: jax.Array | None = None  # float32[B, N, window] the last tokens' confidences (a ring)
 
 
 CACHE_SEGMENT = 32  # the first suffix capacity; it doubles each time the cache fills
@@ -90,14 +114,17 @@ def _entropy(logp: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("lm", "num_samples", "max_new_tokens", "params_s",
-                                             "stop_tokens", "pad_id", "share_prefix"))
+                                             "stop_tokens", "pad_id", "share_prefix", "confidence"))
 def sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
-                max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
-                pad_id: int, share_prefix: bool, limits=None) -> SampleOutput:
+               max_new_tokens: int, params_s: SamplingParams, stop_tokens: tuple[int, ...],
+               pad_id: int, share_prefix: bool, limits=None, confidence: ConfidenceWindow | None = None,
+               confidence_threshold=None) -> SampleOutput:
   """The traceable sampler (`sample` checks its inputs, then calls this). limits: optional
   int32[B], at most this many new tokens for prompt b's samples (<= max_new_tokens; LENGTH
   when reached): a per-row length cap, e.g. suffixes of different prefixes that must end at
-  one total length (`tts_jax.mcmc`)."""
+  one total length (`tts_jax.mcmc`). confidence: track DeepConf group confidences
+  (`ConfidenceWindow`); confidence_threshold: optional float32[B], stop a sample of prompt b
+  when a group's confidence falls below it (early stopping, DeepConf online)."""
   b, n, t_max = tokens.shape[0], num_samples, max_new_tokens
   segments = cache_segments(lm, t_max)
   if share_prefix:
@@ -115,10 +142,12 @@ def sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
                      lengths=jnp.zeros((b, n), jnp.int32),
                      finish_reason=jnp.zeros((b, n), jnp.int32),
                      logprobs=zeros_f, proposal_logprobs=zeros_f, entropy=zeros_f)
+  if confidence is not None:
+    out = out.replace(group_confidence=jnp.full((b, n), jnp.inf, jnp.float32))
   init = _LoopState(t=jnp.zeros((), jnp.int32),
                     logits=jnp.broadcast_to(first_logits[:, None], (b, n, first_logits.shape[-1])),
                     cache=cache, done=jnp.zeros((b, n), bool), reason=jnp.zeros((b, n), jnp.int32),
-                    out=out)
+                    out=out, conf=None if confidence is None else jnp.zeros((b, n, confidence.window), jnp.float32))
 
   def cond(end):
     return lambda s: (s.t < end) & ~jnp.all(s.done)
@@ -135,14 +164,28 @@ def sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
     o = SampleOutput(tokens=put(o.tokens, d.tokens), lengths=o.lengths + active.astype(jnp.int32),
                      finish_reason=o.finish_reason, logprobs=put(o.logprobs, d.logp),
                      proposal_logprobs=put(o.proposal_logprobs, d.logq),
-                     entropy=put(o.entropy, jnp.where(active, _entropy(d.model_logprobs), 0.0)))
+                     entropy=put(o.entropy, jnp.where(active, _entropy(d.model_logprobs), 0.0)),
+                     group_confidence=o.group_confidence)
     done = s.done | d.stopped
     if limits is not None:
       done = done | (o.lengths >= limits[:, None])  # reason stays RUNNING: LENGTH at the end
     reason = jnp.where(d.stopped, STOP, s.reason)
+    conf = s.conf
+    if confidence is not None:
+      top = jax.lax.top_k(d.model_logprobs, min(confidence.top_k, d.model_logprobs.shape[-1]))[0]
+      token_conf = -jnp.mean(jnp.where(jnp.isfinite(top), top, 0.0), axis=-1)  # [B, N]
+      conf = jnp.where(active[..., None] & (jnp.arange(confidence.window) == s.t % confidence.window),
+                       token_conf[..., None], s.conf)
+      full = active & (o.lengths >= confidence.window)  # a whole window of this sample's tokens
+      group = jnp.where(full, jnp.mean(conf, axis=-1), jnp.inf)
+      o = o.replace(group_confidence=jnp.minimum(o.group_confidence, group))
+      if confidence_threshold is not None:
+        low = full & ~d.stopped & (group < confidence_threshold[:, None])
+        done = done | low
+        reason = jnp.where(low, LOW_CONFIDENCE, reason)
     logits, cache = lm.decode(params, layout(d.tokens), s.cache, active=layout(~done))
     logits = unlayout(logits)
-    return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o)
+    return _LoopState(t=s.t + 1, logits=logits, cache=cache, done=done, reason=reason, out=o, conf=conf)
 
   final = init
   for i, end in enumerate(segments):  # the cache grows when full: early steps read fewer slots
@@ -156,7 +199,8 @@ def sample_jit(lm: CausalLM, params, tokens, lengths, keys, *, num_samples: int,
 def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 1,
            max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, stop_tokens: Sequence[int] = (), pad_id: int = 0,
-           prompt_lengths=None, share_prefix: bool = True, mesh=None) -> SampleOutput:
+           prompt_lengths=None, share_prefix: bool = True, mesh=None, confidence: ConfidenceWindow | None = None,
+           confidence_threshold=None) -> SampleOutput:
   """Draws `num_samples` continuations of each prompt.
 
   Args:
@@ -181,6 +225,10 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
       `tts_jax.parallel.rules`): the same samples up to float rounding. Params not yet
       placed on the mesh are copied there on every call: place them once with
       `tts_jax.parallel.place_params(mesh, params)` (the runner does).
+    confidence: a `ConfidenceWindow`: track DeepConf's lowest group confidence of every
+      sample (`SampleOutput.group_confidence`). confidence_threshold: float32[B] (with
+      `confidence`): stop a sample as soon as a group's confidence falls below its prompt's
+      threshold (finish reason LOW_CONFIDENCE; its tokens so far are kept).
 
   Returns:
     SampleOutput with leading dims [B, N].
@@ -202,6 +250,15 @@ def sample(lm: CausalLM, params, prompts, *, key: jax.Array, num_samples: int = 
   keys = prompt_keys(key, b)
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
   kwargs.update(num_samples=num_samples, share_prefix=share_prefix)
+  if confidence_threshold is not None:
+    if confidence is None:
+      raise ValueError("confidence_threshold needs confidence=ConfidenceWindow(...)")
+    confidence_threshold = jnp.broadcast_to(jnp.asarray(confidence_threshold, jnp.float32), (b,))
+  if confidence is not None:
+    if mesh is not None:
+      raise ValueError("confidence tracking runs on one device (mesh=None)")
+    return _check_logprobs(sample_jit(lm, params, tokens, lengths, keys, confidence=confidence,
+                                      confidence_threshold=confidence_threshold, **kwargs))
   if mesh is None:
     return _check_logprobs(sample_jit(lm, params, tokens, lengths, keys, **kwargs))
   tokens, lengths, keys = shard_batch(mesh, tokens, lengths, keys)
