@@ -4,6 +4,7 @@ runner, and summaries (table, plot)."""
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import Cost, forward_flops, kv_bytes_per_token, pool_cost, search_cost
+from tts_jax.eval.early_stop_methods import DeepConf
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.mcmc_methods import QAlign
 from tts_jax.eval.method import Method, Outcome
@@ -19,4 +20,4 @@ __all__ = ["Batch", "Cost", "forward_flops", "kv_bytes_per_token", "pool_cost", 
            "Outcome", "Pool", "build_pool", "RPC", "AdaptiveConsistency", "BestOfN",
            "InverseEntropyVote", "MajorityVote", "PassAtK", "PoolMethod", "ShortestMajority", "WeightedMajority",
            "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "ParticleGibbs",
-           "SearchMethod", "QAlign", "MCTS", "format_table", "plot", "summarize"]
+           "SearchMethod", "QAlign", "MCTS", "DeepConf", "format_table", "plot", "summarize"]
