@@ -1,19 +1,23 @@
-"""MCMC and iterated SMC on the hard modchain split: QAlign and particle Gibbs against voting.
+"""The other test-time-scaling families on the hard modchain split, against voting: MCMC
+(QAlign), iterated SMC (particle Gibbs), tree search (MCTS) and early stopping (DeepConf).
 
-    tts-jax run experiments/modchain/mcmc.py
+    tts-jax run experiments/modchain/families.py
 
 QAlign runs one Metropolis-Hastings chain per problem (N states: the start + N - 1 moves; the
 answer is the majority vote over the states) with the shipped ORM or the task's exact checker
 as reward. Particle Gibbs runs 2 sweeps of conditional SMC with N particles each (twice the
 particles of one run: see the FLOPs column) with the shipped PRM or the exact step checker.
+MCTS runs N simulations (PUCT, 4 steps drawn per expansion) valued by the PRM or the exact
+checker. DeepConf draws N/4 warm-up samples, then stops the others whose sliding-window
+confidence falls below the warm-up's 10% quantile (keep 90%) and votes over the rest.
 """
 
-from tts_jax.eval import Experiment, MajorityVote, ParticleGibbs, PassAtK, QAlign
+from tts_jax.eval import MCTS, DeepConf, Experiment, MajorityVote, ParticleGibbs, PassAtK, QAlign
 from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import ModChain
 
 config = Experiment(
-    name="modchain-mcmc",
+    name="modchain-families",
     task=ModChain(),
     split="hard",
     num_problems=200,
@@ -25,6 +29,10 @@ config = Experiment(
         QAlign(reward="oracle", name="QAlign (exact checker, beta 1)"),
         ParticleGibbs(sweeps=2, name="particle Gibbs (PRM, 2 sweeps)"),
         ParticleGibbs(sweeps=2, verifier="oracle", name="particle Gibbs (exact checker, 2 sweeps)"),
+        MCTS(verifier="prm", expansions=4, name="MCTS (PRM, K=4)"),
+        MCTS(verifier="oracle", expansions=4, name="MCTS (exact checker, K=4)"),
+        DeepConf(window=8, top_k=10, keep=0.9, name="DeepConf (keep 90%)"),
+        DeepConf(window=8, top_k=10, keep=0.1, name="DeepConf (keep 10%)"),
     ),
     budgets=(4, 8, 16, 32),
     sampling=SamplingParams(temperature=1.0),
@@ -32,5 +40,5 @@ config = Experiment(
     seed=0,
     num_subsets=64,
     batch_problems=25,
-    out_dir="runs/modchain-mcmc",
+    out_dir="runs/modchain-families",
 )
