@@ -14,10 +14,10 @@ from tts_jax.eval.pool_methods import (RPC, AdaptiveConsistency, BestOfN, Invers
 from tts_jax.eval.runner import ResultsMismatch, run_experiment
 from tts_jax.eval.search_methods import DVTS, BeamSearch, Greedy, ParticleFiltering, ParticleGibbs, SearchMethod
 from tts_jax.eval.summary import format_table, plot, summarize
-from tts_jax.eval.tree_methods import MCTS
+from tts_jax.eval.tree_methods import MCTS, LocalAcceptanceSearch
 
 __all__ = ["Batch", "Cost", "forward_flops", "kv_bytes_per_token", "pool_cost", "search_cost", "Experiment", "Method",
            "Outcome", "Pool", "build_pool", "RPC", "AdaptiveConsistency", "BestOfN",
            "InverseEntropyVote", "MajorityVote", "PassAtK", "PoolMethod", "ShortestMajority", "WeightedMajority",
            "ResultsMismatch", "run_experiment", "DVTS", "BeamSearch", "Greedy", "ParticleFiltering", "ParticleGibbs",
-           "SearchMethod", "QAlign", "MCTS", "DeepConf", "format_table", "plot", "summarize"]
+           "SearchMethod", "QAlign", "MCTS", "LocalAcceptanceSearch", "DeepConf", "format_table", "plot", "summarize"]

@@ -1,5 +1,7 @@
-"""Monte Carlo tree search as an experiment method (`tts_jax.search.mcts`).
+"""Step searches outside the particle engine as experiment methods: Monte Carlo tree search
+(`tts_jax.search.mcts`) and local acceptance (`tts_jax.search.latts`).
 
+MCTS:
 Budget N is the number of simulations per problem; each expansion draws `expansions` candidate
 next steps. The answer is the tree's chosen node (`Tree.answer`: the most-visited path, else
 the best finished node). The cost counts what the search did: each expansion prefills the
@@ -17,7 +19,7 @@ import numpy as np
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import Cost, forward_flops, kv_bytes_per_token
 from tts_jax.eval.method import Outcome
-from tts_jax.search import Tree, mcts
+from tts_jax.search import LocalAcceptance, Tree, local_acceptance, mcts
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import OutcomePotential
 
@@ -101,3 +103,88 @@ def _tree_cost(policy, verifier, prompt_len: int, tree: Tree, i: int) -> Cost:
     verifier_tokens = float(prompt_len + length[children].sum())
   return Cost(prompt_tokens=float(prompt_len), generated_tokens=float(tree.decoded[i]),
               verifier_tokens=verifier_tokens, flops=flops, kv_bytes=kv)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalAcceptanceSearch:
+  """N solutions per problem, each step resampled until the verifier accepts it (probability
+  = its score), at most `max_tries` draws (LATTS's resample move). verifier: "prm" (the
+  shipped PRM's probability at the step's end, read whole) or "oracle" (the exact checker);
+  final: "weighted_majority" (answers weighted by their final scores) or "argmax". The cost
+  counts what a sequential run does: each step prefills prompt + prefix once, decodes the
+  draws up to the accepted one, and the value model reads each of them whole."""
+
+  verifier: Literal["prm", "oracle"] = "prm"
+  max_tries: int = 4
+  final: Literal["weighted_majority", "argmax"] = "weighted_majority"
+  name: str = "local acceptance (PRM)"
+  timing_phase = "search"
+
+  def verifiers(self) -> tuple[str, ...]:
+    return ("prm",) if self.verifier == "prm" else ()
+
+  def check_budgets(self, budgets) -> None:
+    if self.verifier not in ("prm", "oracle"):
+      raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
+    if isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 1:
+      raise ValueError(f"max_tries must be an int >= 1, got {self.max_tries!r}")
+    if self.final not in ("weighted_majority", "argmax"):
+      raise ValueError(f"final must be 'weighted_majority' or 'argmax', got {self.final!r}")
+
+  def run_engine(self, models, exp, tokens, lengths, keys, budget: int, mesh=None) -> LocalAcceptance:
+    del mesh  # one device
+    ids = task_tokens(exp.task)
+    if self.verifier == "prm":
+      potential, pparams = OutcomePotential(models.prm.as_lm(), transform="log"), models.prm_params
+    else:
+      potential, pparams = step_oracle(exp.task, "log"), None
+    return local_acceptance(models.policy, models.policy_params, tokens, lengths, keys, potential=potential,
+                            potential_params=pparams, num_samples=budget, max_tries=self.max_tries,
+                            max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
+                            pad_id=ids.pad, proposal=exp.sampling)
+
+  def host_state(self, out: LocalAcceptance) -> LocalAcceptance:
+    return out
+
+  def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
+    task, models = batch.task, batch.models
+    prm = models.prm.config if self.verifier == "prm" else None
+    out = {}
+    for k in batch.experiment.budgets:
+      run = batch.search(self, index, k)
+      rows = []
+      for i, problem in enumerate(batch.problems):
+        texts = [completion_text(task, run.tokens[i, j, :run.length[i, j]]) for j in range(k)]
+        score = np.asarray(run.log_potential[i], np.float64)
+        text = _pick(task, texts, score, self.final)
+        prompt_len = len(batch.prompts[i])
+        steps, prefilled = float(np.sum(run.steps[i])), float(run.prefilled[i])
+        decoded, scored = float(run.decoded[i]), float(run.scored[i])
+        # per step: one prefill of its context, then its draws on top (mean context per step)
+        context = prefilled / max(steps, 1.0)
+        flops = steps * forward_flops(models.policy.config, context) + forward_flops(
+            models.policy.config, decoded, context_start=context)
+        cost = Cost(prompt_tokens=float(prompt_len), generated_tokens=decoded, flops=flops,
+                    kv_bytes=float(kv_bytes_per_token(models.policy.config) * (prefilled + decoded)))
+        if prm is not None:
+          cost = cost + Cost(verifier_tokens=float(prompt_len) + scored,
+                             flops=forward_flops(prm, prompt_len, head_outputs=1)
+                             + forward_flops(prm, scored, context_start=prompt_len, head_outputs=1))
+        rows.append(Outcome(accuracy=float(task.verify(problem, text)), samples=float(k), cost=cost,
+                            extra=(("tries_per_step", float(np.sum(run.tries[i])) / max(steps, 1.0)),)))
+      out[k] = rows
+    return out
+
+
+def _pick(task, texts: list[str], score: np.ndarray, final: str) -> str:
+  if final == "argmax":
+    return texts[int(np.argmax(score))]
+  votes: dict = {}
+  for t, w in zip(texts, np.exp(score)):
+    a = task.extract_answer(t)
+    if a is not None:
+      votes[a] = votes.get(a, 0.0) + float(w)
+  if not votes:
+    return texts[0]
+  best = max(votes, key=votes.get)
+  return next(t for t in texts if task.extract_answer(t) == best)
