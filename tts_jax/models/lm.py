@@ -266,7 +266,8 @@ class LanguageModel:
 
 
   @_in_precision
-  def extend(self, params, prefix: PrefixCache, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+  def extend(self, params, prefix: PrefixCache, tokens: jax.Array, lengths: jax.Array,
+             positions: jax.Array | None = None) -> jax.Array:
     """Runs N suffixes of every prompt at once on top of its shared prompt KV (no cache
     kept): the outputs of a full forward over prompt + suffix, at the suffix positions,
     with the prompt computed once per prompt instead of once per suffix (e.g. a verifier
@@ -276,33 +277,43 @@ class LanguageModel:
       params: the model's params pytree.
       prefix: the prompts' PrefixCache (`prefill`), B prompts.
       tokens: int32[B, N, L] right-padded suffixes; lengths: int32[B, N] their lengths.
+      positions: optional int32[B, N, Q]: the outputs only at these suffix positions (each
+        in [0, L)); the last layer then runs its queries and MLP there only.
 
     Returns:
       float32[B, N, L, ...] outputs (logits, or values for a value model) at each suffix
-      position (meaningless past lengths).
+      position (meaningless past lengths), or float32[B, N, Q, ...] at `positions`.
     """
     chex.assert_rank(tokens, 3)
     b, n, length = tokens.shape
-    positions = prefix.lengths[:, None, None] + jnp.arange(length)[None, None, :]
-    cos, sin = rope_tables(self.config, positions)
+    positions_all = prefix.lengths[:, None, None] + jnp.arange(length)[None, None, :]
+    cos, sin = rope_tables(self.config, positions_all)
     scale = self._scale()
     tp = prefix.k[0].shape[1]
-    prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n * length, tp))
     suffix_mask = causal_mask(lengths.reshape(-1), length)
+    last = self.config.num_layers - 1
+    if positions is not None:
+      chex.assert_rank(positions, 3)
+      j = jnp.arange(length)
+      query_mask = ((j[None, None, None, :] <= positions[..., None])
+                    & (j[None, None, None, :] < lengths[..., None, None])).reshape(b * n, positions.shape[-1], length)
 
     def attend(layer, q, k, v):
-      # q: [B, N, L, Hkv, G, D]; k, v: [B, N, L, Hkv, D]
+      # q: [B, N, Lq, Hkv, G, D] (Lq = L, or Q in the last layer with positions); k, v: [B, N, L, Hkv, D]
       hkv, g, d = q.shape[-3:]
-      o_p, lse_p = attend_partial(q.reshape(b, n * length, hkv, g, d), prefix.k[layer], prefix.v[layer],
+      lq = q.shape[2]
+      prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n * lq, tp))
+      o_p, lse_p = attend_partial(q.reshape(b, n * lq, hkv, g, d), prefix.k[layer], prefix.v[layer],
                                   prefix_mask, scale)
-      o_s, lse_s = attend_partial(q.reshape(b * n, length, hkv, g, d), k.reshape(b * n, length, hkv, d),
-                                  v.reshape(b * n, length, hkv, d), suffix_mask, scale)
+      mask = query_mask if (positions is not None and layer == last) else suffix_mask
+      o_s, lse_s = attend_partial(q.reshape(b * n, lq, hkv, g, d), k.reshape(b * n, length, hkv, d),
+                                  v.reshape(b * n, length, hkv, d), mask, scale)
       o, _ = merge_partials(o_p.reshape(q.shape), lse_p.reshape(q.shape[:-1]), o_s.reshape(q.shape),
                             lse_s.reshape(q.shape[:-1]))
       return o
 
     model = self._module(params)
-    return model.output(model.hidden(tokens, cos, sin, attend))
+    return model.output(model.hidden(tokens, cos, sin, attend, query_at=positions))
 
   def _shared_prefix_attend(self, q, prefix, layer, sk, sv, mask):
     """q [B, N, 1, Hkv, G, D] over the shared prompt KV and each sample's suffix sk, sv

@@ -67,19 +67,25 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def __call__(self, x, cos, sin, attend: AttendFn, layer: int):
-    """x: [..., T, H] -> [..., T, H]; cos/sin: [..., T, D]."""
+  def __call__(self, x, cos, sin, attend: AttendFn, layer: int, query_at=None):
+    """x: [..., T, H] -> [..., T, H]; cos/sin: [..., T, D]. query_at: optional int32[..., Q],
+    queries only at those positions (keys and values at all T): -> [..., Q, H]."""
     c = self.config
     lead = x.shape[:-1]
-    q = self.q_proj(x).reshape(*lead, c.num_heads, c.head_dim)
+    xq, cos_q, sin_q = x, cos, sin
+    if query_at is not None:
+      at = lambda y: jnp.take_along_axis(y, query_at[..., None], axis=-2)  # noqa: E731
+      xq, cos_q, sin_q = at(x), at(cos), at(sin)
+    lead_q = xq.shape[:-1]
+    q = self.q_proj(xq).reshape(*lead_q, c.num_heads, c.head_dim)
     k = self.k_proj(x).reshape(*lead, c.num_kv_heads, c.head_dim)
     v = self.v_proj(x).reshape(*lead, c.num_kv_heads, c.head_dim)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    q = q.reshape(*lead, c.num_kv_heads, c.num_groups, c.head_dim)
+    q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
+    q = q.reshape(*lead_q, c.num_kv_heads, c.num_groups, c.head_dim)
     out = attend(layer, q, k, v).astype(x.dtype)
-    return self.o_proj(out.reshape(*lead, c.num_heads * c.head_dim))
+    return self.o_proj(out.reshape(*lead_q, c.num_heads * c.head_dim))
 
 
 class MLP(nnx.Module):
@@ -105,8 +111,12 @@ class Block(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dt)
     self.mlp = MLP(config, rngs)
 
-  def __call__(self, h, cos, sin, attend: AttendFn, layer: int):
-    h = h + self.self_attn(self.input_layernorm(h), cos, sin, attend, layer)
+  def __call__(self, h, cos, sin, attend: AttendFn, layer: int, query_at=None):
+    """h [..., T, H] -> [..., T, H], or [..., Q, H] at `query_at` int32[..., Q] only."""
+    out = self.self_attn(self.input_layernorm(h), cos, sin, attend, layer, query_at)
+    if query_at is not None:
+      h = jnp.take_along_axis(h, query_at[..., None], axis=-2)
+    h = h + out
     return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -126,11 +136,16 @@ class Decoder(nnx.Module):
       self.lm_head = nnx.Param(_init(rngs.params(), (config.hidden_size, config.vocab_size),
                                      jnp.float32).astype(dt))
 
-  def hidden(self, tokens: jax.Array, cos: jax.Array, sin: jax.Array, attend: AttendFn) -> jax.Array:
-    """tokens int32[..., T] -> final normed hidden states [..., T, H] (model dtype)."""
+  def hidden(self, tokens: jax.Array, cos: jax.Array, sin: jax.Array, attend: AttendFn,
+             query_at: jax.Array | None = None) -> jax.Array:
+    """tokens int32[..., T] -> final normed hidden states [..., T, H] (model dtype). With
+    query_at int32[..., Q], only at those positions ([..., Q, H]): the last block computes its
+    queries, attention output and MLP there only (its keys and values at all T), so a caller
+    that reads a few positions (an ORM's last token) skips most of the last layer."""
     h = jnp.take(self.embed_tokens[...], tokens, axis=0)
+    last = len(self.layers) - 1
     for i, block in enumerate(self.layers):
-      h = block(h, cos, sin, attend, i)
+      h = block(h, cos, sin, attend, i, query_at if i == last else None)
     return self.norm(h)
 
   def logits(self, h: jax.Array) -> jax.Array:

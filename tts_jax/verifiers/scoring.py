@@ -78,9 +78,9 @@ COMPLETION_WIDTH_MULTIPLE = 32
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tokens, lengths):
+def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tokens, lengths, positions=None):
   last_prompt, prefix = lm.prefill(params, prompt_tokens, prompt_lengths)
-  return last_prompt, lm.extend(params, prefix, tokens, lengths)
+  return last_prompt, lm.extend(params, prefix, tokens, lengths, positions)
 
 
 def completion_width(lengths) -> int:
@@ -91,7 +91,7 @@ def completion_width(lengths) -> int:
 
 def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]], tokens: np.ndarray,
                       lengths: np.ndarray, prompt_width: int | None = None, width: int | None = None,
-                      mesh=None) -> tuple[np.ndarray, np.ndarray]:
+                      mesh=None, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Value logits of N completions of each prompt, the prompt computed once (its KV shared
   by its completions, `LanguageModel.extend`): the same numbers as a full forward over
   each prompt + completion.
@@ -113,8 +113,10 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   toks = np.zeros(tokens.shape[:2] + (width,), np.int32)
   cut = min(width, tokens.shape[2])
   toks[..., :cut] = tokens[..., :cut]
-  lm, args = model.as_lm(), (jnp.asarray(ptoks), jnp.asarray(plens), jnp.asarray(toks),
-                             jnp.asarray(np.minimum(lengths, width), jnp.int32))
+  cut_lengths = np.minimum(lengths, width).astype(np.int32)
+  lm, args = model.as_lm(), (jnp.asarray(ptoks), jnp.asarray(plens), jnp.asarray(toks), jnp.asarray(cut_lengths))
+  if last_only:
+    args += (jnp.asarray(np.maximum(cut_lengths - 1, 0)[..., None]),)
   if mesh is None:
     first, values = _prompt_and_completion_values(lm, params, *args)
   else:
@@ -141,9 +143,8 @@ def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens,
   last token; at the prompt's last token for an empty completion). width, mesh: as in
   `completion_values` (width must cover the longest completion)."""
   _check_width(width, lengths)
-  first, values = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh)
-  last = np.take_along_axis(values, np.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
-  return sigmoid(np.where(lengths > 0, last, first[:, None]))
+  first, last = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh, last_only=True)
+  return sigmoid(np.where(lengths > 0, last[..., 0], first[:, None]))
 
 
 def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
