@@ -112,3 +112,27 @@ def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   assert steps.shape == (3, 4, 24) and not mask[..., s:].any()
   np.testing.assert_array_equal(mask[..., :s].reshape(12, s), want_mask)
   np.testing.assert_allclose(steps[..., :s].reshape(12, s), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_extend_at_positions_equals_extend_everywhere(qk_norm):
+  """`extend(positions=...)` (the last layer at a few query positions only) gives the full
+  extend's outputs at those positions: several positions per row, repeated ones, a GQA model
+  with and without q/k norms (Qwen3)."""
+  import dataclasses
+  from tts_jax.models import init
+  cfg = dataclasses.replace(qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=3,
+                                         num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=64),
+                            qk_norm=qk_norm)
+  lm, params = init(cfg, seed=7)
+  rng = np.random.default_rng(8)
+  prompts, plens = jnp.asarray(rng.integers(0, 13, size=(2, 6)), jnp.int32), jnp.asarray([6, 3], jnp.int32)
+  tokens = jnp.asarray(rng.integers(0, 13, size=(2, 3, 10)), jnp.int32)
+  lengths = jnp.asarray([[10, 4, 1], [7, 10, 2]], jnp.int32)
+  _, prefix = lm.prefill(params, prompts, plens)
+  full = np.asarray(lm.extend(params, prefix, tokens, lengths))
+  pos = np.stack([np.maximum(np.asarray(lengths) - 1, 0), np.zeros((2, 3), int), np.minimum(2, np.asarray(lengths) - 1)],
+                 axis=-1).astype(np.int32)
+  sel = np.asarray(lm.extend(params, prefix, tokens, lengths, positions=jnp.asarray(pos)))
+  assert sel.shape == (2, 3, 3, 13)
+  np.testing.assert_allclose(sel, np.take_along_axis(full, pos[..., None], axis=2), atol=2e-5)
