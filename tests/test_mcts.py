@@ -66,10 +66,16 @@ def test_visits_concentrate_on_the_optimum_and_the_answer_is_it(problem, backup)
   assert share_many > share_few + 0.15 and share_many > 0.55, (share_few, share_many)
   found = []
   for tree in (few, many):
-    pick = np.asarray(tree.answer())
-    toks, lens = np.asarray(tree.tokens), np.asarray(tree.length)
-    found.append(np.mean([tuple(toks[r, pick[r], :lens[r, pick[r]]]) == tuple(best) for r in range(reps)]))
+    toks, lens = np.asarray(tree.answer_tokens), np.asarray(tree.answer_length)
+    found.append(np.mean([tuple(toks[r, :lens[r]]) == tuple(best) for r in range(reps)]))
   assert found[1] > 0.85 and found[0] < 0.2, found
+  # The answer continues the chosen node (completed by a rollout only when it is unfinished).
+  pick = np.asarray(many.answer())
+  node_toks, node_lens = np.asarray(many.tokens), np.asarray(many.length)
+  for r in range(reps):
+    n = node_lens[r, pick[r]]
+    assert np.array_equal(toks[r, :n], node_toks[r, pick[r], :n])
+    assert bool(many.finished[r, pick[r]]) == (lens[r] == n)
   # Bookkeeping: every expansion added K children whose parent is set; one visit per simulation
   # at the root, and through exactly one root child after the first (each child starts at 1).
   used = np.asarray(many.used)
@@ -83,9 +89,8 @@ def test_without_exploration_values_still_rank(problem):
   """c_puct = 0: pure exploitation of the exact values finds the optimum when it was drawn."""
   best = problem[3]
   tree = _search(problem, 24, 32, seed=3, c_puct=0.0)
-  pick = np.asarray(tree.answer())
-  toks, lens = np.asarray(tree.tokens), np.asarray(tree.length)
-  assert np.mean([tuple(toks[r, pick[r], :lens[r, pick[r]]]) == tuple(best) for r in range(32)]) > 0.8
+  toks, lens = np.asarray(tree.answer_tokens), np.asarray(tree.answer_length)
+  assert np.mean([tuple(toks[r, :lens[r]]) == tuple(best) for r in range(32)]) > 0.8
 
 
 def test_bad_arguments_are_named(problem):

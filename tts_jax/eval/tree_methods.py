@@ -4,7 +4,7 @@
 MCTS:
 Budget N is the number of simulations per problem; each expansion draws `expansions` candidate
 next steps. The answer is the tree's chosen node (`Tree.answer`: the most-visited path, else
-the best finished node). The cost counts what the search did: each expansion prefills the
+the best finished node), completed by one policy rollout when unfinished. The cost counts what the search did: each expansion prefills the
 prompt plus the expanded node's tokens once, decodes its K children's new step, and the value
 model reads each child whole (`OutcomePotential`; none with the exact checker).
 """
@@ -68,11 +68,10 @@ class MCTS:
     out = {}
     for k in batch.experiment.budgets:
       tree = batch.search(self, index, k)
-      pick = np.asarray(tree.answer())
       prm = batch.models.prm.config if self.verifier == "prm" else None
       rows = []
       for i, problem in enumerate(batch.problems):
-        text = completion_text(batch.task, tree.tokens[i, pick[i], :tree.length[i, pick[i]]])
+        text = completion_text(batch.task, tree.answer_tokens[i, :tree.answer_length[i]])
         rows.append(Outcome(accuracy=float(batch.task.verify(problem, text)), samples=float(k),
                             cost=_tree_cost(batch.models.policy.config, prm, len(batch.prompts[i]), tree, i),
                             extra=(("nodes", float(tree.used[i])),)))
@@ -82,7 +81,8 @@ class MCTS:
 
 def _tree_cost(policy, verifier, prompt_len: int, tree: Tree, i: int) -> Cost:
   """Compute of problem i's search: per expanded node, one prefill of prompt + node and its
-  children's new tokens decoded; with a value model, its prompt once and every child whole."""
+  children's new tokens decoded; the final rollout (prefill of its node, its tokens); with a
+  value model, its prompt once and every child whole."""
   length, parent = np.asarray(tree.length[i]), np.asarray(tree.parent[i])
   children = np.nonzero(parent >= 0)[0]
   expanded = np.nonzero(np.asarray(tree.first_child[i]) >= 0)[0]
@@ -95,6 +95,12 @@ def _tree_cost(policy, verifier, prompt_len: int, tree: Tree, i: int) -> Cost:
       new = int(length[c] - length[node])
       flops += forward_flops(policy, new, context_start=context)
       kv += kv_bytes_per_token(policy) * new
+  grown = float(sum(int(length[c] - length[parent[c]]) for c in children))
+  rollout = float(tree.decoded[i]) - grown  # the chosen node's completion, if it was unfinished
+  if rollout > 0:
+    context = prompt_len + float(tree.answer_length[i]) - rollout
+    flops += forward_flops(policy, context) + forward_flops(policy, rollout, context_start=context)
+    kv += kv_bytes_per_token(policy) * (context + rollout)
   verifier_tokens = 0.0
   if verifier is not None:
     flops += forward_flops(verifier, prompt_len, head_outputs=1)

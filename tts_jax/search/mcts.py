@@ -2,8 +2,8 @@
 
     tree = mcts(lm, params, prompts, lengths, key, potential=step_oracle(task), simulations=16,
                 expansions=4, max_new_tokens=96, delimiters=ids.steps, stop_tokens=ids.stop)
-    best = tree.answer()                                   # int32[B]: the chosen node of each problem
-    tree.tokens[b, best[b], :tree.length[b, best[b]]]
+    tree.answer_tokens[b, :tree.answer_length[b]]          # the solution chosen for problem b
+    best = tree.answer()                                   # int32[B]: the node it continues
 
 A node is a partial solution ending at a step boundary (the root: the empty solution). One
 simulation per problem:
@@ -19,8 +19,10 @@ simulation per problem:
    root (each child starts with its own value and one visit).
 
 A finished node (a stop token, or T tokens) is a leaf: selecting it backs up its value again.
-The answer is the finished node reached by following the most-visited children from the
-root, or, if that path ends unfinished, the finished node with the best value.
+The chosen node follows the most-visited children from the root; if that path ends
+unfinished, the finished node with the best value, if any. The answer is the chosen node,
+completed by one rollout from the policy when it is unfinished (a search of a few
+simulations rarely reaches the end of a long solution; the rollout's tokens are counted).
 
 The search core is written here rather than with `mctx`: mctx expands one node per
 simulation through a recurrent function of (embedding, action), so the K candidate steps of a
@@ -54,7 +56,9 @@ class Tree:
     not expanded; the K children are the slots first_child .. first_child + K - 1).
   visits, value_sum: float32[B, M] backed-up statistics; value: float32[B, M] the node's own
     evaluation; finished: bool[B, M]; used: int32[B] slots in use; decoded: int32[B] policy
-    tokens drawn.
+    tokens drawn (the final rollout's included).
+  answer_tokens: int32[B, T], answer_length: int32[B]: the chosen node, completed by a rollout
+    when unfinished.
   """
 
   tokens: jax.Array
@@ -67,6 +71,8 @@ class Tree:
   finished: jax.Array
   used: jax.Array
   decoded: jax.Array
+  answer_tokens: jax.Array | None = None
+  answer_length: jax.Array | None = None
   expansions: int = struct.field(pytree_node=False, default=1)
 
   def answer(self) -> jax.Array:
@@ -207,4 +213,15 @@ def _mcts_jit(lm, params, potential, potential_params, prompt_tokens, prompt_len
     visits, value_sum = jax.vmap(_backup)(tree.parent, tree.visits, tree.value_sum, node, count, total)
     return tree.replace(visits=visits, value_sum=value_sum)
 
-  return jax.lax.fori_loop(0, simulations, simulate, tree)
+  tree = jax.lax.fori_loop(0, simulations, simulate, tree)
+  node = tree.answer()
+  chosen, chosen_len = tree.tokens[rows, node], tree.length[rows, node]
+  prefix, prefix_len = suffix_prompts(prompt_tokens, prompt_lengths, chosen, chosen_len, pad_id)
+  roll_keys = jax.vmap(lambda key: jax.random.fold_in(key, simulations))(keys)
+  out = sample_jit(lm, params, prefix, prefix_len, roll_keys, num_samples=1, max_new_tokens=t, params_s=proposal,
+                   stop_tokens=stop_tokens, pad_id=pad_id, share_prefix=True, limits=jnp.maximum(t - chosen_len, 1))
+  open_ = ~tree.finished[rows, node]
+  rolled, rolled_len = splice(chosen, chosen_len, out.tokens[:, 0], out.lengths[:, 0], pad_id)
+  return tree.replace(answer_tokens=jnp.where(open_[:, None], rolled, chosen),
+                      answer_length=jnp.where(open_, rolled_len, chosen_len),
+                      decoded=tree.decoded + jnp.where(open_, out.lengths[:, 0], 0))
