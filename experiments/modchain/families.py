@@ -1,5 +1,6 @@
 """The other test-time-scaling families on the hard modchain split, against voting: MCMC
-(QAlign), iterated SMC (particle Gibbs), tree search (MCTS) and early stopping (DeepConf).
+(QAlign), iterated SMC (particle Gibbs), tree search (MCTS), local acceptance (LATTS) and early
+stopping (DeepConf).
 
     tts-jax run experiments/modchain/families.py
 
@@ -8,11 +9,14 @@ answer is the majority vote over the states) with the shipped ORM or the task's 
 as reward. Particle Gibbs runs 2 sweeps of conditional SMC with N particles each (twice the
 particles of one run: see the FLOPs column) with the shipped PRM or the exact step checker.
 MCTS runs N simulations (PUCT, 4 steps drawn per expansion) valued by the PRM or the exact
-checker. DeepConf draws N/4 warm-up samples, then stops the others whose sliding-window
+checker; the chosen node is completed by a rollout. Local acceptance (LATTS's resample move)
+grows N solutions a step at a time, redrawing a step until the verifier accepts it (with
+probability its score; at most 4 draws, weighted vote). DeepConf draws N/4 warm-up samples, then stops the others whose sliding-window
 confidence falls below the warm-up's 10% quantile (keep 90%) and votes over the rest.
 """
 
-from tts_jax.eval import MCTS, DeepConf, Experiment, MajorityVote, ParticleGibbs, PassAtK, QAlign
+from tts_jax.eval import (MCTS, DeepConf, Experiment, LocalAcceptanceSearch, MajorityVote, ParticleGibbs, PassAtK,
+                          QAlign)
 from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import ModChain
 
@@ -31,6 +35,8 @@ config = Experiment(
         ParticleGibbs(sweeps=2, verifier="oracle", name="particle Gibbs (exact checker, 2 sweeps)"),
         MCTS(verifier="prm", expansions=4, name="MCTS (PRM, K=4)"),
         MCTS(verifier="oracle", expansions=4, name="MCTS (exact checker, K=4)"),
+        LocalAcceptanceSearch(verifier="prm", max_tries=4, name="local acceptance (PRM, 4 tries)"),
+        LocalAcceptanceSearch(verifier="oracle", max_tries=4, name="local acceptance (exact checker, 4 tries)"),
         DeepConf(window=8, top_k=10, keep=0.9, name="DeepConf (keep 90%)"),
         DeepConf(window=8, top_k=10, keep=0.1, name="DeepConf (keep 10%)"),
     ),
