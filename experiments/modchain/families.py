@@ -12,11 +12,14 @@ MCTS runs N simulations (PUCT, 4 steps drawn per expansion) valued by the PRM or
 checker; the chosen node is completed by a rollout. Local acceptance (LATTS's resample move)
 grows N solutions a step at a time, redrawing a step until the verifier accepts it (with
 probability its score; at most 4 draws, weighted vote). DeepConf draws N/4 warm-up samples, then stops the others whose sliding-window
-confidence falls below the warm-up's 10% quantile (keep 90%) and votes over the rest.
+confidence falls below the warm-up's 10% quantile (keep 90%) and votes over the rest. Slim-SC
+stops a chain whose latest step repeats an earlier running chain's (tokens saved at the same
+N). ETS is beam search whose survivors must pay 0.2 of verifier probability per new 16-token KV
+page (`kv_pages`: the pages the final particles hold, prefix-shared), against plain beam search.
 """
 
-from tts_jax.eval import (MCTS, DeepConf, Experiment, LocalAcceptanceSearch, MajorityVote, ParticleGibbs, PassAtK,
-                          QAlign)
+from tts_jax.eval import (ETS, MCTS, BeamSearch, DeepConf, Experiment, LocalAcceptanceSearch, MajorityVote,
+                          ParticleGibbs, PassAtK, QAlign, SlimSC)
 from tts_jax.sampling import SamplingParams
 from tts_jax.tasks import ModChain
 
@@ -39,6 +42,11 @@ config = Experiment(
         LocalAcceptanceSearch(verifier="oracle", max_tries=4, name="local acceptance (exact checker, 4 tries)"),
         DeepConf(window=8, top_k=10, keep=0.9, name="DeepConf (keep 90%)"),
         DeepConf(window=8, top_k=10, keep=0.1, name="DeepConf (keep 10%)"),
+        SlimSC(threshold=1.0, name="Slim-SC (identical steps)"),
+        BeamSearch(verifier="prm", expansions=4, name="beam search (PRM, M=4)"),
+        ETS(verifier="prm", expansions=4, lambda_kv=0.2, name="ETS (PRM, M=4, lambda 0.2)"),
+        BeamSearch(verifier="oracle", expansions=4, name="beam search (exact checker, M=4)"),
+        ETS(verifier="oracle", expansions=4, lambda_kv=0.2, name="ETS (exact checker, M=4, lambda 0.2)"),
     ),
     budgets=(4, 8, 16, 32),
     sampling=SamplingParams(temperature=1.0),

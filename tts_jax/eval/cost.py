@@ -111,6 +111,26 @@ def pool_cost(policy: ModelConfig, verifiers: Sequence[ModelConfig], prompt_lens
            for i in range(used.shape[1])] for b in range(used.shape[0])]
 
 
+def chains_cost(policy: ModelConfig, prompt_lens, lengths, weights) -> list[list[Cost]]:
+  """Expected compute of chains cut short (e.g. pruned): each prompt prefilled once, chain j
+  of subset s generating lengths[k, p, s, j] tokens (0 for chains not started), the
+  expectation over subsets weighted by `weights`.
+
+  prompt_lens: int[P]; lengths: int[K, P, S, n]; weights: float[K, S] -> Cost per budget and
+  problem ([K][P]).
+  """
+  plen = np.asarray(prompt_lens, np.float64)
+  lens = np.asarray(lengths, np.float64)
+  w = np.asarray(weights, np.float64)
+  w = (w / w.sum(-1, keepdims=True))[:, None, :]  # [K, 1, S]
+  flops = forward_flops(policy, plen) + (forward_flops(policy, lens, context_start=plen[None, :, None, None])
+                                         .sum(-1) * w).sum(-1)
+  generated = (lens.sum(-1) * w).sum(-1)
+  kv = kv_bytes_per_token(policy) * (plen + generated)
+  return [[Cost(prompt_tokens=float(plen[i]), generated_tokens=float(generated[b, i]), flops=float(flops[b, i]),
+                kv_bytes=float(kv[b, i])) for i in range(lens.shape[1])] for b in range(lens.shape[0])]
+
+
 def search_cost(policy: ModelConfig, verifier: ModelConfig | None, prompt_len: int, decoded: float,
                 num_particles: int) -> Cost:
   """Compute of one engine run on one prompt: one prefill, `decoded` policy tokens over N

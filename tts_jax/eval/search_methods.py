@@ -21,6 +21,7 @@ from tts_jax.eval.cost import search_cost
 from tts_jax.eval.method import Outcome
 from tts_jax.sampling import SamplingParams
 from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
+from tts_jax.search.ets import distinct_pages, ets_beam_search
 from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
@@ -105,16 +106,18 @@ class SearchMethod(abc.ABC):
     task, models = batch.task, batch.models
     weights, score = self.final_weights(p), np.asarray(p.log_potential)
     verifier = models.prm.config if self.verifier == "prm" else None
+    pages = distinct_pages(p.tokens[:, :n], p.length[:, :n], self.page_size)
     out = []
     for i, prob in enumerate(batch.problems):
       texts = [completion_text(task, p.tokens[i, j, :p.length[i, j]]) for j in range(n)]
       text = self._answer(task, texts, score[i], weights[i])
       out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n * self.runs),
                          cost=self.cost(models.policy.config, verifier, len(batch.prompts[i]), float(p.decoded[i]), n),
-                         extra=(("resamples", float(p.num_resamples[i])),)))
+                         extra=(("resamples", float(p.num_resamples[i])), ("kv_pages", float(pages[i])))))
     return out
 
   runs = 1  # engine runs per problem at each budget
+  page_size = 16  # of the KV pages reported (`kv_pages`: the final particles' pages, prefix-shared)
 
   def cost(self, policy, verifier, prompt_len: int, decoded: float, n: int):
     """The compute of one problem: `decoded` policy tokens over `runs` engine runs of N particles."""
@@ -204,6 +207,21 @@ class DVTS(_TreeSearch):
 
   def smc_config(self, n, **kw):
     return dvts(n, min(self.expansions, n), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ETS(_TreeSearch):
+  """Beam search (width N / M) with ETS's KV-aware survivor choice (`tts_jax.search.ets`):
+  lambda_kv the potential a new KV page of `page_size` tokens must pay for, lambda_div the
+  bonus of a new latest-step cluster. lambda_kv = lambda_div = 0 is `BeamSearch`."""
+
+  lambda_kv: float = 0.1
+  lambda_div: float = 0.0
+  page_size: int = 16
+  name: str = "ETS (PRM)"
+
+  def smc_config(self, n, **kw):
+    return ets_beam_search(n, min(self.expansions, n), self.lambda_kv, self.lambda_div, self.page_size, **kw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,18 +25,20 @@ from tts_jax.smc.particles import Particles
 from tts_jax.smc.strategy import Selection, SelectionStrategy, copy_selected
 
 
-def _beam_group(score, done, hash_, length, width: int, dedup: bool):
-  """Ancestors int32[G] for one group (see the module docstring)."""
-  g = score.shape[0]
+def duplicates(hash_, length) -> jax.Array:
+  """bool[G]: particles identical (same tokens: hash and length) to one of lower index."""
+  idx = jnp.arange(length.shape[0])
+  same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
+  return jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
+
+
+def fill_slots(top, valid, done) -> jax.Array:
+  """Ancestors int32[G] of a group from its survivors: `top` int[W] particle indices in rank
+  order, the first sum(valid) of them real (valid bool[W] a prefix mask), done bool[G].
+  Finished survivors keep one slot each; the other slots go round-robin to the unfinished
+  survivors (to all survivors if none is unfinished)."""
+  g, width = done.shape[0], top.shape[0]
   idx = jnp.arange(g)
-  if dedup:
-    same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
-    dup = jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
-  else:
-    dup = jnp.zeros((g,), bool)
-  order = jnp.lexsort((idx, -score, dup))  # distinct first, then by score (desc), then index
-  top = order[:width]
-  valid = ~dup[top]
   nv = jnp.sum(valid)
   fin, unf = valid & done[top], valid & ~done[top]
   nf, nu = jnp.sum(fin), jnp.sum(unf)
@@ -44,6 +46,16 @@ def _beam_group(score, done, hash_, length, width: int, dedup: bool):
   unf_first = top[jnp.argsort(~unf, stable=True)]
   return jnp.where(idx < nf, fin_first[jnp.minimum(idx, width - 1)],
                    jnp.where(nu > 0, unf_first[(idx - nf) % jnp.maximum(nu, 1)], top[idx % jnp.maximum(nv, 1)]))
+
+
+def _beam_group(score, done, hash_, length, width: int, dedup: bool):
+  """Ancestors int32[G] for one group (see the module docstring)."""
+  g = score.shape[0]
+  idx = jnp.arange(g)
+  dup = duplicates(hash_, length) if dedup else jnp.zeros((g,), bool)
+  order = jnp.lexsort((idx, -score, dup))  # distinct first, then by score (desc), then index
+  top = order[:width]
+  return fill_slots(top, ~dup[top], done)
 
 
 @dataclasses.dataclass(frozen=True)
