@@ -1,7 +1,7 @@
 """Run in subprocesses by tests/test_parallel.py with N simulated CPU devices (XLA_FLAGS must
 be set before JAX starts):
 
-    python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=4)
+    python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=8)
     python -m tests.parallel_worker smc N            # DIGEST of run_smc under every selection strategy
     python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT]
                                                      # a tiny experiment into OUT; DIGEST of results.jsonl
@@ -68,12 +68,12 @@ def sample_mode():
   comps = complete(task, lm, params, task_prompts(task, problems[:3]), num_samples=2, key=jax.random.key(4),
                    max_new_tokens=6, batch_prompts=1, mesh=mesh_or_none())
   print("PALLAS", comps.tokens.shape, digest(comps.tokens, comps.lengths, comps.logprobs, comps.entropy))
-  if A.devices == 4:  # tensor parallel: params split over model=2 (data=2)
+  if A.devices == 8:  # tensor parallel: params split over model=2 (data=4)
     from tts_jax.sampling import sample  # noqa: PLC0415
     prompts = task_prompts(task, problems)
     kw = dict(key=jax.random.key(5), num_samples=4, max_new_tokens=16)
     one = sample(lm, params, prompts, **kw)
-    tp = sample(lm, params, prompts, mesh=make_mesh(data=2, model=2), **kw)
+    tp = sample(lm, params, prompts, mesh=make_mesh(data=4, model=2), **kw)
     same = float((np.asarray(one.tokens) == np.asarray(tp.tokens)).mean())
     diff = float(np.abs(np.asarray(one.logprobs) - np.asarray(tp.logprobs)).max())
     # The value model split over "model" too: completion scores equal up to rounding.
@@ -82,7 +82,7 @@ def sample_mode():
     vm, vparams = init_value(lm.config, seed=1)
     args = (prompts, np.asarray(one.tokens), np.asarray(one.lengths))
     _, v_one = completion_values(vm, vparams, *args)
-    _, v_tp = completion_values(vm, vparams, *args, mesh=make_mesh(data=2, model=2))
+    _, v_tp = completion_values(vm, vparams, *args, mesh=make_mesh(data=4, model=2))
     print("TP", same, max(diff, float(np.abs(v_one - v_tp).max())))
 
 
@@ -113,11 +113,11 @@ def smc_mode():
     parts += [p.tokens, p.length, p.log_weights, p.log_z, p.ancestors, p.num_resamples]
     assert p.tokens.shape[0] == 5, (name, p.tokens.shape)
   print("DIGEST", digest(*parts))
-  if A.devices == 4:  # tensor parallel (data=2 x model=2): the same particles up to rounding
+  if A.devices == 8:  # tensor parallel (data=4 x model=2): the same particles up to rounding
     cfg = configs["pf"]
     one = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential)
     tp = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential,
-                 mesh=make_mesh(data=2, model=2))
+                 mesh=make_mesh(data=4, model=2))
     same = float((np.asarray(one.tokens) == np.asarray(tp.tokens)).mean())
     print("TP", same, float(np.abs(np.asarray(one.logp) - np.asarray(tp.logp)).max()))
 

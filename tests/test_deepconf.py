@@ -81,17 +81,15 @@ def test_bad_confidence_arguments_are_named(model):
 def test_deepconf_method_in_the_runner(tmp_path):
   """DeepConf as an experiment method on the shipped policy: the warm-up sets a threshold that
   stops some of the other samples (fewer tokens than N full samples), more of them with keep =
-  10% than with 90%, and results survive a resume."""
-  import dataclasses
+  10% than with 90%."""
   import json
-  from tests.helpers import without_timing
   from tts_jax.eval import DeepConf, Experiment, MajorityVote, run_experiment
   from tts_jax.tasks import ModChain
   exp = Experiment(name="dc", task=ModChain(), split="hard", num_problems=4, models="default",
                    methods=(MajorityVote(), DeepConf(window=8, top_k=10, keep=0.1, name="dc-low"),
                             DeepConf(window=8, top_k=10, keep=0.9, name="dc-high")),
                    budgets=(4, 16), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
-  full = run_experiment(exp, quiet=True)
+  run_experiment(exp, quiet=True)
   recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
   at16 = [r["methods"] for r in recs if r["budget"] == 16]
   low = sum(m["dc-low"]["stopped"] for m in at16)
@@ -100,8 +98,5 @@ def test_deepconf_method_in_the_runner(tmp_path):
   for m in at16:
     assert m["dc-low"]["generated_tokens"] < m["majority vote"]["generated_tokens"]
     assert 0 <= m["dc-high"]["stopped"] <= 12 and m["dc-low"]["samples"] == 16
-  cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
-  run_experiment(cut, stop_after_batches=1, quiet=True)
-  assert without_timing(run_experiment(cut, quiet=True)) == without_timing(full)
   with pytest.raises(ValueError, match="keep must be in"):
     Experiment(name="x", task=ModChain(), methods=(DeepConf(keep=0.0),), budgets=(4,))

@@ -109,10 +109,8 @@ def test_bad_arguments_are_named(setup):
 def test_local_acceptance_method_in_the_runner(tmp_path):
   """As an experiment method on the shipped models: with the exact checker, K = 1 is plain
   sampling, K = 6 redraws wrong steps (more draws per step, more tokens); the PRM is read, the
-  checker is not; resume is exact."""
-  import dataclasses
+  checker is not."""
   import json
-  from tests.helpers import without_timing
   from tts_jax.eval import Experiment, LocalAcceptanceSearch, run_experiment
   from tts_jax.tasks import ModChain
   exp = Experiment(name="la", task=ModChain(), split="hard", num_problems=4, models="default",
@@ -120,7 +118,7 @@ def test_local_acceptance_method_in_the_runner(tmp_path):
                             LocalAcceptanceSearch(verifier="oracle", max_tries=6, name="k6"),
                             LocalAcceptanceSearch(verifier="prm", max_tries=3, name="prm")),
                    budgets=(2, 4), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
-  full = run_experiment(exp, quiet=True)
+  run_experiment(exp, quiet=True)
   recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
   rows = [r["methods"] for r in recs]
   assert all(m["k1"]["tries_per_step"] == 1.0 for m in rows)  # K = 1 is plain sampling
@@ -128,8 +126,5 @@ def test_local_acceptance_method_in_the_runner(tmp_path):
   assert all(1.0 <= m["k6"]["tries_per_step"] <= 6.0 for m in rows)
   assert np.mean([m["k6"]["generated_tokens"] for m in rows]) > np.mean([m["k1"]["generated_tokens"] for m in rows])
   assert all(m["prm"]["verifier_tokens"] > 0 and m["k6"]["verifier_tokens"] == 0 for m in rows)
-  cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
-  run_experiment(cut, stop_after_batches=1, quiet=True)
-  assert without_timing(run_experiment(cut, quiet=True)) == without_timing(full)
   with pytest.raises(ValueError, match="max_tries must be an int >= 1"):
     Experiment(name="x", task=ModChain(), methods=(LocalAcceptanceSearch(max_tries=0),), budgets=(2,))

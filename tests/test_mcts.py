@@ -104,18 +104,15 @@ def test_bad_arguments_are_named(problem):
 
 def test_mcts_method_in_the_runner(tmp_path):
   """MCTS as an experiment method on the shipped models: N simulations per problem, K new nodes
-  per expansion, compute that grows with N, the value model read only with the PRM, and the
-  same records after a resume."""
-  import dataclasses
+  per expansion, compute that grows with N, the value model read only with the PRM."""
   import json
-  from tests.helpers import without_timing
   from tts_jax.eval import MCTS, Experiment, run_experiment
   from tts_jax.tasks import ModChain
   exp = Experiment(name="mcts", task=ModChain(), split="test", num_problems=4, models="default",
                    methods=(MCTS(verifier="oracle", expansions=3, name="mcts-oracle"),
                             MCTS(verifier="prm", expansions=3, name="mcts-prm")),
                    budgets=(2, 6), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
-  full = run_experiment(exp, quiet=True)
+  run_experiment(exp, quiet=True)
   recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
   by = {(r["problem"], r["budget"]): r["methods"] for r in recs}
   for i in range(4):
@@ -125,8 +122,5 @@ def test_mcts_method_in_the_runner(tmp_path):
       assert (small["nodes"] - 1) % 3 == 0 and 1 < small["nodes"] <= big["nodes"] <= 1 + 6 * 3
       assert small["flops"] < big["flops"] and small["generated_tokens"] < big["generated_tokens"]
     assert by[i, 6]["mcts-prm"]["verifier_tokens"] > 0 and by[i, 6]["mcts-oracle"]["verifier_tokens"] == 0
-  cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
-  run_experiment(cut, stop_after_batches=1, quiet=True)
-  assert without_timing(run_experiment(cut, quiet=True)) == without_timing(full)
   with pytest.raises(ValueError, match="expansions must be an int >= 1"):
     Experiment(name="x", task=ModChain(), methods=(MCTS(expansions=0),), budgets=(2,))
