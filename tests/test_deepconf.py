@@ -95,8 +95,9 @@ def test_deepconf_method_in_the_runner(tmp_path):
   low = sum(m["dc-low"]["stopped"] for m in at16)
   high = sum(m["dc-high"]["stopped"] for m in at16)
   assert low > high and low >= 4 * 3  # keep 10%: a good share of the 12 non-warm-up samples stop
+  assert sum(m["dc-low"]["generated_tokens"] for m in at16) < sum(m["majority vote"]["generated_tokens"] for m in at16)
   for m in at16:
-    assert m["dc-low"]["generated_tokens"] < m["majority vote"]["generated_tokens"]
+    assert m["dc-low"]["generated_tokens"] <= m["majority vote"]["generated_tokens"]
     assert 0 <= m["dc-high"]["stopped"] <= 12 and m["dc-low"]["samples"] == 16
   with pytest.raises(ValueError, match="keep must be in"):
     Experiment(name="x", task=ModChain(), methods=(DeepConf(keep=0.0),), budgets=(4,))
