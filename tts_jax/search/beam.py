@@ -79,13 +79,17 @@ class Beam(SelectionStrategy):
       raise ValueError(f"beam width must be in [1, group size {g}], got {self.width}")
 
   def select(self, keys: jax.Array, p: Particles) -> Selection:
-    b, n = p.shape
-    g = self.group(n)
-    split = lambda x: x.reshape((b * (n // g), g) + x.shape[2:])
-    anc = jax.vmap(functools.partial(_beam_group, width=self.width, dedup=self.dedup))(
-        split(p.log_potential), split(p.done), split(p.hash), split(p.length))
-    anc = (anc.reshape(b, n // g, g) + (jnp.arange(n // g) * g)[None, :, None]).reshape(b, n)
-    return copy_selected(p, anc)
+    one = functools.partial(_beam_group, width=self.width, dedup=self.dedup)
+    return copy_selected(p, per_group(one, self.group(p.shape[1]), p.log_potential, p.done, p.hash, p.length))
+
+
+def per_group(fn, g: int, *arrays) -> jax.Array:
+  """Ancestors int32[B, N] from `fn`, which maps one group's slices of `arrays` ([B, N, ...]
+  each, split into groups of g consecutive particles) to that group's ancestors int32[g]."""
+  b, n = arrays[0].shape[:2]
+  split = lambda x: x.reshape((b * (n // g), g) + x.shape[2:])  # noqa: E731
+  anc = jax.vmap(fn)(*map(split, arrays))
+  return (anc.reshape(b, n // g, g) + (jnp.arange(n // g) * g)[None, :, None]).reshape(b, n)
 
 
 def _check(n: int, m: int):

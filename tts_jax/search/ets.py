@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.search.beam import duplicates, fill_slots
+from tts_jax.search.beam import Beam, duplicates, fill_slots, per_group
 from tts_jax.smc import SMCConfig
 from tts_jax.smc.particles import Particles
-from tts_jax.smc.strategy import Selection, SelectionStrategy, copy_selected
+from tts_jax.smc.strategy import Selection, copy_selected
 
 _MULT = np.uint32(0x01000193)  # FNV prime: an odd multiplier, so powers never vanish mod 2^32
 
@@ -112,43 +112,30 @@ def _ets_group(score, done, hash_, length, keys, ends, cluster, cluster_len, wid
 
 
 @dataclasses.dataclass(frozen=True)
-class KVAwareBeam(SelectionStrategy):
+class KVAwareBeam(Beam):
   """ETS's survivor choice in each group of `group_size` (0: all N) particles: at most `width`
   survivors, lambda_kv the reward a new KV page must pay for, lambda_div the bonus of a new
-  latest-step cluster, page_size the cache's page size, step_ids the step delimiters."""
+  latest-step cluster, page_size the cache's page size, step_ids the step delimiters
+  (identical particles always count once)."""
 
-  width: int = 1
-  group_size: int = 0
   lambda_kv: float = 0.0
   lambda_div: float = 0.0
   page_size: int = 16
   step_ids: tuple[int, ...] = ()
 
-  def group(self, num_particles: int) -> int:
-    return self.group_size or num_particles
-
   def validate(self, num_particles: int) -> None:
-    g = self.group(num_particles)
-    if self.group_size < 0 or num_particles % g:
-      raise ValueError(f"group_size={self.group_size} must divide num_particles={num_particles}")
-    if not 1 <= self.width <= g:
-      raise ValueError(f"beam width must be in [1, group size {g}], got {self.width}")
+    super().validate(num_particles)
     if self.lambda_kv < 0 or self.lambda_div < 0:
       raise ValueError(f"lambda_kv and lambda_div must be >= 0, got {self.lambda_kv}, {self.lambda_div}")
     if self.page_size < 1:
       raise ValueError(f"page_size must be >= 1, got {self.page_size}")
 
   def select(self, keys: jax.Array, p: Particles) -> Selection:
-    b, n = p.shape
-    g = self.group(n)
     pkeys, pends = page_keys(p.tokens, p.length, self.page_size)
     cluster, cluster_len = last_step_keys(p.tokens, p.length, self.step_ids)
-    split = lambda x: x.reshape((b * (n // g), g) + x.shape[2:])  # noqa: E731
     one = functools.partial(_ets_group, width=self.width, lambda_kv=self.lambda_kv, lambda_div=self.lambda_div)
-    anc = jax.vmap(one)(split(p.log_potential), split(p.done), split(p.hash), split(p.length), split(pkeys),
-                        split(pends), split(cluster), split(cluster_len))
-    anc = (anc.reshape(b, n // g, g) + (jnp.arange(n // g) * g)[None, :, None]).reshape(b, n)
-    return copy_selected(p, anc)
+    return copy_selected(p, per_group(one, self.group(p.shape[1]), p.log_potential, p.done, p.hash, p.length, pkeys,
+                                      pends, cluster, cluster_len))
 
 
 def ets_beam_search(num_particles: int, expansions: int, lambda_kv: float, lambda_div: float = 0.0,
