@@ -155,7 +155,7 @@ def _evaluate_plans(arrays, ranks, edges, budgets, rule_ids, rules, kind, probe)
   return jax.vmap(one_budget)(ranks, edges, budgets, rule_ids)
 
 
-_CALIBRATIONS: dict = {}  # (method fields, experiment, models) -> calibration draws of the run's problems
+_CALIBRATIONS: dict = {}  # this run's calibration batches and, per (probe, difficulty, rules), its draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,19 +200,26 @@ class ComputeOptimal(PoolMethod):
 
   def calibration(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """(difficulty float[Q, S], outcomes float[G, R, Q, S]) on the experiment's Q problems
-    (cached per run: drawn at the first batch)."""
+    (cached per run: the calibration batches are drawn once, at the first batch, and shared
+    by every ComputeOptimal method of the run)."""
     exp = batch.experiment
-    key = (self.probe, self.difficulty, self.rules, exp, id(batch.models))
+    run = (exp, id(batch.models))
+    if _CALIBRATIONS.get("run") != run:  # one run at a time
+      _CALIBRATIONS.clear()
+      _CALIBRATIONS["run"], _CALIBRATIONS["batches"] = run, {}
+    key = (self.probe, self.difficulty, self.rules)
     if key not in _CALIBRATIONS:
-      _CALIBRATIONS.clear()  # one run at a time
       problems = exp.task.split(exp.split)[:exp.num_problems]
       grid = jnp.asarray(self.grid(exp.budgets))
+      batches = _CALIBRATIONS["batches"]
       ds, os_ = [], []
       for start in range(0, len(problems), exp.batch_problems):
         chunk = list(problems[start:start + exp.batch_problems])
-        cal = batch if start == batch.start else Batch(
-            experiment=exp, models=batch.models, problems=chunk, start=start, prompt_width=batch.prompt_width,
-            timer=batch.timer)
+        if start not in batches:
+          batches[start] = batch if start == batch.start else Batch(
+              experiment=exp, models=batch.models, problems=chunk, start=start, prompt_width=batch.prompt_width,
+              timer=batch.timer)
+        cal = batches[start]
         pool = cal.pool(self.verifiers()).padded(exp.batch_problems)
         rank = cal.subset_ranks(exp.budgets)[0]
         d, o = jax.device_get(_calibration_draws(self._arrays(pool), rank, grid, rules=self.rules,
