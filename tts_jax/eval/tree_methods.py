@@ -24,6 +24,16 @@ from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import OutcomePotential
 
 
+def _check_fields(verifier: str, **counts) -> None:
+  """Raises ValueError for a verifier other than "prm" / "oracle" or a count that is not an
+  int >= 1 (named by its keyword)."""
+  if verifier not in ("prm", "oracle"):
+    raise ValueError(f"verifier must be 'prm' or 'oracle', got {verifier!r}")
+  for name, value in counts.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class MCTS:
   """PUCT tree search over reasoning steps. verifier: the node values, the shipped PRM's
@@ -41,10 +51,7 @@ class MCTS:
     return ("prm",) if self.verifier == "prm" else ()
 
   def check_budgets(self, budgets) -> None:
-    if self.verifier not in ("prm", "oracle"):
-      raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
-    if isinstance(self.expansions, bool) or not isinstance(self.expansions, int) or self.expansions < 1:
-      raise ValueError(f"expansions must be an int >= 1, got {self.expansions!r}")
+    _check_fields(self.verifier, expansions=self.expansions)
     if self.backup not in ("mean", "max"):
       raise ValueError(f"backup must be 'mean' or 'max', got {self.backup!r}")
 
@@ -130,10 +137,7 @@ class LocalAcceptanceSearch:
     return ("prm",) if self.verifier == "prm" else ()
 
   def check_budgets(self, budgets) -> None:
-    if self.verifier not in ("prm", "oracle"):
-      raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
-    if isinstance(self.max_tries, bool) or not isinstance(self.max_tries, int) or self.max_tries < 1:
-      raise ValueError(f"max_tries must be an int >= 1, got {self.max_tries!r}")
+    _check_fields(self.verifier, max_tries=self.max_tries)
     if self.final not in ("weighted_majority", "argmax"):
       raise ValueError(f"final must be 'weighted_majority' or 'argmax', got {self.final!r}")
 
