@@ -1,8 +1,15 @@
-"""Tests do not write JAX's persistent compilation cache into the user's cache directory
-(the test of the cache itself points it at a temporary directory), and compile with XLA's
+"""Tests do not write JAX's persistent compilation cache into the user's cache directory, and
+compile with XLA's
 expensive optimisations off (`jax_disable_most_optimizations`, as JAX's own test suite can):
 the suite is dominated by compiling small programs, not by running them. Set before JAX is
 imported, so the subprocesses and notebook kernels the tests start inherit both.
+
+One compilation cache serves the whole run instead: a temporary directory made by the first
+pytest process (xdist's controller, before it starts the workers) and named in
+JAX_COMPILATION_CACHE_DIR, which every worker, subprocess and notebook kernel reads when JAX
+starts. Tests compile the same programs again and again (the shipped models at the runner's
+shapes, one module after another, in several processes); each is compiled once per run. The
+test of the cache itself (test_compilation) runs its subprocesses without it.
 
 After each test module the compiled code of that module is dropped (`jax.clear_caches`): a
 worker that keeps every executable of the suite grows past 6 GB and has crashed inside XLA's
@@ -10,9 +17,15 @@ CPU compiler (a segfault in a later compile, twice in three full runs)."""
 
 import gc
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TTS_JAX_COMPILATION_CACHE", "off")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tts_jax_tests_jax_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"  # not the many trivial programs
 
 import jax  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
@@ -23,3 +36,9 @@ def _drop_compiled_code_after_each_module():
   yield
   jax.clear_caches()
   gc.collect()
+
+
+def pytest_unconfigure(config):
+  """The process that made the run's compilation cache removes it (the controller, last)."""
+  if _OWN_CACHE and not hasattr(config, "workerinput"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

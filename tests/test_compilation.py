@@ -39,7 +39,8 @@ def _run_in_subprocess(out_dir, cache_dir) -> dict:
           "from tts_jax.eval.runner import run_experiment; import json; "
           "print(json.dumps(run_experiment(_experiment(sys.argv[2], 4), quiet=True)['timing']))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "TTS_JAX_COMPILATION_CACHE": str(cache_dir)}
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+  env["TTS_JAX_COMPILATION_CACHE"] = str(cache_dir)  # its own cache, not the test run's (conftest.py)
   out = subprocess.run([sys.executable, "-c", code, root, str(out_dir)], env=env, capture_output=True, text=True,
                        check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])

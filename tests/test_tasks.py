@@ -91,6 +91,31 @@ def test_modchain_verifiers_hand_written():
   assert t.step_labels(p, "z = 1 + 1 = 2 ;") == [False]
 
 
+def test_modchain_token_labels_flip_at_the_first_wrong_token():
+  """Exact per-token process labels: true up to the first token no right solution has there
+  (a wrong operand, operator, result, variable or answer), false from then on; at each ";"
+  they equal step_labels, at EOS they say every step and the answer are right."""
+  t, p = modchain_problem()
+  words = lambda text: text.split() + ["<eos>"]
+  good = t.solution(p)
+  assert t.token_labels(p, words(good)) == [True] * len(words(good))
+  cases = {"a = 7 + 2 = 9 ; b = 8 * 4 = 9 ; c = 9 - 9 = 0 ; answer 0": 10,  # operand 8, not a's 9
+           "a = 7 + 2 = 9 ; b = 9 + 4 = 13 ; answer 4": 11,                 # operator
+           "a = 7 + 2 = 9 ; b = 9 * 4 = 12 ; c = 12 - 9 = 3 ; answer 3": 14,  # result
+           "z = 1 + 1 = 2 ; answer 4": 0,                                    # not a variable of the problem
+           "a = 7 + 2 = 9 ; b = 9 * 4 = 13 ; c = 13 - 9 = 4 ; answer 5": 25,  # the answer
+           "a = 7 + 2 = 9 ; b = 9 * 4 = 13 ; c = 13 - 9 = 4 ; answer 4 4": 26,  # a word after the answer
+           "a = 7 + 2 9 ; answer 4": 5,                                      # a malformed step
+           "a = 7 + 2 = 9 ; b = 9 * 4 = 13 ; c = 13 - 9 = 4 ;": 24}           # no answer: EOS is wrong
+  for text, first_wrong in cases.items():
+    labels = t.token_labels(p, words(text))
+    assert labels == [i < first_wrong for i in range(len(labels))], (text, labels)
+    at = [i for i, w in enumerate(words(text)) if w == ";"]
+    assert [labels[i] for i in at] == t.step_labels(p, text), text
+  lucky = "a = 7 + 2 = 9 ; b = 9 * 5 = 22 ; answer 4"  # right by luck: the outcome is, the process is not
+  assert t.verify(p, lucky) and not t.token_labels(p, words(lucky))[-1]
+
+
 def test_countdown_verifiers_hand_written():
   from tts_jax.tasks.countdown import CountdownProblem
   t = Countdown()

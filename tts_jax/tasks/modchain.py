@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
+from typing import Sequence
 
-from tts_jax.tasks.base import ANSWER, STEP, SplitsMixin, problem_rng, split_steps, word_tokenizer
+from tts_jax.tasks.base import ANSWER, EOS, STEP, SplitsMixin, problem_rng, split_steps, word_tokenizer
 
 _OPS = ("+", "-", "*")
 _STEP_RE = re.compile(r"^([a-z]) = (\d+) ([+\-*]) (\d+) = (\d+)$")
@@ -187,5 +188,37 @@ class ModChain(SplitsMixin):
     labels, ok = [], True
     for s in steps:
       ok = ok and self.step_correct(problem, s)
+      labels.append(ok)
+    return labels
+
+  def token_labels(self, problem: ModChainProblem, words: Sequence[str]) -> list[bool]:
+    """Exact process labels per token of a completion (`words`: its tokens as strings, EOS
+    included): whether the text up to and including each token can still be completed to a
+    right solution. Finished steps must be right (as `step_correct`), the current step's tokens
+    so far must agree with a right step (variable, operand values, operator, result), the
+    answer must be the query's value; at EOS: every step and the answer right. At a step's ";"
+    this equals `step_labels`."""
+    defs, vals = {a[0]: a for a in problem.assignments}, self.values(problem.assignments)
+    labels, ok, at, var, answer = [], True, 0, None, False
+    for w in words:
+      if w == EOS:
+        ok = ok and answer is True
+      elif answer is not False:  # after "answer": the value, then nothing else
+        ok = ok and answer is None and w == str(problem.answer)
+        answer = True if answer is None else "extra"
+      elif w == ANSWER:
+        ok, answer = ok and at == 0, None
+      elif w == STEP:
+        ok, at = ok and at == 7, 0
+      else:
+        if at == 0:
+          var = defs.get(w)
+          ok = ok and var is not None
+        elif ok:
+          _, lhs, op, rhs = var
+          want = {1: "=", 2: str(self._operand(lhs, vals)), 3: op, 4: str(self._operand(rhs, vals)), 5: "=",
+                  6: str(vals[var[0]])}
+          ok = w == want.get(at)
+        at += 1
       labels.append(ok)
     return labels
