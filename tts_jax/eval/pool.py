@@ -16,6 +16,7 @@ import numpy as np
 from tts_jax.selection import encode_answers
 from tts_jax.tasks import Completions
 from tts_jax.verifiers import aggregate_steps
+from tts_jax.verifiers.oracle import checker_noise, corrupted_scores
 
 
 @dataclasses.dataclass
@@ -26,7 +27,8 @@ class Pool:
   lengths: generated tokens; mean_entropy / mean_logprob: per-token means; seq_ids: int32
   ids of distinct completions; prompt_lens: int32[P]; orm: float32 ORM probabilities or
   None; prm_steps: float32[P, n, S] PRM probabilities at each step (the last real one
-  at the final token) with prm_mask bool[P, n, S], or None.
+  at the final token) with prm_mask bool[P, n, S], or None; oracle_noise: float64 standard
+  normals, a pure function of each sample's text (`checker_noise`), for corrupted checkers.
   """
 
   answers: np.ndarray
@@ -39,6 +41,7 @@ class Pool:
   orm: np.ndarray | None = None
   prm_steps: np.ndarray | None = None
   prm_mask: np.ndarray | None = None
+  oracle_noise: np.ndarray | None = None
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -52,8 +55,13 @@ class Pool:
     grow = lambda x: None if x is None else np.concatenate([x, np.repeat(x[:1], pad, axis=0)])  # noqa: E731
     return Pool(**{f.name: grow(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
-  def verifier_scores(self, verifier: str, aggregate: str = "last") -> np.ndarray:
-    """float32[P, n] per-sample probability from the ORM, or the PRM aggregated by `aggregate`."""
+  def verifier_scores(self, verifier: str, aggregate: str = "last", auc: float = 1.0) -> np.ndarray:
+    """float32[P, n] per-sample probability from the ORM, the PRM aggregated by `aggregate`, or
+    the exact outcome checker ("oracle"; corrupted to ROC AUC `auc` when < 1, see
+    `tts_jax.verifiers.oracle`)."""
+    if verifier == "oracle":
+      noise = self.oracle_noise if self.oracle_noise is not None else np.zeros(self.shape)
+      return corrupted_scores(self.correct, noise, auc).astype(np.float32)
     if verifier == "orm":
       if self.orm is None:
         raise ValueError("this pool was built without ORM scores")
@@ -62,7 +70,7 @@ class Pool:
       if self.prm_steps is None:
         raise ValueError("this pool was built without PRM scores")
       return np.asarray(aggregate_steps(jnp.asarray(self.prm_steps), jnp.asarray(self.prm_mask), aggregate))
-    raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
+    raise ValueError(f"unknown verifier {verifier!r}; use 'orm', 'prm' or 'oracle'")
 
 
 def build_pool(task, problems, prompts, comps: Completions) -> Pool:
@@ -74,10 +82,12 @@ def build_pool(task, problems, prompts, comps: Completions) -> Pool:
   mask = np.arange(comps.tokens.shape[-1])[None, None] < lens[..., None]
   denom = np.maximum(lens, 1)
   seq_ids = np.zeros((p, n), np.int32)
+  noise = np.zeros((p, n), np.float64)
   for i in range(p):
     seen: dict[bytes, int] = {}
     for j in range(n):
       seq_ids[i, j] = seen.setdefault(comps.tokens[i, j, :lens[i, j]].tobytes(), len(seen))
+      noise[i, j] = checker_noise(0, prompts[i], comps.tokens[i, j, :lens[i, j]].tolist(), True)
   return Pool(answers=answers, correct=correct, lengths=lens.astype(np.int32),
               mean_entropy=(comps.entropy * mask).sum(-1) / denom, mean_logprob=(comps.logprobs * mask).sum(-1) / denom,
-              seq_ids=seq_ids, prompt_lens=np.array([len(x) for x in prompts], np.int32))
+              seq_ids=seq_ids, prompt_lens=np.array([len(x) for x in prompts], np.int32), oracle_noise=noise)

@@ -33,10 +33,11 @@ from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
 from tts_jax.eval.subsets import enumerable, enumerated_ranks, inverse_permutation
+from tts_jax.verifiers.oracle import corruption_scale
 from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_vote, shortest_majority_scores,
                                subset_vote_totals, winner)
 
-Verifier = Literal["orm", "prm"]
+Verifier = Literal["orm", "prm", "oracle"]  # "oracle": the exact outcome checker, corrupted by verifier_auc < 1
 Aggregate = Literal["last", "min", "prod", "mean"]
 
 
@@ -97,19 +98,34 @@ def _pass_at_k(correct, ks):
 
 @dataclasses.dataclass(frozen=True)
 class BestOfN(PoolMethod):
-  """The sample with the highest verifier score (exact over subsets; score ties split evenly)."""
+  """The sample with the highest verifier score (exact over subsets; score ties split evenly).
+  verifier_auc < 1: the "oracle" verifier corrupted to that ROC AUC (a verifier of known quality)."""
 
   verifier: Verifier = "orm"
   aggregate: Aggregate = "last"
+  verifier_auc: float = 1.0
   name: str = "best-of-N (ORM)"
   uses_subsets = False
 
+  def __post_init__(self):
+    _check_verifier(self)
+
   def verifiers(self) -> tuple[str, ...]:
-    return (self.verifier,)
+    return () if self.verifier == "oracle" else (self.verifier,)
 
   def evaluate_pool(self, pool: Pool, budgets, ranks):
-    return _best_of_k(pool.verifier_scores(self.verifier, self.aggregate), jnp.asarray(pool.correct),
-                      _budget_array(budgets))
+    return _best_of_k(pool.verifier_scores(self.verifier, self.aggregate, self.verifier_auc),
+                      jnp.asarray(pool.correct), _budget_array(budgets))
+
+
+def _check_verifier(method) -> None:
+  if method.verifier not in ("orm", "prm", "oracle"):
+    raise ValueError(f"{type(method).__name__}.verifier must be 'orm', 'prm' or 'oracle', got {method.verifier!r}")
+  if method.verifier_auc != 1:
+    if method.verifier != "oracle":
+      raise ValueError(f"{type(method).__name__}.verifier_auc corrupts the exact checker (verifier='oracle'); "
+                       f"got verifier={method.verifier!r} with verifier_auc={method.verifier_auc!r}")
+    corruption_scale(method.verifier_auc)
 
 
 @jax.jit
@@ -165,15 +181,15 @@ class _Vote(PoolMethod):
 
   def evaluate_pool(self, pool: Pool, budgets, ranks):
     ranks, weights, exact = _subset_ranks(self.order_free, budgets, ranks)
-    return _evaluate_votes(self, _arrays(pool, self.verifiers(), getattr(self, "aggregate", "last")),
-                           ranks, _budget_array(budgets), weights, exact)
+    return _evaluate_votes(self, _arrays(pool, self), ranks, _budget_array(budgets), weights, exact)
 
 
-def _arrays(pool: Pool, verifiers, aggregate) -> dict:
+def _arrays(pool: Pool, method) -> dict:
   out = {f: jnp.asarray(getattr(pool, f)) for f in ("answers", "correct", "lengths", "mean_entropy",
                                                       "mean_logprob", "seq_ids")}
-  if verifiers:
-    out["scores"] = pool.verifier_scores(verifiers[0], aggregate)
+  if getattr(method, "verifier", None) is not None:
+    out["scores"] = pool.verifier_scores(method.verifier, getattr(method, "aggregate", "last"),
+                                         getattr(method, "verifier_auc", 1.0))
   return out
 
 
@@ -211,14 +227,19 @@ class MajorityVote(_Vote):
 
 @dataclasses.dataclass(frozen=True)
 class WeightedMajority(_Vote):
-  """Answers weighted by verifier probability (PRM steps aggregated by `aggregate`)."""
+  """Answers weighted by verifier probability (PRM steps aggregated by `aggregate`; "oracle":
+  the exact outcome checker, corrupted to `verifier_auc` when < 1)."""
 
   verifier: Verifier = "prm"
   aggregate: Aggregate = "last"
+  verifier_auc: float = 1.0
   name: str = "weighted majority (PRM)"
 
+  def __post_init__(self):
+    _check_verifier(self)
+
   def verifiers(self) -> tuple[str, ...]:
-    return (self.verifier,)
+    return () if self.verifier == "oracle" else (self.verifier,)
 
   def choose(self, arrays, rank, member, k):
     return _vote(arrays["answers"], member, arrays["scores"]), k
@@ -275,7 +296,7 @@ class RPC(PoolMethod):
   name: str = "RPC"
 
   def evaluate_pool(self, pool: Pool, budgets, ranks):
-    arrays = _arrays(pool, (), "last")
+    arrays = _arrays(pool, self)
     num_subsets = ranks.shape[-2]
     ranks, weights, exact = _subset_ranks(True, budgets, ranks)
     rows = []

@@ -26,6 +26,7 @@ from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import ValuePotential
+from tts_jax.verifiers.oracle import corruption_scale
 
 Final = Literal["argmax", "weighted_majority"]
 
@@ -36,13 +37,16 @@ class SearchMethod(abc.ABC):
   step checker ("oracle"); aggregate: how the PRM's step scores combine; transform: a step
   score r is read as log r or logit r; final: the answer is the best particle ("argmax") or
   a vote weighted by `final_weights`; max_step_tokens: a cap on a step's length (0: steps
-  end at the task's delimiter only). Subclasses define `smc_config(n, **engine_fields)`."""
+  end at the task's delimiter only); verifier_auc < 1: the exact checker corrupted to that
+  ROC AUC (a verifier of known quality, `tts_jax.verifiers.oracle`). Subclasses define
+  `smc_config(n, **engine_fields)`."""
 
   verifier: Literal["prm", "oracle"] = "prm"
   aggregate: Literal["last", "prod", "min"] = "last"
   transform: Literal["log", "logit"] = "log"
   final: Final = "argmax"
   max_step_tokens: int = 0
+  verifier_auc: float = 1.0
   timing_phase = "search"  # where the runner's time breakdown counts this method
 
   @abc.abstractmethod
@@ -56,12 +60,17 @@ class SearchMethod(abc.ABC):
     """Raises ValueError now for a budget this method cannot run (e.g. N not divisible by M)."""
     if self.verifier not in ("prm", "oracle"):
       raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
+    if self.verifier_auc != 1:
+      if self.verifier != "oracle":
+        raise ValueError(f"verifier_auc corrupts the exact checker (verifier='oracle'); got verifier="
+                         f"{self.verifier!r} with verifier_auc={self.verifier_auc!r}")
+      corruption_scale(self.verifier_auc)
     for n in budgets:
       self.smc_config(n)
 
   def potential(self, models, task):
     if self.verifier == "oracle":
-      return step_oracle(task, self.transform), None
+      return step_oracle(task, self.transform, auc=self.verifier_auc), None
     return ValuePotential(models.prm.as_lm(), aggregate=self.aggregate, transform=self.transform), models.prm_params
 
   def host_state(self, particles: Particles) -> Particles:

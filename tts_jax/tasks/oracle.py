@@ -43,6 +43,8 @@ class TaskChecker:
     return prefix_correct(self.task, problem, completion_text(self.task, completion_ids), done)
 
 
-def step_oracle(task, transform: Literal["log", "logit"] = "log", eps: float = 0.01) -> OraclePotential:
-  """The task's exact checker as a potential: log r or logit r, r = 1 - eps while right, eps after."""
-  return OraclePotential(TaskChecker(task), transform=transform, eps=eps)
+def step_oracle(task, transform: Literal["log", "logit"] = "log", eps: float = 0.01, auc: float = 1.0,
+                seed: int = 0) -> OraclePotential:
+  """The task's exact checker as a potential: log r or logit r, r = 1 - eps while right, eps after;
+  with auc < 1 the checker corrupted to that ROC AUC (`tts_jax.verifiers.oracle`)."""
+  return OraclePotential(TaskChecker(task), transform=transform, eps=eps, auc=auc, seed=seed)

@@ -4,11 +4,19 @@ A particle scores r = 1 - eps while its generation is right so far (and, once do
 its answer is), eps otherwise, read as log r or logit r. The checker sees the prompt's
 token ids and the generation's, so the potential is pure: everything it depends on is
 an argument, and one compilation serves every batch.
+
+A corrupted checker (`auc` < 1) models an imperfect verifier of known quality: its score is
+r = clip(sigmoid(z), eps, 1 - eps), z = mu (y - 1/2) + e, with y the exact verdict and e a
+standard normal that is a pure function of (seed, prompt, generation, done) (a hash: the same
+text always gets the same score). Right and wrong texts' logits then differ by mu in mean, so
+the ROC AUC of the score against y is Phi(mu / sqrt 2): mu = sqrt 2 Phi^-1(auc).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from statistics import NormalDist
 from typing import Literal, Protocol, Sequence
 
 import jax
@@ -35,6 +43,31 @@ class PromptState:
     return self
 
 
+def checker_noise(seed: int, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> float:
+  """A standard normal draw that is a pure function of its arguments (blake2b of the ids)."""
+  h = hashlib.blake2b(np.asarray([seed, int(done), len(prompt_ids), *prompt_ids, *completion_ids], np.int64).tobytes(),
+                      digest_size=8)
+  u = (int.from_bytes(h.digest(), "little") + 0.5) / 2.0 ** 64  # in (0, 1)
+  return NormalDist().inv_cdf(u)
+
+
+def corruption_scale(auc: float) -> float:
+  """mu such that N(mu/2, 1) against N(-mu/2, 1) has ROC AUC `auc`: sqrt 2 Phi^-1(auc)."""
+  if not 0.5 <= auc < 1:
+    raise ValueError(f"a corrupted checker's auc must be in [0.5, 1) (1: the exact checker), got {auc!r}")
+  return 2 ** 0.5 * NormalDist().inv_cdf(auc)
+
+
+def corrupted_scores(ok, noise, auc: float, eps: float = 0.01) -> np.ndarray:
+  """float64 probabilities r of exact verdicts `ok` (bool array) with standard normal `noise`
+  of the same shape: the exact 1 - eps / eps at auc = 1, else clip(sigmoid(z), eps, 1 - eps)."""
+  ok = np.asarray(ok, bool)
+  if auc >= 1:
+    return np.where(ok, 1 - eps, eps)
+  z = corruption_scale(auc) * (ok - 0.5) + np.asarray(noise, np.float64)
+  return np.clip(1 / (1 + np.exp(-z)), eps, 1 - eps)
+
+
 @dataclasses.dataclass(frozen=True)
 class OraclePotential:
   """`checker` as a potential (see the module docstring); params are unused (None)."""
@@ -42,12 +75,16 @@ class OraclePotential:
   checker: StepChecker
   transform: Literal["log", "logit"] = "log"
   eps: float = 0.01
+  auc: float = 1.0  # < 1: the checker corrupted to this ROC AUC (module docstring)
+  seed: int = 0  # of the corruption noise
 
   def __post_init__(self):
     if self.transform not in ("log", "logit"):
       raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
     if not 0 < self.eps < 0.5:
       raise ValueError(f"eps must be in (0, 0.5), got {self.eps}")
+    if self.auc != 1:
+      corruption_scale(self.auc)  # raises on an auc outside [0.5, 1]
 
   def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> PromptState:
     return PromptState(tokens=prompt_tokens.astype(jnp.int32), lengths=prompt_lengths.astype(jnp.int32))
@@ -63,9 +100,13 @@ class OraclePotential:
     prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
     tokens, lengths, done = np.asarray(tokens), np.asarray(lengths), np.asarray(done)
     ok = np.zeros(lengths.shape, bool)
+    noise = np.zeros(lengths.shape, np.float64)
     for b in range(lengths.shape[0]):
       prompt = prompt_tokens[b, :prompt_lengths[b]].tolist()
       for n in range(lengths.shape[1]):
-        ok[b, n] = self.checker(prompt, tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
-    r = np.where(ok, 1 - self.eps, self.eps)
+        completion = tokens[b, n, :lengths[b, n]].tolist()
+        ok[b, n] = self.checker(prompt, completion, bool(done[b, n]))
+        if self.auc < 1:
+          noise[b, n] = checker_noise(self.seed, prompt, completion, bool(done[b, n]))
+    r = corrupted_scores(ok, noise, self.auc, self.eps)
     return (np.log(r) if self.transform == "log" else np.log(r / (1 - r))).astype(np.float32)

@@ -1,0 +1,110 @@
+"""The exact checker corrupted to a chosen ROC AUC: a verifier of known quality, for pools
+(best-of-N, weighted majority) and for search (the potential)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from tts_jax.eval import BestOfN, DVTS, Experiment, ParticleFiltering, WeightedMajority
+from tts_jax.eval.metrics import pass_at_k
+from tts_jax.eval.pool import Pool
+from tts_jax.tasks import ModChain, prompt_ids, step_oracle
+from tts_jax.verifiers import roc_auc
+from tts_jax.verifiers.oracle import checker_noise, corrupted_scores
+
+
+def test_noise_is_a_pure_standard_normal_of_the_text():
+  draws = np.array([checker_noise(0, [1, 2, 3], [i, i % 7], False) for i in range(4000)])
+  assert checker_noise(0, [1, 2, 3], [5, 5], False) == draws[5]  # the same text, the same draw
+  assert checker_noise(1, [1, 2, 3], [5, 5], False) != draws[5]  # the seed, done and the ids all count
+  assert checker_noise(0, [1, 2, 3], [5, 5], True) != draws[5]
+  assert checker_noise(0, [1, 2], [3, 5, 5], False) != draws[5]
+  assert stats.kstest(draws, "norm").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("auc", [0.5, 0.6, 0.75, 0.9, 0.99])
+def test_corrupted_scores_have_the_asked_auc(auc):
+  """20,000 verdicts (40% right): the AUC's standard error is < 0.005, the tolerance 0.02."""
+  rng = np.random.default_rng(0)
+  ok = rng.random(20_000) < 0.4
+  noise = np.array([checker_noise(3, [7], [i], True) for i in range(20_000)])
+  assert abs(roc_auc(corrupted_scores(ok, noise, auc), ok) - auc) < 0.02
+  assert roc_auc(corrupted_scores(ok, noise, 1.0), ok) == 1.0
+
+
+def _pool(p=300, n=16, seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.beta(0.7, 1.0, size=(p, 1))  # per-problem difficulty
+  correct = rng.random((p, n)) < q
+  answers = np.where(correct, 0, rng.integers(1, 6, size=(p, n))).astype(np.int32)
+  zeros = np.zeros((p, n))
+  return Pool(answers=answers, correct=correct, lengths=np.full((p, n), 10, np.int32), mean_entropy=zeros,
+              mean_logprob=zeros, seq_ids=np.tile(np.arange(n, dtype=np.int32), (p, 1)),
+              prompt_lens=np.full(p, 5, np.int32), oracle_noise=rng.standard_normal((p, n)))
+
+
+def test_best_of_n_with_the_exact_checker_is_pass_at_k_and_decays_to_pass_at_1():
+  pool, budgets = _pool(), (1, 4, 16)
+  acc = lambda auc: np.asarray(BestOfN(verifier="oracle", verifier_auc=auc).evaluate_pool(pool, budgets, None)[0])
+  exact = pass_at_k(16, pool.correct.sum(1)[None, :], np.asarray(budgets)[:, None])
+  np.testing.assert_allclose(acc(1.0), exact, atol=1e-6)
+  curve = [acc(a)[2].mean() for a in (0.5, 0.7, 0.9, 0.99, 1.0)]  # at N = 16, common noise
+  assert all(x < y for x, y in zip(curve, curve[1:])), curve
+  # AUC 0.5 is a random pick: pass@1 on average (standard error of the mean over 300 problems ~0.02).
+  assert abs(curve[0] - pool.correct.mean()) < 0.06
+
+
+def test_weighted_majority_with_the_checker_uses_its_scores():
+  pool = _pool(seed=1)
+  run = lambda auc: np.asarray(WeightedMajority(verifier="oracle", verifier_auc=auc).evaluate_pool(
+      pool, (16,), jnp.asarray(np.argsort(np.random.default_rng(2).random((1, 300, 4, 16)), -1), jnp.int32))[0])
+  assert run(1.0).mean() > run(0.8).mean() > run(0.55).mean()
+  assert WeightedMajority(verifier="oracle").verifiers() == ()  # no model read, no verifier compute charged
+
+
+def test_the_corrupted_potential_scores_the_checker_verdict_with_noise():
+  """The modchain solution and a copy with a wrong first result, whole and cut after step 1:
+  log r equals log clip(sigmoid(mu (y - 1/2) + e)) with e the text's own draw."""
+  task = ModChain()
+  prob = task.split("hard")[0]
+  tok = task.tokenizer()
+  text = task.solution(prob)
+  first, rest = text.split(" ; ", 1)
+  head, result = first.rsplit("= ", 1)
+  bad = f"{head}= {(int(result) + 1) % 23} ; {rest}"
+  enc = lambda s: np.asarray(tok.encode(s, add_special_tokens=False) + [tok.token_to_id("<eos>")], np.int32)
+  sol, wrong = enc(text), enc(bad)
+  first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
+  prompt = prompt_ids(task, prob)
+  t = len(sol)
+  tokens = np.zeros((1, 4, t), np.int32)
+  tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
+      wrong[:first_end]
+  lengths = np.array([[t, t, first_end, first_end]], np.int32)
+  done = np.array([[True, True, False, False]])
+  ok = np.array([True, False, True, False])
+  for auc in (1.0, 0.8):
+    pot = step_oracle(task, auc=auc, seed=5)
+    state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, t)
+    score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
+        state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
+    noise = [checker_noise(5, prompt, tokens[0, j, :lengths[0, j]].tolist(), bool(done[0, j])) for j in range(4)]
+    np.testing.assert_allclose(np.asarray(score)[0], np.log(corrupted_scores(ok, noise, auc)), rtol=1e-5)
+
+
+def test_verifier_auc_is_checked():
+  with pytest.raises(ValueError, match="verifier_auc corrupts the exact checker"):
+    BestOfN(verifier="orm", verifier_auc=0.8)
+  with pytest.raises(ValueError, match=r"auc must be in \[0.5, 1\)"):
+    WeightedMajority(verifier="oracle", verifier_auc=1.5)
+  with pytest.raises(ValueError, match="verifier_auc corrupts the exact checker"):
+    Experiment(name="x", task=ModChain(), methods=(ParticleFiltering(verifier_auc=0.7),), budgets=(4,))
+  with pytest.raises(ValueError, match=r"auc must be in \[0.5, 1\)"):
+    Experiment(name="x", task=ModChain(), methods=(DVTS(verifier="oracle", verifier_auc=0.3),), budgets=(4,))
+  pf = ParticleFiltering(verifier="oracle", verifier_auc=0.7)
+  pot, params = pf.potential(None, ModChain())
+  assert params is None and pot.auc == 0.7 and dataclasses.replace(pf, verifier_auc=1.0).potential(None, ModChain())[0].auc == 1
