@@ -1,5 +1,6 @@
 """Task generators, exact verifiers and oracle process verifiers."""
 
+import re
 
 import numpy as np
 import pytest
@@ -114,6 +115,27 @@ def test_modchain_token_labels_flip_at_the_first_wrong_token():
     assert [labels[i] for i in at] == t.step_labels(p, text), text
   lucky = "a = 7 + 2 = 9 ; b = 9 * 5 = 22 ; answer 4"  # right by luck: the outcome is, the process is not
   assert t.verify(p, lucky) and not t.token_labels(p, words(lucky))[-1]
+
+
+def test_modchain_wrong_solutions_break_at_one_operand_or_operator():
+  """Each wrong solution follows the right one up to one token of one step (an operand value
+  or the operator), computes that step from what it wrote, and carries it on; its exact
+  labels flip there and stay false."""
+  t, rng = ModChain(), np.random.default_rng(0)
+  kinds = {"operand": 0, "operator": 0}
+  for p in t.split("hard")[:100]:
+    good, bad = t.solution(p).split(), t.wrong_solution(p, rng).split()
+    assert len(good) == len(bad)
+    first = next(i for i, (g, b) in enumerate(zip(good, bad)) if g != b) if good != bad else None
+    if first is None:
+      continue  # impossible: a shift of 1..p-1 or another operator always changes a token
+    kinds["operator" if bad[first] in "+-*" else "operand"] += 1
+    assert first % 8 in (2, 3, 4)  # within "v = a op b = r ;"
+    labels = t.token_labels(p, bad + ["<eos>"])
+    assert labels == [i < first for i in range(len(labels))]
+    steps = " ".join(bad).split(" ; ")[:-1]
+    assert all(re.fullmatch(r"[a-z] = \d+ [+\-*] \d+ = \d+", s) for s in steps)  # well-formed throughout
+  assert kinds["operand"] > 2 * kinds["operator"] > 0, kinds
 
 
 def test_countdown_verifiers_hand_written():

@@ -108,3 +108,29 @@ def test_verifier_auc_is_checked():
   pf = ParticleFiltering(verifier="oracle", verifier_auc=0.7)
   pot, params = pf.potential(None, ModChain())
   assert params is None and pot.auc == 0.7 and dataclasses.replace(pf, verifier_auc=1.0).potential(None, ModChain())[0].auc == 1
+
+
+def test_runner_plots_accuracy_against_the_verifier_auc(tmp_path):
+  """Pool methods with the corrupted checker in the runner (no verifier model read or charged):
+  best-of-N with the exact checker equals pass@N per problem; the extra plot is written."""
+  import json
+  import os
+  from tts_jax.eval import MajorityVote, PassAtK, run_experiment
+  from tts_jax.eval.summary import method_families
+  methods = (PassAtK(), MajorityVote(), *(m for auc in (0.6, 1.0) for m in (
+      BestOfN(verifier="oracle", verifier_auc=auc, name=f"best-of-N (AUC {auc})"),
+      WeightedMajority(verifier="oracle", verifier_auc=auc, name=f"weighted majority (AUC {auc})"))))
+  exp = Experiment(name="vq", task=ModChain(), split="hard", num_problems=3, methods=methods, budgets=(2, 8),
+                   max_new_tokens=64, batch_problems=3, num_subsets=8, out_dir=str(tmp_path),
+                   plot_against="verifier_auc")
+  run_experiment(exp, quiet=True)
+  assert os.path.getsize(tmp_path / "against_verifier_auc.png") > 0
+  for line in (tmp_path / "results.jsonl").read_text().splitlines():
+    rec = json.loads(line)["methods"]
+    assert rec["best-of-N (AUC 1.0)"]["accuracy"] == pytest.approx(rec["pass@k (oracle)"]["accuracy"], abs=1e-6)
+    assert rec["best-of-N (AUC 0.6)"]["verifier_tokens"] == 0
+  families, refs = method_families(methods, "verifier_auc")
+  assert list(families) == ["best-of-N", "weighted majority"] and [m.name for m in refs] == ["pass@k (oracle)",
+                                                                                             "majority vote"]
+  with pytest.raises(ValueError, match="plot_against='verifier_aux' is a field of none of the methods"):
+    dataclasses.replace(exp, plot_against="verifier_aux")

@@ -116,3 +116,30 @@ def test_orm_and_prm_train_resume_and_export(tiny_policy, tmp_path):
     if kind == "orm":  # the resumed run ends where an uninterrupted one does, bit for bit
       _, straight, _ = train_verifier(vcfg(kind, tiny_policy, tmp_path / "straight"))
       assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(straight)))
+
+
+def test_written_samples_are_the_solution_and_one_token_off(tiny_policy):
+  """written=3 of 5 problems, 4 samples each: 2 copies of the right solution and 2 wrong
+  solutions, labelled like sampled ones; the other 2 problems are sampled."""
+  cfg = vcfg("prm", tiny_policy, "unused", every_token=True, samples_per_problem=4)
+  lm, params, _ = load_model(tiny_policy)
+  task = cfg.task
+  tok = task.tokenizer()
+  problems = [task.train_problem(1, i) for i in range(5)]
+  data, _ = build_data(cfg, task, lm, params, problems, key=jax.random.key(0), num_samples=4, labels="exact",
+                       every_token=True, written=3)
+  again, _ = build_data(cfg, task, lm, params, problems, key=jax.random.key(0), num_samples=4, labels="exact",
+                        every_token=True, written=3)
+  assert np.array_equal(data.tokens, again.tokens)  # a pure function of the key
+  assert data.tokens.shape[0] == 20 and data.group.tolist() == [p for p in range(5) for _ in range(4)]
+  for i in range(12):
+    p, j = divmod(i, 4)
+    n = data.lengths[i]
+    text = tok.decode(data.tokens[i, :n].tolist(), skip_special_tokens=True).split(":", 1)[1].strip()
+    pos = np.flatnonzero(data.weight[i])
+    if j < 2:
+      assert text == task.solution(problems[p]) and (data.target[i, pos] == 1).all()
+    else:
+      assert text != task.solution(problems[p])
+      flips = np.flatnonzero(np.diff(data.target[i, pos[:-1]]))
+      assert len(flips) == 1 and data.target[i, pos[0]] == 1  # right up to one token, wrong from it on

@@ -31,6 +31,9 @@ class Experiment:
     num_subsets: Monte Carlo subsets per problem and budget for voting methods.
     batch_problems: problems per sampling batch (a fixed partition: part of the resume contract).
     out_dir: results.jsonl, summary.json and the plot go here.
+    plot_against: a method field (e.g. "verifier_auc"): also plot accuracy at the largest
+      budget against it, one line per family of methods that differ only in that field
+      (`tts_jax.eval.summary.plot_against`); methods without it are drawn as references.
   """
 
   name: str
@@ -46,6 +49,7 @@ class Experiment:
   num_subsets: int = 64
   batch_problems: int = 25
   out_dir: str = ""
+  plot_against: str = ""
 
   def __post_init__(self):
     if not self.budgets or any(not isinstance(b, int) or b < 1 for b in self.budgets):
@@ -63,6 +67,8 @@ class Experiment:
       raise ValueError(f"Experiment.seed must be an int >= 0, got {self.seed!r}")
     if not isinstance(self.sampling, SamplingParams):
       raise ValueError(f"Experiment.sampling must be a SamplingParams, got {type(self.sampling).__name__}")
+    if self.plot_against and not any(hasattr(m, self.plot_against) for m in self.methods):
+      raise ValueError(f"Experiment.plot_against={self.plot_against!r} is a field of none of the methods")
     for name in ("num_problems", "batch_problems", "num_subsets", "max_new_tokens"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -32,7 +32,7 @@ from tts_jax.eval.compile_cache import enable_compilation_cache
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.group import BatchGroup
 from tts_jax.eval.results_file import ResultsFile, atomic_write
-from tts_jax.eval.summary import format_table, plot, summarize
+from tts_jax.eval.summary import format_table, plot, plot_against, summarize
 from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
 from tts_jax.models.memory import plan_memory
@@ -160,6 +160,8 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
     results.finish()
     summary = summarize(exp, results_path)
     plot(exp, summary, os.path.join(out, PLOT))
+    if exp.plot_against:
+      plot_against(exp, summary, exp.plot_against, os.path.join(out, f"against_{exp.plot_against}.png"))
   summary["timing"] = {"batches_computed": new, "mesh": describe(mesh), **timer.report(),
                        "compilations_per_batch": per_batch}
   atomic_write(os.path.join(out, SUMMARY), json.dumps(summary, indent=1))
@@ -167,4 +169,6 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
     print(format_table(summary))
     print(timer.format())
     print(f"results: {results_path}\nplot: {os.path.join(out, PLOT)}")
+    if exp.plot_against:
+      print(f"plot: {os.path.join(out, f'against_{exp.plot_against}.png')}")
   return summary

@@ -1,9 +1,12 @@
 """Summaries of an experiment's results: per method and budget, accuracy with a bootstrap CI,
-samples, tokens and FLOPs; a text table; a plot of accuracy against FLOPs."""
+samples, tokens and FLOPs; a text table; a plot of accuracy against N and FLOPs, and one
+against a method field (`plot_against`, e.g. verifier quality)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -90,5 +93,58 @@ def plot(exp: Experiment, summary: dict, path: str) -> None:
              frameon=False)
   rows_of_legend = -(-len(methods) // 3)
   fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def method_families(methods, field: str) -> tuple[dict[str, list], list]:
+  """Methods that differ only in `field` (and their names), as {label: [(value, method)]} sorted
+  by value, and the methods without the field. A family's label is its names' common
+  prefix up to its last " (" (e.g. "particle filtering (AUC 0.6)", "... (AUC 0.9)" give
+  "particle filtering")."""
+  groups: dict[tuple, list] = {}
+  references = []
+  for m in methods:
+    if not hasattr(m, field):
+      references.append(m)
+      continue
+    key = (type(m).__name__,) + tuple((f.name, getattr(m, f.name)) for f in dataclasses.fields(m)
+                                     if f.name not in ("name", field))
+    groups.setdefault(key, []).append((getattr(m, field), m))
+  families = {}
+  for members in groups.values():
+    names = [m.name for _, m in members]
+    prefix = os.path.commonprefix(names) if len(names) > 1 else names[0]
+    label = (prefix[:prefix.rfind(" (")] if " (" in prefix else prefix).strip() or type(members[0][1]).__name__
+    families[label] = sorted(members, key=lambda vm: vm[0])
+  return families, references
+
+
+def plot_against(exp: Experiment, summary: dict, field: str, path: str) -> None:
+  """Accuracy at the largest budget (95% CI bars) against the methods' `field`: one line per
+  family (`method_families`), the other methods as horizontal lines."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  budget = max(exp.budgets)
+  at = lambda m: next(r for r in summary["methods"][m.name] if r["budget"] == budget)  # noqa: E731
+  families, references = method_families(exp.methods, field)
+  colors = plt.get_cmap("tab10").colors
+  fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
+  for i, (label, members) in enumerate(families.items()):
+    rows = [at(m) for _, m in members]
+    y = np.array([100 * r["accuracy"] for r in rows])
+    err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+    ax.errorbar([v for v, _ in members], y, yerr=err, marker=MARKERS[i % len(MARKERS)], ms=4, capsize=2, lw=1.2,
+                elinewidth=0.7, label=label, color=colors[i % len(colors)])
+  for j, m in enumerate(references):
+    ax.axhline(100 * at(m)["accuracy"], color="0.4", lw=1, linestyle=LINESTYLES[j % len(LINESTYLES)], label=m.name)
+  ax.set_xlabel(field.replace("_", " "))
+  ax.set_ylabel(f"accuracy at N = {budget} (%)")
+  ax.grid(True, alpha=0.3)
+  ax.set_title(f"{exp.name}: {exp.task.name} {exp.split}, {exp.num_problems} problems, 95% bootstrap CIs",
+               fontsize=10)
+  ax.legend(fontsize=8, frameon=False)
+  fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -152,6 +152,29 @@ class ModChain(SplitsMixin):
       steps.append(f"{var} = {self._operand(lhs, vals)} {op} {self._operand(rhs, vals)} = {vals[var]} {STEP}")
     return " ".join(steps + [f"{ANSWER} {problem.answer}"])
 
+  def wrong_solution(self, problem: ModChainProblem, rng) -> str:
+    """A solution with one plausible error, carried through as the policy carries its own: in
+    a random step an operand value (4 times in 5: the policy's commonest first error) or the
+    operator (1 in 5) is wrong, that step's result is computed from what it wrote, and every
+    later step reads the wrong values. Hard negatives for verifier training (they differ from
+    `solution` from one token on). rng: a numpy Generator."""
+    defs = {a[0]: a for a in problem.assignments}
+    at = int(rng.integers(0, len(problem.needed)))
+    written = self.values(problem.assignments)  # the values the wrong solution believes, from `at` on
+    steps = []
+    for i, var in enumerate(problem.needed):
+      _, lhs, op, rhs = defs[var]
+      a, b = self._operand(lhs, written), self._operand(rhs, written)
+      if i == at:
+        if rng.random() < 0.8:
+          shift = int(rng.integers(1, self.modulus))
+          a, b = ((a + shift) % self.modulus, b) if rng.random() < 0.5 else (a, (b + shift) % self.modulus)
+        else:
+          op = [o for o in _OPS if o != op][int(rng.integers(0, 2))]
+      written[var] = self.apply(a, op, b)
+      steps.append(f"{var} = {a} {op} {b} = {written[var]} {STEP}")
+    return " ".join(steps + [f"{ANSWER} {written[problem.query]}"])
+
   # -- verifiers ---------------------------------------------------------------
   def extract_answer(self, text: str) -> str | None:
     """The stated answer ("0".."p-1") or None when there is no well-formed answer line."""

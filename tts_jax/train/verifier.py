@@ -30,7 +30,7 @@ from tts_jax.models import pad_prompts
 from tts_jax.models.io import load_model, save_model
 from tts_jax.models.value import init_value
 from tts_jax.tasks.base import task_tokens
-from tts_jax.tasks.rollout import complete, grade, task_prompts
+from tts_jax.tasks.rollout import complete, task_prompts
 from tts_jax.train.loop import run as train_loop
 from tts_jax.train.optim import OptimConfig, check_positive_ints, make_optimizer
 from tts_jax.verifiers import delimiter_positions, roc_auc, value_logits_chunked, within_group_auc
@@ -43,7 +43,9 @@ WIDTH_BUCKET = 32  # training batches are padded to a multiple of this: a handfu
 class VerifierTrainConfig:
   """One ORM or PRM training run; the value model starts from the policy's weights. Each
   step's batch holds whole problems (batch_size / samples_per_problem of them), so the
-  ranking loss sees right and wrong samples of the same problem."""
+  ranking loss sees right and wrong samples of the same problem. written_fraction: the share
+  of each round's problems whose samples are written instead of sampled (the right solution
+  and one-token-off wrong ones, `build_data`)."""
 
   kind: Literal["orm", "prm"]
   task: Any
@@ -56,6 +58,7 @@ class VerifierTrainConfig:
   epochs_per_round: int = 1
   labels: Literal["exact", "mc-hard", "mc-soft"] = "exact"
   every_token: bool = False
+  written_fraction: float = 0.0
   rollouts: int = 4
   ranking_weight: float = 1.0
   temperature: float = 1.0
@@ -79,6 +82,8 @@ class VerifierTrainConfig:
     if not self.ranking_weight >= 0 or not self.temperature > 0:
       raise ValueError(f"VerifierTrainConfig: ranking_weight must be >= 0 and temperature > 0, got "
                        f"{self.ranking_weight!r}, {self.temperature!r}")
+    if not 0 <= self.written_fraction <= 1:
+      raise ValueError(f"VerifierTrainConfig.written_fraction must be in [0, 1], got {self.written_fraction!r}")
     if self.every_token and self.kind == "prm" and self.labels != "exact":
       raise ValueError(f"VerifierTrainConfig.every_token labels every token of a PRM's data with the task's exact "
                        f"token labels; labels={self.labels!r} labels steps only")
@@ -108,14 +113,6 @@ class ValueData:
   group: np.ndarray
 
 
-def _sequences(prompts, comps):
-  seqs = []
-  for p, (toks, lens) in enumerate(zip(comps.tokens, comps.lengths)):
-    for n in range(toks.shape[0]):
-      seqs.append(list(prompts[p]) + [int(t) for t in toks[n, :lens[n]]])
-  return seqs
-
-
 def _pack(seqs, positions, labels, groups, pad) -> ValueData:
   width = -(-max(len(s) for s in seqs) // WIDTH_BUCKET) * WIDTH_BUCKET
   tokens, lengths = pad_prompts(seqs, pad_id=pad, width=width)
@@ -128,20 +125,40 @@ def _pack(seqs, positions, labels, groups, pad) -> ValueData:
 
 
 def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, num_samples: int,
-               labels: str, every_token: bool = False) -> tuple[ValueData, list]:
+               labels: str, every_token: bool = False, written: int = 0) -> tuple[ValueData, list]:
   """Samples `num_samples` completions of each problem and labels them (ORM: the outcome;
   PRM: `labels`, "exact" or Math-Shepherd Monte Carlo), at the last token and the step ends,
-  or with `config.every_token` at every completion token (ORM: the outcome everywhere, the
+  or with `every_token` at every completion token (ORM: the outcome everywhere, the
   token-level verifier of Cobbe et al. 2021; PRM: `task.token_labels`, exact prefix
-  correctness). Returns (data, per-sequence exact step labels)."""
+  correctness). The first `written` problems get no policy samples but written ones: half
+  the right solution, half `task.wrong_solution`s (hard negatives one token off; the rng is
+  seeded by `key`). Returns (data, per-sequence exact step labels)."""
   ids = task_tokens(task)
+  tok = task.tokenizer()
   prompts = task_prompts(task, problems)
-  comps = complete(task, lm, params, prompts, num_samples=num_samples, key=key, max_new_tokens=config.max_new_tokens,
-                   temperature=config.temperature, batch_prompts=min(64, len(prompts)))
-  correct = grade(task, problems, comps).reshape(-1)
-  seqs = _sequences(prompts, comps)
+  completions: list[list[list[int]]] = []  # [problem][sample] completion ids
+  texts: list[list[str]] = []
+  if written:
+    if not hasattr(task, "wrong_solution"):
+      raise ValueError(f"written samples need the task's wrong solutions (task.wrong_solution); "
+                       f"{type(task).__name__} has none")
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    for p in problems[:written]:
+      row = [task.solution(p)] * (num_samples // 2)
+      row += [task.wrong_solution(p, rng) for _ in range(num_samples - len(row))]
+      texts.append(row)
+      completions.append([tok.encode(t, add_special_tokens=False) + [ids.stop[0]] for t in row])
+  if written < len(problems):
+    comps = complete(task, lm, params, prompts[written:], num_samples=num_samples, key=key,
+                     max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                     batch_prompts=min(64, len(prompts) - written))
+    texts += comps.texts
+    completions += [[comps.tokens[p, j, :comps.lengths[p, j]].tolist() for j in range(num_samples)]
+                    for p in range(len(comps.texts))]
   owners = [(p, j) for p in range(len(problems)) for j in range(num_samples)]
-  oracle = [task.step_labels(problems[p], comps.texts[p][j]) for p, j in owners]
+  seqs = [list(prompts[p]) + [int(t) for t in completions[p][j]] for p, j in owners]
+  correct = np.array([task.verify(problems[p], texts[p][j]) for p, j in owners])
+  oracle = [task.step_labels(problems[p], texts[p][j]) for p, j in owners]
   groups = [p for p, _ in owners]
   starts = [len(prompts[p]) for p, _ in owners]
   if every_token and config.kind == "orm":
@@ -207,7 +224,8 @@ class RoundStream:
     problems = [self.task.train_problem(c.data_seed, r * c.problems_per_round + i) for i in range(c.problems_per_round)]
     data, _ = build_data(c, self.task, self.lm, self.params, problems,
                          key=jax.random.fold_in(jax.random.key(c.data_seed), r), num_samples=c.samples_per_problem,
-                         labels=c.labels, every_token=c.every_token)
+                         labels=c.labels, every_token=c.every_token,
+                         written=round(c.written_fraction * c.problems_per_round))
     self.draw_seconds += time.perf_counter() - t0
     self._latest = (r, data)
     return data
