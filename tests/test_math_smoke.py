@@ -90,4 +90,4 @@ def test_a_prm_with_step_tags_reads_its_own_format(smoke, tmp_path):
       np.testing.assert_allclose(got, want, atol=2e-5)
       assert len(got) >= 1
   main(["run", "experiments/math500/puri_table1.py", "--set", *over])
-  assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 6
+  assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 3  # 3 problems x budget 4
