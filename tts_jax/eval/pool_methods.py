@@ -33,7 +33,7 @@ from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
 from tts_jax.eval.subsets import enumerable, enumerated_ranks, inverse_permutation
-from tts_jax.verifiers.oracle import corruption_scale
+from tts_jax.verifiers.oracle import check_verifier_auc
 from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_vote, shortest_majority_scores,
                                subset_vote_totals, winner)
 
@@ -121,11 +121,7 @@ class BestOfN(PoolMethod):
 def _check_verifier(method) -> None:
   if method.verifier not in ("orm", "prm", "oracle"):
     raise ValueError(f"{type(method).__name__}.verifier must be 'orm', 'prm' or 'oracle', got {method.verifier!r}")
-  if method.verifier_auc != 1:
-    if method.verifier != "oracle":
-      raise ValueError(f"{type(method).__name__}.verifier_auc corrupts the exact checker (verifier='oracle'); "
-                       f"got verifier={method.verifier!r} with verifier_auc={method.verifier_auc!r}")
-    corruption_scale(method.verifier_auc)
+  check_verifier_auc(method)
 
 
 @jax.jit

@@ -26,7 +26,7 @@ from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import ValuePotential
-from tts_jax.verifiers.oracle import corruption_scale
+from tts_jax.verifiers.oracle import check_verifier_auc
 
 Final = Literal["argmax", "weighted_majority"]
 
@@ -60,11 +60,7 @@ class SearchMethod(abc.ABC):
     """Raises ValueError now for a budget this method cannot run (e.g. N not divisible by M)."""
     if self.verifier not in ("prm", "oracle"):
       raise ValueError(f"verifier must be 'prm' or 'oracle', got {self.verifier!r}")
-    if self.verifier_auc != 1:
-      if self.verifier != "oracle":
-        raise ValueError(f"verifier_auc corrupts the exact checker (verifier='oracle'); got verifier="
-                         f"{self.verifier!r} with verifier_auc={self.verifier_auc!r}")
-      corruption_scale(self.verifier_auc)
+    check_verifier_auc(self)
     for n in budgets:
       self.smc_config(n)
 

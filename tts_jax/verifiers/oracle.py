@@ -58,6 +58,15 @@ def corruption_scale(auc: float) -> float:
   return 2 ** 0.5 * NormalDist().inv_cdf(auc)
 
 
+def check_verifier_auc(method) -> None:
+  """Raises ValueError unless `method.verifier_auc` is 1, or in [0.5, 1) with verifier="oracle"."""
+  if method.verifier_auc != 1:
+    if method.verifier != "oracle":
+      raise ValueError(f"{type(method).__name__}.verifier_auc corrupts the exact checker (verifier='oracle'); "
+                       f"got verifier={method.verifier!r} with verifier_auc={method.verifier_auc!r}")
+    corruption_scale(method.verifier_auc)
+
+
 def corrupted_scores(ok, noise, auc: float, eps: float = 0.01) -> np.ndarray:
   """float64 probabilities r of exact verdicts `ok` (bool array) with standard normal `noise`
   of the same shape: the exact 1 - eps / eps at auc = 1, else clip(sigmoid(z), eps, 1 - eps)."""
