@@ -113,3 +113,27 @@ def random_tokens(rng: np.random.RandomState, b: int, t: int, vocab: int) -> np.
 def without_timing(summary: dict) -> dict:
   """A run's summary less its time breakdown (which differs between invocations)."""
   return {k: v for k, v in summary.items() if k != "timing"}
+
+
+def modchain_right_and_wrong(task, problem):
+  """Four particles of `problem` for checking step potentials: the right solution, a copy whose
+  first result is off by one (both done), and each cut after its first step (not done).
+  Returns (prompt ids, tokens int32[1, 4, T], lengths int32[1, 4], done bool[1, 4],
+  right so far bool[4])."""
+  from tts_jax.tasks import prompt_ids  # noqa: PLC0415
+  tok = task.tokenizer()
+  text = task.solution(problem)
+  first, rest = text.split(" ; ", 1)
+  head, result = first.rsplit("= ", 1)
+  bad = f"{head}= {(int(result) + 1) % task.modulus} ; {rest}"
+  enc = lambda s: np.asarray(tok.encode(s, add_special_tokens=False) + [tok.token_to_id("<eos>")], np.int32)  # noqa: E731
+  sol, wrong = enc(text), enc(bad)
+  assert len(sol) == len(wrong) and not np.array_equal(sol, wrong)
+  first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
+  t = len(sol)
+  tokens = np.zeros((1, 4, t), np.int32)
+  tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
+      wrong[:first_end]
+  lengths = np.array([[t, t, first_end, first_end]], np.int32)
+  done = np.array([[True, True, False, False]])
+  return prompt_ids(task, problem), tokens, lengths, done, np.array([True, False, True, False])

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import without_timing
+from tests.helpers import modchain_right_and_wrong, without_timing
 from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
 from tts_jax.models import init, qwen2_config
 from tts_jax.models.value import init_value, value_logits
 from tts_jax.search import best_of_n, particle_filter
 from tts_jax.search import Beam
 from tts_jax.smc import Resample, SMCConfig, run_smc
-from tts_jax.tasks import ModChain, prompt_ids, step_oracle
+from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.tasks.shipped import DEFAULTS_DIR
 from tts_jax.verifiers import ValuePotential
 
@@ -91,25 +91,9 @@ def test_search_methods_in_the_runner(tmp_path):
 
 def test_oracle_potential_checks_steps_and_answer():
   task = ModChain()
-  prob = task.split("test")[0]
-  tok = task.tokenizer()
-  text = task.solution(prob)
-  first, rest = text.split(" ; ", 1)
-  head, result = first.rsplit("= ", 1)
-  bad = f"{head}= {(int(result) + 1) % 23} ; {rest}"  # the first step's result is off by one
-  enc = lambda s: np.asarray(tok.encode(s, add_special_tokens=False) + [tok.token_to_id("<eos>")], np.int32)
-  sol, wrong = enc(text), enc(bad)
-  assert len(sol) == len(wrong) and not np.array_equal(sol, wrong)
-  first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
-  pot = step_oracle(task, eps=0.01)
-  prompt = np.asarray([prompt_ids(task, prob)], np.int32)  # the checker reads the problem off the prompt
-  t = len(sol)
-  tokens = np.zeros((1, 4, t), np.int32)
-  tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
-      wrong[:first_end]
-  lengths = np.array([[t, t, first_end, first_end]], np.int32)
-  done = np.array([[True, True, False, False]])
-  state = pot.init(None, jnp.asarray(prompt), jnp.asarray([prompt.shape[1]]), 4, t)
+  prompt, tokens, lengths, done, _ = modchain_right_and_wrong(task, task.split("test")[0])
+  pot = step_oracle(task, eps=0.01)  # the checker reads the problem off the prompt
+  state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, tokens.shape[-1])
   score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
       state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 0.99, 0.01]), rtol=1e-6)

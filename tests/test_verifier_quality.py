@@ -12,7 +12,8 @@ from scipy import stats
 from tts_jax.eval import BestOfN, DVTS, Experiment, ParticleFiltering, WeightedMajority
 from tts_jax.eval.metrics import pass_at_k
 from tts_jax.eval.pool import Pool
-from tts_jax.tasks import ModChain, prompt_ids, step_oracle
+from tests.helpers import modchain_right_and_wrong
+from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.verifiers import roc_auc
 from tts_jax.verifiers.oracle import checker_noise, corrupted_scores
 
@@ -70,26 +71,10 @@ def test_the_corrupted_potential_scores_the_checker_verdict_with_noise():
   """The modchain solution and a copy with a wrong first result, whole and cut after step 1:
   log r equals log clip(sigmoid(mu (y - 1/2) + e)) with e the text's own draw."""
   task = ModChain()
-  prob = task.split("hard")[0]
-  tok = task.tokenizer()
-  text = task.solution(prob)
-  first, rest = text.split(" ; ", 1)
-  head, result = first.rsplit("= ", 1)
-  bad = f"{head}= {(int(result) + 1) % 23} ; {rest}"
-  enc = lambda s: np.asarray(tok.encode(s, add_special_tokens=False) + [tok.token_to_id("<eos>")], np.int32)
-  sol, wrong = enc(text), enc(bad)
-  first_end = int(np.argmax(sol == tok.token_to_id(";"))) + 1
-  prompt = prompt_ids(task, prob)
-  t = len(sol)
-  tokens = np.zeros((1, 4, t), np.int32)
-  tokens[0, 0], tokens[0, 1], tokens[0, 2, :first_end], tokens[0, 3, :first_end] = sol, wrong, sol[:first_end], \
-      wrong[:first_end]
-  lengths = np.array([[t, t, first_end, first_end]], np.int32)
-  done = np.array([[True, True, False, False]])
-  ok = np.array([True, False, True, False])
+  prompt, tokens, lengths, done, ok = modchain_right_and_wrong(task, task.split("hard")[0])
   for auc in (1.0, 0.8):
     pot = step_oracle(task, auc=auc, seed=5)
-    state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, t)
+    state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, tokens.shape[-1])
     score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
         state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
     noise = [checker_noise(5, prompt, tokens[0, j, :lengths[0, j]].tolist(), bool(done[0, j])) for j in range(4)]

@@ -161,9 +161,9 @@ def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, 
   oracle = [task.step_labels(problems[p], texts[p][j]) for p, j in owners]
   groups = [p for p, _ in owners]
   starts = [len(prompts[p]) for p, _ in owners]
+  every = [list(range(b, len(s))) for s, b in zip(seqs, starts)]  # every completion token
   if every_token and config.kind == "orm":
-    return _pack(seqs, [list(range(b, len(s))) for s, b in zip(seqs, starts)],
-                 [[float(c)] * (len(s) - b) for s, b, c in zip(seqs, starts, correct)], groups, ids.pad), oracle
+    return _pack(seqs, every, [[float(c)] * len(e) for e, c in zip(every, correct)], groups, ids.pad), oracle
   if config.kind == "orm":
     return _pack(seqs, [[len(s) - 1] for s in seqs], [[float(c)] for c in correct], groups, ids.pad), oracle
   if every_token:
@@ -175,7 +175,7 @@ def build_data(config: VerifierTrainConfig, task, lm, params, problems, *, key, 
                for s, b, (p, _) in zip(seqs, starts, owners)]
     for t, c in zip(targets, correct):
       t[-1] = float(c)  # the last token: the outcome, as everywhere
-    return _pack(seqs, [list(range(b, len(s))) for s, b in zip(seqs, starts)], targets, groups, ids.pad), oracle
+    return _pack(seqs, every, targets, groups, ids.pad), oracle
   # PRM: every step delimiter, and the final token with the outcome.
   steps_at = [delimiter_positions(s, len(prompts[p]), ids.steps) for s, (p, _) in zip(seqs, owners)]
   if labels == "exact":
