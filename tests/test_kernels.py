@@ -260,3 +260,22 @@ def test_float32_model_matmuls_are_float32_on_cuda(precision, expect):
   assert len(dots) >= 7  # q, k, v, o, gate, up, down, attention, lm head
   for line in dots:
     assert f"precision = [{expect}, {expect}]" in line, line
+
+
+@pytest.mark.parametrize("t,block", [(37, 8), (64, 32), (10, 8)])
+def test_block_causal_attention_equals_masked_attention(t, block):
+  """`attend_causal` (query block i reads keys up to its end) gives `attend_partial`'s output
+  and log-sum-exp under a causal mask with ragged lengths (T not a multiple of the block, a
+  row of length 1, one block only)."""
+  from tts_jax.kernels import attend_causal, attend_partial, causal_mask
+  ks = jax.random.split(jax.random.key(t), 3)
+  lens = jnp.asarray([t, 1, t // 2], jnp.int32)
+  q, k, v = _rand(ks[0], (3, t, 2, 3, 16), jnp.float32), _rand(ks[1], (3, t, 2, 16), jnp.float32), \
+      _rand(ks[2], (3, t, 2, 16), jnp.float32)
+  mask = causal_mask(lens, t)
+  out, lse = attend_causal(q, k, v, mask, 0.25, block=block)
+  ref, ref_lse = attend_partial(q, k, v, mask, 0.25)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), np.isfinite(np.asarray(ref_lse)))
+  fin = np.isfinite(np.asarray(ref_lse))
+  np.testing.assert_allclose(np.asarray(lse)[fin], np.asarray(ref_lse)[fin], atol=1e-6, rtol=1e-6)

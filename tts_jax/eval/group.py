@@ -9,9 +9,9 @@ one batch and the calls are the plain one-device ones.
 
 Every batch is padded to `batch_problems` rows (copies of its first problem) for the device
 work, and a group to D batches (copies of its first batch), so each device always gets one
-whole batch. Verifier scores use each batch's own completion width (its longest completion
-rounded up to 32), as a one-device run does: a group whose batches need different widths
-makes one scoring call per width.
+whole batch. Verifier scores use each batch's own shapes (its longest completion rounded up,
+`completion_width`; for a PRM also its most step ends rounded up to 8), as a one-device run
+does: a group whose batches need different shapes makes one scoring call per shape.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
 from tts_jax.parallel import data_size, to_host
 from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts, task_tokens
-from tts_jax.verifiers import completion_outcome_probabilities, completion_step_probabilities, completion_width
+from tts_jax.verifiers import (completion_outcome_probabilities, completion_step_probabilities, completion_width,
+                               step_end_mask, step_query_count)
 
 
 class BatchGroup:
@@ -124,23 +125,38 @@ class BatchGroup:
     if verifier == "prm" and getattr(self.models, "prm_format", None) is not None:
       prompts, tokens, all_lengths, steps = self._prm_view()
       prompt_width = None  # the PRM's own prompts
-    widths = [completion_width(all_lengths[self.rows(b)]) for b in range(self.size)]
+    shapes = [self._score_shape(verifier, tokens[self.rows(b)], all_lengths[self.rows(b)], steps)
+              for b in range(self.size)]
     out = None
-    for w in sorted(set(widths)):  # one call per distinct batch width (almost always one)
-      lengths = np.minimum(all_lengths, w)  # rows of batches of another width: cut, then dropped
+    for shape in sorted(set(shapes)):  # one call per distinct batch shape (almost always one)
+      w, queries = shape
+      mine = np.zeros(all_lengths.shape[0], bool)
+      for b in range(self.size):
+        mine[self.rows(b)] = shapes[b] == shape
+      lengths = np.where(mine[:, None], np.minimum(all_lengths, w), 0)  # other batches' rows: empty, dropped
       kw = dict(prompt_width=prompt_width, width=w, mesh=self.mesh)
       if verifier == "orm":
         got = completion_outcome_probabilities(model, params, prompts, tokens, lengths, **kw)
-      elif verifier == "prm":
-        got = completion_step_probabilities(model, params, prompts, tokens, lengths, steps,
-                                            num_steps=max(exp.max_new_tokens, tokens.shape[-1]), **kw)
       else:
-        raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
+        got = completion_step_probabilities(model, params, prompts, tokens, lengths, steps,
+                                            num_steps=max(exp.max_new_tokens, tokens.shape[-1]),
+                                            num_queries=queries, **kw)
       out = jax.tree.map(np.array, got) if out is None else out  # writable copies
       for b in range(self.size):
-        if widths[b] == w:
+        if shapes[b] == shape:
           jax.tree.map(lambda dst, src: dst.__setitem__(self.rows(b), src[self.rows(b)]), out, got)
     return out
+
+  @staticmethod
+  def _score_shape(verifier: str, tokens, lengths, steps) -> tuple[int, int]:
+    """(completion width, PRM step ends read per completion) of one batch's scoring call:
+    a one-device run's shapes for that batch, so every device count runs the same program."""
+    if verifier not in ("orm", "prm"):
+      raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
+    w = completion_width(lengths)
+    if verifier == "orm":
+      return w, 1
+    return w, step_query_count(int(step_end_mask(tokens, lengths, steps, w).sum(-1).max(initial=0)))
 
   def search(self, method, index: int, budget: int):
     """The result of `method.run_engine` (the experiment's method number `index`) at `budget`

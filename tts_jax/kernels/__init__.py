@@ -10,10 +10,10 @@ from tts_jax.kernels.cascade_decode import cascade_decode, cascade_decode_refere
 from tts_jax.kernels.dispatch import MEASURED_FASTER, AttentionPath, attention_path
 from tts_jax.kernels.flash_prefill import flash_prefill, flash_prefill_reference
 from tts_jax.kernels.plan import H100, TPU, DecodePlan, PrefillPlan, Target, UnsupportedShape, plan_decode, plan_prefill
-from tts_jax.kernels.reference import attend_partial, causal_mask, merge_partials
+from tts_jax.kernels.reference import attend_causal, attend_partial, causal_mask, merge_partials
 
 
 __all__ = ["cascade_decode", "cascade_decode_reference", "prefix_attention", "MEASURED_FASTER", "AttentionPath",
            "attention_path", "flash_prefill", "flash_prefill_reference", "H100", "TPU", "DecodePlan", "PrefillPlan",
-           "Target", "UnsupportedShape", "plan_decode", "plan_prefill", "attend_partial", "causal_mask",
+           "Target", "UnsupportedShape", "plan_decode", "plan_prefill", "attend_causal", "attend_partial", "causal_mask",
            "merge_partials"]

@@ -97,6 +97,25 @@ def merge_partials(o1: jax.Array, lse1: jax.Array, o2: jax.Array,
   return o1 * w1[..., None] + o2 * w2[..., None], lse
 
 
+# Causal attention over more than one block of this many queries skips the keys after each
+# block (all masked): block i reads keys [0, (i + 1) * block). Scoring 1,600 rows x 64 tokens
+# on CPU: 0.17 -> 0.13 s per layer (BENCHMARKS.md).
+CAUSAL_BLOCK = 32
+
+
+def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                  block: int = CAUSAL_BLOCK) -> tuple[jax.Array, jax.Array]:
+  """`attend_partial` for self-attention under a causal mask (mask[:, i, j] False for j > i,
+  e.g. `causal_mask`): q [B, T, Hkv, G, D], k, v [B, T, Hkv, D], mask bool[B, T, T]. The
+  same numbers; query block i only reads the keys before its end."""
+  t = q.shape[1]
+  if t <= block or k.shape[1] != t:
+    return attend_partial(q, k, v, mask, scale)
+  parts = [attend_partial(q[:, i:i + block], k[:, :i + block], v[:, :i + block], mask[:, i:i + block, :i + block],
+                          scale) for i in range(0, t, block)]
+  return tuple(jnp.concatenate(x, axis=1) for x in zip(*parts))
+
+
 def causal_mask(lengths: jax.Array, t: int) -> jax.Array:
   """bool[B, T, T]: query i sees key j iff j <= i and j < length (right-padded rows)."""
   pos = jnp.arange(t)

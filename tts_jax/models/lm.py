@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from tts_jax.kernels import attend_partial, attention_path, cascade_decode, causal_mask, flash_prefill, merge_partials
+from tts_jax.kernels import (attend_causal, attend_partial, attention_path, cascade_decode, causal_mask, flash_prefill,
+                             merge_partials)
 from tts_jax.kernels.blocks import pad_axis
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.paged import PagedKVCache, init_paged_cache
@@ -139,7 +140,7 @@ class LanguageModel:
     def attend(layer, q, k, v):
       if path.pallas:
         return flash_prefill(q, k, v, lengths, scale=scale, interpret=path.interpret, platform=path.platform)[0]
-      return attend_partial(q, k, v, mask, scale)[0]
+      return attend_causal(q, k, v, mask, scale)[0]
 
     return attend
 
@@ -306,8 +307,9 @@ class LanguageModel:
       o_p, lse_p = attend_partial(q.reshape(b, n * lq, hkv, g, d), prefix.k[layer], prefix.v[layer],
                                   prefix_mask, scale)
       mask = query_mask if (positions is not None and layer == last) else suffix_mask
-      o_s, lse_s = attend_partial(q.reshape(b * n, lq, hkv, g, d), k.reshape(b * n, length, hkv, d),
-                                  v.reshape(b * n, length, hkv, d), mask, scale)
+      suffix_attend = attend_partial if (positions is not None and layer == last) else attend_causal
+      o_s, lse_s = suffix_attend(q.reshape(b * n, lq, hkv, g, d), k.reshape(b * n, length, hkv, d),
+                                 v.reshape(b * n, length, hkv, d), mask, scale)
       o, _ = merge_partials(o_p.reshape(q.shape), lse_p.reshape(q.shape[:-1]), o_s.reshape(q.shape),
                             lse_s.reshape(q.shape[:-1]))
       return o

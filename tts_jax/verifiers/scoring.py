@@ -74,7 +74,6 @@ def step_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[i
   return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask
 
 
-COMPLETION_WIDTH_MULTIPLE = 32
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -84,14 +83,21 @@ def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tok
 
 
 def completion_width(lengths) -> int:
-  """The completion width `completion_values` uses by default: the longest completion
-  rounded up to a multiple of 32 (so a run's batches share a few shapes)."""
-  return -(-max(int(np.max(lengths)), 1) // COMPLETION_WIDTH_MULTIPLE) * COMPLETION_WIDTH_MULTIPLE
+  """The completion width `completion_values` uses by default: the longest completion rounded
+  up to the next of 8, 16, ..., 64, 80, 96, ..., 128, 160, ... (steps of 1/8 of the octave, at
+  least 8): at most 12.5% padding, and a run's batches share a few shapes."""
+  return round_up_width(max(int(np.max(lengths)), 1))
+
+
+def round_up_width(n: int) -> int:
+  """n >= 1 rounded up to a multiple of max(8, 2 ** (bit_length(n - 1) - 3))."""
+  step = max(8, 1 << max((n - 1).bit_length() - 3, 0))
+  return -(-n // step) * step
 
 
 def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]], tokens: np.ndarray,
                       lengths: np.ndarray, prompt_width: int | None = None, width: int | None = None,
-                      mesh=None, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      mesh=None, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Value logits of N completions of each prompt, the prompt computed once (its KV shared
   by its completions, `LanguageModel.extend`): the same numbers as a full forward over
   each prompt + completion.
@@ -99,12 +105,15 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   prompts: P token lists; tokens: int32[P, N, T] completions, lengths: int32[P, N];
   prompt_width: pad prompts to this width (one width per run: one compilation); width: the
   completion axis is cut (or padded) to this many tokens (default `completion_width`: the
-  longest completion rounded up to a multiple of 32); mesh: a `tts_jax.parallel` mesh, the
+  longest completion rounded up to a few shapes); mesh: a `tts_jax.parallel` mesh, the
   P prompts split over its "data" axis (each device scores its rows with the one-device
   program, so its rows are bit for bit a one-device call on them; model > 1: the value
-  model split over "model", equal up to float rounding).
+  model split over "model", equal up to float rounding); positions: optional int32[P, N, Q],
+  the values at these completion positions only (each in [0, width)): the last layer then
+  runs its queries and MLP there only (`LanguageModel.extend`), e.g. an ORM's last token or
+  a PRM's step ends.
   Returns (float32[P] value at each prompt's last token, float32[P, N, width] value at each
-  completion token).
+  completion token, or float32[P, N, Q] at `positions`).
   """
   ptoks, plens = pad_prompts(prompts, width=prompt_width)
   width = completion_width(lengths) if width is None else width
@@ -115,8 +124,13 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   toks[..., :cut] = tokens[..., :cut]
   cut_lengths = np.minimum(lengths, width).astype(np.int32)
   lm, args = model.as_lm(), (jnp.asarray(ptoks), jnp.asarray(plens), jnp.asarray(toks), jnp.asarray(cut_lengths))
-  if last_only:
-    args += (jnp.asarray(np.maximum(cut_lengths - 1, 0)[..., None]),)
+  if positions is not None:
+    positions = np.asarray(positions, np.int32)
+    if positions.shape[:2] != tokens.shape[:2] or positions.ndim != 3:
+      raise ValueError(f"positions must be int32[P, N, Q] with [P, N] = {tokens.shape[:2]}, got {positions.shape}")
+    if positions.size and not 0 <= positions.min() <= positions.max() < width:
+      raise ValueError(f"positions must lie in [0, {width}), got [{positions.min()}, {positions.max()}]")
+    args += (jnp.asarray(positions),)
   if mesh is None:
     first, values = _prompt_and_completion_values(lm, params, *args)
   else:
@@ -143,36 +157,63 @@ def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens,
   last token; at the prompt's last token for an empty completion). width, mesh: as in
   `completion_values` (width must cover the longest completion)."""
   _check_width(width, lengths)
-  first, last = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh, last_only=True)
+  at = np.maximum(np.asarray(lengths) - 1, 0)[..., None]
+  first, last = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh, positions=at)
   return sigmoid(np.where(lengths > 0, last[..., 0], first[:, None]))
 
 
 def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
                                   num_steps: int | None = None, prompt_width: int | None = None,
-                                  width: int | None = None, mesh=None):
+                                  width: int | None = None, mesh=None, num_queries: int | None = None):
   """A PRM's probability at each step end of each completion (`step_ends`: every
   delimiter, and the last token, a final delimiter counted once), vectorised over [P, N].
-  width, mesh: as in `completion_values` (width must cover the longest completion).
+  The last layer runs at the step ends only (`completion_values(positions=...)`).
+  width, mesh: as in `completion_values` (width must cover the longest completion);
+  num_queries: the step ends read per completion (default `step_query_count` of the most
+  ends; at least the most ends).
 
   Returns (float32[P, N, S] probabilities, bool[P, N, S] mask of real steps), S the most
   steps (or num_steps if larger)."""
   _check_width(width, lengths)
-  _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh)
-  width = values.shape[-1]
+  width = completion_width(lengths) if width is None else width
+  is_end = step_end_mask(tokens, lengths, delimiters, width)
+  most = int(is_end.sum(-1).max(initial=0))
+  q = step_query_count(most) if num_queries is None else num_queries
+  if q < most:
+    raise ValueError(f"num_queries={q} but a completion has {most} step ends")
+  # positions[p, n, j]: where completion (p, n)'s j-th step ends (0 past its last step)
+  order = np.argsort(~is_end, axis=-1, kind="stable")[..., :q]
+  mask = np.take_along_axis(is_end, order, axis=-1)
+  positions = np.where(mask, order, 0).astype(np.int32)
+  _, values = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh,
+                                positions=positions)
+  s = max(1, most, num_steps or 0)
+  probs = np.zeros(values.shape[:2] + (s,), np.float32)
+  full_mask = np.zeros(values.shape[:2] + (s,), bool)
+  cut = min(s, q)
+  full_mask[..., :cut] = mask[..., :cut]
+  probs[..., :cut] = np.where(mask[..., :cut], sigmoid(values[..., :cut]), 0.0)
+  return probs, full_mask
+
+
+def step_end_mask(tokens: np.ndarray, lengths: np.ndarray, delimiters: Sequence[int], width: int) -> np.ndarray:
+  """bool[P, N, width]: the step ends of completions tokens int32[P, N, T] (lengths int32[P, N]):
+  every delimiter before the last token, and the last token (`step_ends`)."""
   pos = np.arange(width)
-  toks = np.zeros(values.shape, np.int64)
+  toks = np.zeros(tokens.shape[:2] + (width,), np.int64)
   cut = min(width, tokens.shape[-1])
   toks[..., :cut] = tokens[..., :cut]
   last = (lengths - 1)[..., None]
-  is_end = ((np.isin(toks, list(delimiters)) & (pos < last)) | (pos == last)) & (lengths[..., None] > 0)
-  slot = np.cumsum(is_end, axis=-1) - 1  # the step each end belongs to
-  s = max(1, int(is_end.sum(-1).max()), num_steps or 0)
-  logits = np.zeros(values.shape[:2] + (s,), np.float32)
-  mask = np.zeros(values.shape[:2] + (s,), bool)
-  i, j, t = np.nonzero(is_end)
-  logits[i, j, slot[i, j, t]] = values[i, j, t]
-  mask[i, j, slot[i, j, t]] = True
-  return np.where(mask, sigmoid(logits), 0.0).astype(np.float32), mask
+  return ((np.isin(toks, list(delimiters)) & (pos < last)) | (pos == last)) & (lengths[..., None] > 0)
+
+
+STEP_QUERY_MULTIPLE = 8
+
+
+def step_query_count(most_ends: int) -> int:
+  """The step ends a PRM reads per completion: the most ends rounded up to a multiple of 8
+  (so a run's batches share a few compiled shapes)."""
+  return -(-max(most_ends, 1) // STEP_QUERY_MULTIPLE) * STEP_QUERY_MULTIPLE
 
 
 def _check_width(width, lengths) -> None:
