@@ -2,8 +2,8 @@
 twisted SMC (optimal tabular twists, contrastive twist learning), log Z bounds, particle Gibbs."""
 
 from tts_jax.smc.bounds import LogZBounds, log_z_bounds
-from tts_jax.smc.engine import (SMCConfig, SMCModels, SMCParams, apply_selection, extend, init_particles,
-                                prompt_keys, reweight, run, run_smc)
+from tts_jax.smc.engine import (SMCConfig, SMCModels, SMCParams, apply_selection, cache_schedule, extend,
+                                grow_particles, init_particles, prompt_keys, reweight, run, run_smc, token_step)
 from tts_jax.smc.gibbs import GibbsChain, particle_gibbs
 from tts_jax.smc.particle_filter import particle_filter
 from tts_jax.smc.particles import Particles, move, take_particles
@@ -12,10 +12,8 @@ from tts_jax.smc.resampling import SCHEMES, ess, get_resampler, multinomial, res
 from tts_jax.smc.strategy import NoSelect, Selection, SelectionStrategy, copy_selected, keep_all
 from tts_jax.smc.twists import CTLConfig, ctl_loss, optimal_tabular_twists, token_log_twists, train_twists
 
-
-
-__all__ = ["LogZBounds", "log_z_bounds", "SMCConfig", "SMCModels", "SMCParams", "apply_selection", "extend",
-           "init_particles", "prompt_keys", "reweight", "run", "run_smc", "Particles", "move", "take_particles",
+__all__ = ["LogZBounds", "log_z_bounds", "SMCConfig", "SMCModels", "SMCParams", "apply_selection", "cache_schedule",
+           "extend", "grow_particles", "init_particles", "token_step", "prompt_keys", "reweight", "run", "run_smc", "Particles", "move", "take_particles",
            "Resample", "SCHEMES", "ess", "get_resampler", "multinomial", "residual", "stratified", "systematic",
            "NoSelect", "Selection", "SelectionStrategy", "copy_selected", "keep_all", "CTLConfig", "ctl_loss",
            "optimal_tabular_twists", "token_log_twists", "train_twists", "particle_filter", "GibbsChain",

@@ -25,8 +25,10 @@ Prompts are independent: selection happens within each prompt, a prompt whose
 particles have all finished is left untouched (never reweighted or selected again),
 and every random draw of prompt b comes from its own key, the step index, the
 particle index and the token position. So a prompt's particles are the same, bit for
-bit, alone or in any batch. The loop is one jitted `lax.while_loop` over steps with
-an inner `lax.while_loop` over tokens (`extend`); selection moves suffix state only.
+bit, alone or in any batch (up to float rounding with a real LM, whose caches grow
+when the batch's longest particle fills them). The loop is a jitted `lax.while_loop` of
+token steps, a step ending (score, select) when every particle reached a boundary, one
+loop per cache capacity (`run`); selection moves suffix state only.
 Given an exact target sample as `reference`, particle 0 is held to it (conditional
 SMC), which gives upper bounds on log Z (`tts_jax.smc.bounds`).
 
@@ -55,6 +57,7 @@ from tts_jax.models import CausalLM
 from tts_jax.models.paged import check_pages
 from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling import SamplingParams, draw_tokens
+from tts_jax.sampling.sampler import cache_segments
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.smc.particles import Particles, move
 from tts_jax.smc.resample import Resample
@@ -77,6 +80,9 @@ class SMCConfig:
   page_size: > 0 keeps the policy's suffix KV in a paged cache (`tts_jax.models.paged`):
     selection moves block tables and copies only duplicated partial pages; num_pages
     pages per prompt (0: enough for no sharing at all).
+  grow_cache: the suffix KV caches (policy, twist, and a potential's if it has `grow`)
+    start at 32 slots and double when a particle fills them (`cache_schedule`), so early
+    tokens read fewer slots; the loop resumes mid-step. False: T slots from the start.
   """
 
   num_particles: int = 8
@@ -90,6 +96,7 @@ class SMCConfig:
   pad_id: int = 0
   page_size: int = 0
   num_pages: int = 0
+  grow_cache: bool = True
 
   def __post_init__(self):
     for name in ("num_particles", "max_new_tokens"):
@@ -131,24 +138,44 @@ def _check_potential_vocabulary(lm, potential) -> None:
                      f"it would read token ids it does not know")
 
 
+def cache_schedule(models: SMCModels, cfg: SMCConfig) -> tuple[int, ...]:
+  """The suffix-cache capacities a run goes through (the sampler's `cache_segments`: 32,
+  64, ..., T): several when every cache can grow (`cfg.grow_cache`, no paged cache, a
+  `LanguageModel` policy and twist), else (T,). A potential grows with them if it has
+  `grow(state, capacity)` (then `init` gets the first capacity as its `max_new_tokens`)."""
+  t = cfg.max_new_tokens
+  if not cfg.grow_cache or cfg.page_size:
+    return (t,)
+  schedule = cache_segments(models.policy, t)
+  if models.twist is not None and len(cache_segments(models.twist, t)) == 1:
+    return (t,)
+  return schedule
+
+
+def _potential_grows(models: SMCModels) -> bool:
+  return callable(getattr(models.potential, "grow", None))
+
+
 def init_particles(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
-                   cfg: SMCConfig) -> Particles:
+                   cfg: SMCConfig, capacity: int | None = None) -> Particles:
   """Prefills the prompts once and returns N empty particles per prompt sharing their KV.
 
-  prompt_tokens: int32[B, Tp] right-padded; prompt_lengths: int32[B].
+  prompt_tokens: int32[B, Tp] right-padded; prompt_lengths: int32[B]; capacity: suffix
+  slots of the KV caches (default T; `grow_particles` enlarges them).
   """
   chex.assert_rank(prompt_tokens, 2)
   chex.assert_shape(prompt_lengths, prompt_tokens.shape[:1])
   b, n, t_max = prompt_tokens.shape[0], cfg.num_particles, cfg.max_new_tokens
+  cap = t_max if capacity is None else capacity
   lm = models.policy
   first, prefix = lm.prefill(params.policy, prompt_tokens, prompt_lengths)
   twist_out = twist_cache = None
   if models.twist is not None:
     t_first, t_prefix = models.twist.prefill(params.twist, prompt_tokens, prompt_lengths)
-    twist_cache = models.twist.init_cache(t_prefix, n, t_max, compact=True)
+    twist_cache = models.twist.init_cache(t_prefix, n, cap, compact=True)
     twist_out = jnp.broadcast_to(t_first[:, None].astype(jnp.float32), (b, n, t_first.shape[-1]))
   cache = (lm.init_paged_cache(prefix, n, t_max, cfg.page_size, cfg.num_pages) if cfg.page_size
-           else lm.init_cache(prefix, n, t_max, compact=True))
+           else lm.init_cache(prefix, n, cap, compact=True))
   zf = jnp.zeros((b, n, t_max), jnp.float32)
   z = jnp.zeros((b, n), jnp.float32)
   return Particles(
@@ -158,7 +185,17 @@ def init_particles(models: SMCModels, params: SMCParams, prompt_tokens: jax.Arra
       num_resamples=jnp.zeros((b,), jnp.int32), decoded=jnp.zeros((b,), jnp.int32),
       hash=jnp.zeros((b, n, 2), jnp.uint32), logits=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
       twist_out=twist_out, cache=cache, twist_cache=twist_cache,
-      potential_state=models.potential.init(params.potential, prompt_tokens, prompt_lengths, n, t_max))
+      potential_state=models.potential.init(params.potential, prompt_tokens, prompt_lengths, n,
+                                            cap if _potential_grows(models) else t_max))
+
+
+def grow_particles(models: SMCModels, p: Particles, capacity: int) -> Particles:
+  """The particles with their KV caches (and a growing potential's state) enlarged to
+  `capacity` suffix slots (new slots empty)."""
+  return p.replace(cache=p.cache.grow(capacity),
+                   twist_cache=None if p.twist_cache is None else p.twist_cache.grow(capacity),
+                   potential_state=(models.potential.grow(p.potential_state, capacity) if _potential_grows(models)
+                                    else p.potential_state))
 
 
 def extend(models: SMCModels, params: SMCParams, cfg: SMCConfig, keys: jax.Array, p: Particles,
@@ -167,64 +204,75 @@ def extend(models: SMCModels, params: SMCParams, cfg: SMCConfig, keys: jax.Array
 
   Args:
     keys: [B] PRNG keys of this step (token t of particle n draws from fold_in(key, n * T + t)).
-    p: the particles.
+    p: the particles (their caches must hold the step: capacity T, or grown enough).
     reference: (tokens int32[B, T], lengths int32[B]) to force particle 0 to (conditional SMC).
 
   Returns:
     (particles, float32[B, N] the step's token log-weights sum of log p - log q + twist ratios).
   """
+  b, n = p.shape
+  waiting0 = p.done
+  step = _Step(waiting=waiting0, logw=jnp.zeros((b, n), jnp.float32), start=p.length)
+  p, step = jax.lax.while_loop(lambda c: ~jnp.all(c[1].waiting),
+                               lambda c: token_step(models, params, cfg, keys, *c, reference), (p, step))
+  return p.replace(steps=p.steps + (~waiting0).astype(jnp.int32)), step.logw
+
+
+@struct.dataclass
+class _Step:
+  """A step in progress: waiting bool[B, N] (at a boundary, finished, or never started),
+  logw float32[B, N] token log-weights so far, start int32[B, N] lengths at its start."""
+
+  waiting: jax.Array
+  logw: jax.Array
+  start: jax.Array
+
+
+def token_step(models: SMCModels, params: SMCParams, cfg: SMCConfig, keys: jax.Array, p: Particles, step: _Step,
+               reference: tuple[jax.Array, jax.Array] | None = None) -> tuple[Particles, _Step]:
+  """One token for every particle of the step still extending (`step.waiting` False): draw,
+  feed the policy (and twist and potential), mark the ones that reached a boundary."""
   b, n, t_max = p.tokens.shape
   delims = jnp.asarray(cfg.delimiters or (-1,), jnp.int32)
-  start_len = p.length
-  waiting0 = p.done
+  active = ~step.waiting
   slot_ids = jnp.arange(n)[None, :] * t_max
-
-  def cond(c):
-    return ~jnp.all(c[1])
-
-  def body(c):
-    p, waiting, logw = c
-    active = ~waiting
-    tok_keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)))(keys, slot_ids + p.length)
-    forced = None
-    if reference is not None:
-      ref_tokens, ref_lengths = reference
-      at = jnp.minimum(p.length, t_max - 1)
-      forced = ((jnp.arange(n)[None, :] == 0) & (p.length < ref_lengths[:, None]),
-                jnp.take_along_axis(ref_tokens, at, axis=1))
-    d = draw_tokens(p.logits, tok_keys, active, proposal=cfg.proposal, stop_tokens=cfg.stop_tokens,
-                    pad_id=cfg.pad_id, log_twist=p.twist_out, forced=forced)
-    tok = d.tokens
-    slot = jax.nn.one_hot(p.length, t_max, dtype=bool) & active[..., None]  # each particle's own next position
-    length = p.length + active.astype(jnp.int32)
-    done = p.done | d.stopped | (active & (length >= t_max))
-    boundary = active & (jnp.any(tok[..., None] == delims, axis=-1) | (length >= t_max))
-    if cfg.max_step_tokens:
-      boundary |= active & (length - start_len >= cfg.max_step_tokens)
-    log_twist = p.log_twist
-    if p.twist_out is not None:
-      picked = jnp.take_along_axis(p.twist_out, tok[..., None], axis=-1)[..., 0]
-      log_twist = jnp.where(active, jnp.where(done, 0.0, picked), p.log_twist)
-    logw = logw + jnp.where(active, d.logp - d.logq + log_twist - p.log_twist, 0.0)
-    tok_u = tok.astype(jnp.uint32) + 1
-    hashed = jnp.stack([p.hash[..., i] * m + tok_u for i, m in enumerate(_HASH_MULT)], axis=-1)
-    pot_state = models.potential.advance(params.potential, tok, p.potential_state, active)
-    alive = active & ~d.stopped
-    logits, cache = models.policy.decode(params.policy, tok, p.cache, active=alive)
-    twist_out, twist_cache = p.twist_out, p.twist_cache
-    if models.twist is not None:
-      out, twist_cache = models.twist.decode(params.twist, tok, p.twist_cache, active=alive)
-      twist_out = jnp.where(active[..., None], out, p.twist_out)
-    p = p.replace(tokens=jnp.where(slot, tok[..., None], p.tokens), length=length,
-                  logp=jnp.where(slot, d.logp[..., None], p.logp), logq=jnp.where(slot, d.logq[..., None], p.logq),
-                  log_twist=log_twist, done=done, decoded=p.decoded + jnp.sum(active, axis=1, dtype=jnp.int32),
-                  hash=jnp.where(active[..., None], hashed, p.hash),
-                  logits=jnp.where(active[..., None], logits, p.logits), twist_out=twist_out, cache=cache,
-                  twist_cache=twist_cache, potential_state=pot_state)
-    return p, waiting | d.stopped | boundary, logw
-
-  p, _, logw = jax.lax.while_loop(cond, body, (p, waiting0, jnp.zeros((b, n), jnp.float32)))
-  return p.replace(steps=p.steps + (~waiting0).astype(jnp.int32)), logw
+  tok_keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)))(keys, slot_ids + p.length)
+  forced = None
+  if reference is not None:
+    ref_tokens, ref_lengths = reference
+    at = jnp.minimum(p.length, t_max - 1)
+    forced = ((jnp.arange(n)[None, :] == 0) & (p.length < ref_lengths[:, None]),
+              jnp.take_along_axis(ref_tokens, at, axis=1))
+  d = draw_tokens(p.logits, tok_keys, active, proposal=cfg.proposal, stop_tokens=cfg.stop_tokens,
+                  pad_id=cfg.pad_id, log_twist=p.twist_out, forced=forced)
+  tok = d.tokens
+  slot = jax.nn.one_hot(p.length, t_max, dtype=bool) & active[..., None]  # each particle's own next position
+  length = p.length + active.astype(jnp.int32)
+  done = p.done | d.stopped | (active & (length >= t_max))
+  boundary = active & (jnp.any(tok[..., None] == delims, axis=-1) | (length >= t_max))
+  if cfg.max_step_tokens:
+    boundary |= active & (length - step.start >= cfg.max_step_tokens)
+  log_twist = p.log_twist
+  if p.twist_out is not None:
+    picked = jnp.take_along_axis(p.twist_out, tok[..., None], axis=-1)[..., 0]
+    log_twist = jnp.where(active, jnp.where(done, 0.0, picked), p.log_twist)
+  logw = step.logw + jnp.where(active, d.logp - d.logq + log_twist - p.log_twist, 0.0)
+  tok_u = tok.astype(jnp.uint32) + 1
+  hashed = jnp.stack([p.hash[..., i] * m + tok_u for i, m in enumerate(_HASH_MULT)], axis=-1)
+  pot_state = models.potential.advance(params.potential, tok, p.potential_state, active)
+  alive = active & ~d.stopped
+  logits, cache = models.policy.decode(params.policy, tok, p.cache, active=alive)
+  twist_out, twist_cache = p.twist_out, p.twist_cache
+  if models.twist is not None:
+    out, twist_cache = models.twist.decode(params.twist, tok, p.twist_cache, active=alive)
+    twist_out = jnp.where(active[..., None], out, p.twist_out)
+  p = p.replace(tokens=jnp.where(slot, tok[..., None], p.tokens), length=length,
+                logp=jnp.where(slot, d.logp[..., None], p.logp), logq=jnp.where(slot, d.logq[..., None], p.logq),
+                log_twist=log_twist, done=done, decoded=p.decoded + jnp.sum(active, axis=1, dtype=jnp.int32),
+                hash=jnp.where(active[..., None], hashed, p.hash),
+                logits=jnp.where(active[..., None], logits, p.logits), twist_out=twist_out, cache=cache,
+                twist_cache=twist_cache, potential_state=pot_state)
+  return p, step.replace(waiting=step.waiting | d.stopped | boundary, logw=logw)
 
 
 def reweight(models: SMCModels, params: SMCParams, cfg: SMCConfig, p: Particles, token_log_weights: jax.Array,
@@ -273,25 +321,54 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
   """The whole loop (traceable; `run_smc` is its jitted, checked entry point).
 
   keys: [B] one PRNG key per prompt. Returns the final particles.
-  """
-  p = init_particles(models, params, prompt_tokens, prompt_lengths, cfg)
 
-  def cond(c):
-    return ~jnp.all(c[0].done)
+  One `lax.while_loop` of token steps per cache capacity (`cache_schedule`): each iteration
+  feeds one token to the particles still extending; once all have reached a boundary the
+  step ends (`reweight`, then the strategy's selection) and the next begins. A loop exits
+  when a particle about to be fed has filled the caches; they grow and the next loop
+  resumes the same step. Every draw depends on (prompt key, step, particle, position)
+  only, so the capacities change no result.
+  """
+  schedule = cache_schedule(models, cfg)
+  p = init_particles(models, params, prompt_tokens, prompt_lengths, cfg, capacity=schedule[0])
+  conditional = reference is not None
+
+  def begin(p, s):  # the state of step s, about to start
+    return (p, s, _Step(waiting=p.done, logw=jnp.zeros(p.shape, jnp.float32), start=p.length))
+
+  def finish(c):  # every particle is at a boundary: score, select, begin the next step
+    p, s, step = c
+    # The particles unfinished at the step's start: each took at least one token.
+    started = p.length > step.start
+    p = p.replace(steps=p.steps + started.astype(jnp.int32))
+    p = reweight(models, params, cfg, p, step.logw, started, jnp.any(started, axis=1))
+    p = apply_selection(p, cfg.select.select(_step_keys(keys, s)[1], p), conditional=conditional)
+    return begin(p, s + 1)
 
   def body(c):
-    p, s = c
-    live = ~jnp.all(p.done, axis=1)
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s))(keys)
-    k_ext, k_sel = jax.vmap(jax.random.split, out_axes=1)(step_keys)
-    before = p.length
-    p, logw = extend(models, params, cfg, k_ext, p, reference)
-    p = reweight(models, params, cfg, p, logw, p.length > before, live)
-    p = apply_selection(p, cfg.select.select(k_sel, p), conditional=reference is not None)
-    return p, s + 1
+    p, s, step = c
+    p, step = token_step(models, params, cfg, _step_keys(keys, s)[0], p, step, reference)
+    return jax.lax.cond(jnp.all(step.waiting), finish, lambda c: c, (p, s, step))
 
-  p, _ = jax.lax.while_loop(cond, body, (p, jnp.zeros((), jnp.int32)))
-  return p
+  def fits(capacity):  # work remains, and every particle to be fed has a free cache slot
+    def cond(c):
+      p, _, step = c
+      return ~jnp.all(p.done) & jnp.all(step.waiting | (p.length < capacity))
+    return cond
+
+  c = begin(p, jnp.zeros((), jnp.int32))
+  for i, capacity in enumerate(schedule):
+    if i:
+      c = (grow_particles(models, c[0], capacity),) + c[1:]
+    c = jax.lax.while_loop(fits(capacity), body, c)
+  return c[0]
+
+
+def _step_keys(keys: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """([B] keys of step s's tokens, [B] keys of its selection) from the prompts' keys [B]."""
+  step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s))(keys)
+  k_ext, k_sel = jax.vmap(jax.random.split, out_axes=1)(step_keys)
+  return k_ext, k_sel
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg"))

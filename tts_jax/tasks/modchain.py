@@ -214,6 +214,12 @@ class ModChain(SplitsMixin):
       labels.append(ok)
     return labels
 
+  def right_so_far(self, prompt_tokens, prompt_lengths, tokens, lengths, done):
+    """`tts_jax.tasks.oracle.prefix_correct` as array code over ids (bool[B, N]; jittable):
+    see `tts_jax.tasks.modchain_checker.right_so_far`."""
+    from tts_jax.tasks.modchain_checker import right_so_far  # noqa: PLC0415
+    return right_so_far(self, prompt_tokens, prompt_lengths, tokens, lengths, done)
+
   def token_labels(self, problem: ModChainProblem, words: Sequence[str]) -> list[bool]:
     """Exact process labels per token of a completion (`words`: its tokens as strings, EOS
     included): whether the text up to and including each token can still be completed to a

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 from typing import Literal, Sequence
 
-from tts_jax.tasks.base import STEP, completion_text, split_steps
+from tts_jax.tasks.base import completion_text
 from tts_jax.verifiers import OraclePotential
 
 
@@ -27,9 +27,8 @@ def _problem(task, prompt_ids: tuple[int, ...]):
 def prefix_correct(task, problem, text: str, done: bool) -> bool:
   """Whether a (partial) completion is right so far: its whole steps are right and, if it
   is done, so is its answer. A step still being written (no delimiter yet) is not judged."""
-  steps, _ = split_steps(text)
-  whole = len(steps) if text.rstrip().endswith(STEP) or done else len(steps) - 1
-  return all(task.step_labels(problem, text)[:max(whole, 0)]) and (not done or task.verify(problem, text))
+  # Every `;`-terminated step is whole (step_labels reads those); the rest is judged once done.
+  return all(task.step_labels(problem, text)) and (not done or task.verify(problem, text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +40,12 @@ class TaskChecker:
   def __call__(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> bool:
     problem = _problem(self.task, tuple(int(t) for t in prompt_ids))
     return prefix_correct(self.task, problem, completion_text(self.task, completion_ids), done)
+
+  def on_device(self):
+    """The same checker as array code, when the task has one (`right_so_far(prompt_tokens,
+    prompt_lengths, tokens, lengths, done) -> bool[B, N]`), else None."""
+    fn = getattr(self.task, "right_so_far", None)
+    return None if fn is None else fn
 
 
 def step_oracle(task, transform: Literal["log", "logit"] = "log", eps: float = 0.01, auc: float = 1.0,

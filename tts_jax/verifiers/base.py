@@ -14,6 +14,10 @@ with the particles when they are resampled: `gather_state(state, ancestors)` use
 `state.gather(ancestors)` if it has one, else indexes every leaf along axis 1.
 A potential object is hashable (a static argument of jit); everything that varies
 from batch to batch goes through `params` or `init`'s arguments, never hidden state.
+
+Optional: `state = pot.grow(state, capacity)` for a state holding a per-token cache (a
+value model's KV): the engine then calls `init` with its first cache capacity as
+`max_new_tokens` and grows the state with the policy's cache (`tts_jax.smc.cache_schedule`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""An exact checker run on the host as a potential (through `jax.pure_callback`).
+"""An exact checker as a potential: array code inside the compiled program when the checker
+has it (`StepChecker.on_device`), else run on the host through `jax.pure_callback`.
 
 A particle scores r = 1 - eps while its generation is right so far (and, once done,
 its answer is), eps otherwise, read as log r or logit r. The checker sees the prompt's
@@ -26,7 +27,10 @@ from flax import struct
 
 
 class StepChecker(Protocol):
-  """Hashable host function: is this (partial) generation right so far?"""
+  """Hashable host function: is this (partial) generation right so far? Optionally
+  `on_device()`: the same verdicts as array code, `(prompt_tokens int32[B, Tp], prompt_lengths
+  int32[B], tokens int32[B, N, T], lengths int32[B, N], done bool[B, N]) -> bool[B, N]`, or None;
+  the exact potential then runs inside the compiled program (no host callback)."""
 
   def __call__(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> bool: ...
 
@@ -102,8 +106,17 @@ class OraclePotential:
     return state
 
   def score(self, params, state: PromptState, tokens, lengths, done, extended):
+    on_device = getattr(self.checker, "on_device", lambda: None)()
+    if on_device is not None and self.auc == 1:  # the exact checker as array code: no callback
+      ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
+      wrong, right = self._transform(np.asarray([self.eps, 1 - self.eps]))
+      return jnp.where(ok, right, wrong), state
     out = jax.ShapeDtypeStruct(lengths.shape, jnp.float32)
     return jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done), state
+
+  def _transform(self, r: np.ndarray) -> np.ndarray:
+    """float32 log r or logit r of float64 probabilities r."""
+    return (np.log(r) if self.transform == "log" else np.log(r / (1 - r))).astype(np.float32)
 
   def _host(self, prompt_tokens, prompt_lengths, tokens, lengths, done) -> np.ndarray:
     prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
@@ -117,5 +130,4 @@ class OraclePotential:
         ok[b, n] = self.checker(prompt, completion, bool(done[b, n]))
         if self.auc < 1:
           noise[b, n] = checker_noise(self.seed, prompt, completion, bool(done[b, n]))
-    r = corrupted_scores(ok, noise, self.auc, self.eps)
-    return (np.log(r) if self.transform == "log" else np.log(r / (1 - r))).astype(np.float32)
+    return self._transform(corrupted_scores(ok, noise, self.auc, self.eps))

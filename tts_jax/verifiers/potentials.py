@@ -81,6 +81,11 @@ class ValuePotential:
     return ValueState(cache=cache, last=jnp.broadcast_to(last[:, None], shape).astype(jnp.float32),
                       agg=jnp.zeros(shape, jnp.float32), scored=jnp.zeros(shape, jnp.int32))
 
+  def grow(self, state: ValueState, capacity: int) -> ValueState:
+    """The state with the value model's KV cache enlarged to `capacity` suffix slots (the
+    engine's `cache_schedule`: `init` then gets the first capacity as max_new_tokens)."""
+    return state.replace(cache=state.cache.grow(capacity))
+
   def advance(self, params, tokens, state: ValueState, active) -> ValueState:
     v, cache = self.model.decode(params, tokens, state.cache, active=active)
     return state.replace(cache=cache, last=jnp.where(active, v, state.last))

@@ -1,0 +1,71 @@
+"""The engine's KV caches start small and grow as particles fill them (`cache_schedule`):
+the run must be the same run as one with full-size caches from the start, for every
+selection strategy and with a value model (PRM) potential whose cache grows too."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tts_jax.models import init, qwen2_config
+from tts_jax.models.value import init_value
+from tts_jax.search import beam_search, best_of_n, dvts
+from tts_jax.smc import SMCModels, cache_schedule, particle_filter, run_smc
+from tts_jax.verifiers import ValuePotential, as_potential
+
+DELIM, EOS, T = 5, 7, 80
+# Seeds whose runs cross both capacities (key 3 ends every PURI particle by token 20).
+SEED = {"puri": 5}
+FIELDS = ("tokens", "length", "done", "steps", "ancestors", "num_resamples", "decoded", "hash")
+
+
+@pytest.fixture(scope="module")
+def models():
+  cfg = qwen2_config(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, max_position_embeddings=128)
+  lm, params = init(cfg, seed=5)
+  vm, vparams = init_value(cfg, seed=6)
+  return lm, params, vm, vparams
+
+
+CONFIGS = {
+    "smc-systematic": particle_filter(6, "systematic", 0.5),
+    "puri": particle_filter(6, "multinomial", 1.0, incremental=False),
+    "beam": beam_search(6, 3),
+    "dvts": dvts(6, 2),
+    "none": best_of_n(6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_growing_caches_change_nothing(models, name):
+  lm, params, vm, vparams = models
+  cfg = dataclasses.replace(CONFIGS[name], max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,),
+                            max_step_tokens=7)
+  potential = ValuePotential(vm.as_lm(), transform="logit" if name == "puri" else "log")
+  assert cache_schedule(SMCModels(lm, as_potential(potential)), cfg) == (32, 64, T)
+  prompts = jnp.asarray([[1, 2, 3, 0], [4, 4, 0, 0], [9, 8, 7, 6]], jnp.int32)
+  plens = jnp.asarray([3, 2, 4], jnp.int32)
+  run = lambda c: run_smc(lm, params, prompts, plens, jax.random.key(SEED.get(name, 3)), cfg=c, potential=potential,
+                          potential_params=vparams)
+  grown, fixed = run(cfg), run(dataclasses.replace(cfg, grow_cache=False))
+  # The run crossed both capacities mid-step (steps of 7 tokens end at 7, 14, ..., not at 32 or 64).
+  assert int(np.asarray(grown.length).max()) > 64, np.asarray(grown.length)
+  assert grown.cache.capacity == T and grown.potential_state.cache.capacity == T
+  for f in FIELDS:
+    np.testing.assert_array_equal(np.asarray(getattr(grown, f)), np.asarray(getattr(fixed, f)), err_msg=f)
+  for f in ("logp", "logq", "log_weights", "log_potential", "log_z"):
+    np.testing.assert_allclose(np.asarray(getattr(grown, f)), np.asarray(getattr(fixed, f)), rtol=1e-5,
+                               atol=1e-5, err_msg=f)
+
+
+def test_fixed_schedules(models):
+  """Paged caches and `grow_cache=False` keep one capacity; short runs need no growth."""
+  lm, _, vm, _ = models
+  m = SMCModels(lm, as_potential(ValuePotential(vm.as_lm())))
+  assert cache_schedule(m, particle_filter(4, max_new_tokens=T, grow_cache=False)) == (T,)
+  assert cache_schedule(m, particle_filter(4, max_new_tokens=T, page_size=16)) == (T,)
+  assert cache_schedule(m, particle_filter(4, max_new_tokens=20)) == (20,)
+  assert cache_schedule(m, particle_filter(4, max_new_tokens=64)) == (32, 64)
