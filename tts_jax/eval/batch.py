@@ -99,6 +99,10 @@ class Batch:
     p = self.group.search(method, index, budget)
     return jax.tree.map(lambda x: x[self.group.rows(self.slot)], p)
 
+  def start_searches(self, method, index: int, budgets) -> None:
+    """Starts `method`'s engine runs at `budgets` for the whole group (`BatchGroup.start_searches`)."""
+    self.group.start_searches(method, index, budgets)
+
   def pool_cost(self, used, verifiers: tuple[str, ...]) -> list[list[Cost]]:
     """Expected compute ([K][P]) of `used` float[K, P] pool samples scored by `verifiers`."""
     pool = self._pool

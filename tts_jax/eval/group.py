@@ -12,10 +12,12 @@ work, and a group to D batches (copies of its first batch), so each device alway
 whole batch. Verifier scores use each batch's own shapes (its longest completion rounded up,
 `completion_width`; for a PRM also its most step ends rounded up to 8), as a one-device run
 does: a group whose batches need different shapes makes one scoring call per shape.
+A search method's runs at its budgets overlap, two at a time (`start_searches`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import jax
@@ -29,6 +31,10 @@ from tts_jax.parallel import data_size, to_host
 from tts_jax.tasks import Completions, DefaultModels, complete, task_prompts, task_tokens
 from tts_jax.verifiers import (completion_outcome_probabilities, completion_step_probabilities, completion_width,
                                step_end_mask, step_query_count)
+
+
+# Engine runs of a batch go through two worker threads (`BatchGroup.start_searches`).
+_ENGINES = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts_jax-engine")
 
 
 class BatchGroup:
@@ -163,13 +169,32 @@ class BatchGroup:
     for every row of the group, as host arrays (`method.host_state`: e.g. particles without
     their caches)."""
     if (index, budget) not in self._search:
-      exp, task = self.experiment, self.experiment.task
-      pad = task_tokens(task).pad
-      tokens, lengths = pad_prompts(self.prompts, pad_id=pad, width=self.prompt_width)
-      keys = jnp.concatenate([self._search_keys(budget, index, b) for b in range(self.size)])
-      p = method.run_engine(self.models, exp, jnp.asarray(tokens), jnp.asarray(lengths), keys, budget, self.mesh)
-      self._search[index, budget] = to_host(method.host_state(p))
-    return self._search[index, budget]
+      self.start_searches(method, index, (budget,))
+    run = self._search[index, budget]
+    if isinstance(run, concurrent.futures.Future):
+      run = self._search[index, budget] = run.result()
+    return run
+
+  def start_searches(self, method, index: int, budgets) -> None:
+    """Starts the engine runs of `method` at `budgets` (those not started yet), two at a
+    time on worker threads: one run traces, lowers and compiles (or loads) its program
+    while the other executes. Each run is a pure function of its inputs, so the results
+    are those of running them one by one; `search` waits for them."""
+    todo = [k for k in dict.fromkeys(budgets) if (index, k) not in self._search]
+    if not todo:
+      return
+    pad = task_tokens(self.experiment.task).pad
+    tokens, lengths = pad_prompts(self.prompts, pad_id=pad, width=self.prompt_width)
+    tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+    for k in todo:
+      keys = jnp.concatenate([self._search_keys(k, index, b) for b in range(self.size)])
+      run = functools.partial(self._run_engine, method, tokens, lengths, keys, k)
+      # Several processes must launch their collectives in one order: no threads there.
+      self._search[index, k] = _ENGINES.submit(run) if jax.process_count() == 1 else run()
+
+  def _run_engine(self, method, tokens, lengths, keys, budget: int):
+    p = method.run_engine(self.models, self.experiment, tokens, lengths, keys, budget, self.mesh)
+    return to_host(method.host_state(p))
 
   def _search_keys(self, budget: int, index: int, b: int) -> jax.Array:
     """[batch_problems] keys of search method `index` at `budget` for batch `b`: problem i

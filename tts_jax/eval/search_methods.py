@@ -78,6 +78,7 @@ class SearchMethod(abc.ABC):
     return np.exp(np.asarray(particles.log_potential, np.float64))
 
   def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
+    batch.start_searches(self, index, batch.experiment.budgets)  # the budgets' runs overlap
     return {k: self.evaluate_budget(batch, k, index) for k in batch.experiment.budgets}
 
   def evaluate_budget(self, batch: Batch, budget: int, index: int) -> list[Outcome]:
