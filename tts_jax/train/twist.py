@@ -1,7 +1,7 @@
 """A twist for a task's policy, learned by contrastive twist learning (CTL, Zhao et al. 2024)
 on a stream of training problems, and the measures that say whether it helps.
 
-    twist, params = twist_from_policy(models.policy, models.policy_params)   # log psi = 0
+    twist, params = twist_from_policy(models.policy, models.policy_params)   # log psi = 0: untwisted
     params = train_task_twist(task, models, twist, params, steps=200)
     report = twist_report(task, models, twist, params, problems)            # ESS, log Z bounds
 
@@ -9,13 +9,17 @@ The target is sigma(x) proportional to p(x) phi(x), phi the task's exact checker
 potential (`step_oracle`: 1 - eps while right, eps after), so the optimal twist
 psi*_t = E_p[phi | x_{1:t}] is the policy's own chance of finishing right from x_{1:t}.
 The twist model is the policy's architecture started from the policy's weights with a
-zero output head (log psi = 0: untwisted SMC at step 0); all of it is trained.
+zero output head; all of it is trained. Its outputs z are read as
+log psi = log(eps + 2 (1 - eps) sigmoid(z)) (`BoundedTwist`): in [log eps, log 2], about
+the range of the optimal twist (phi is in [eps, 1 - eps]), so a noisy CTL step cannot push
+log psi far past what phi can be; at z = 0 log psi = 0: untwisted SMC.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +37,40 @@ from tts_jax.tasks.oracle import step_oracle
 PROMPT_WIDTH = 64
 
 
-def twist_from_policy(policy, policy_params):
-  """(twist model, params): the policy's model and weights with its output head zeroed, so
-  log psi = 0 for every next token (the untwisted proposal)."""
+@dataclasses.dataclass(frozen=True)
+class BoundedTwist:
+  """A twist model from a language model `lm`: its output z [..., V] read as
+  log psi = log(eps + 2 (1 - eps) sigmoid(z)) in [log eps, log 2] (0 at z = 0). The cache
+  functions are the model's (`prefill`, `init_cache`, `decode`, `forward` as in
+  `tts_jax.models.lm.LanguageModel`)."""
+
+  lm: Any
+  eps: float = 0.01
+
+  def _bound(self, z):
+    return jnp.log(self.eps + 2 * (1 - self.eps) * jax.nn.sigmoid(z.astype(jnp.float32)))
+
+  def forward(self, params, tokens, *args, **kw):
+    return self._bound(self.lm.forward(params, tokens, *args, **kw))
+
+  def prefill(self, params, tokens, lengths):
+    first, prefix = self.lm.prefill(params, tokens, lengths)
+    return self._bound(first), prefix
+
+  def init_cache(self, *args, **kw):
+    return self.lm.init_cache(*args, **kw)
+
+  def decode(self, params, tokens, cache, **kw):
+    out, cache = self.lm.decode(params, tokens, cache, **kw)
+    return self._bound(out), cache
+
+
+def twist_from_policy(policy, policy_params, eps: float = 0.01):
+  """(`BoundedTwist` of the policy's model, params): the policy's weights with the output
+  head zeroed, so log psi = 0 for every next token (untwisted SMC)."""
   params = jax.tree.map(jnp.array, policy_params)
   params["lm_head"] = jnp.zeros_like(params["lm_head"])
-  return policy, params
+  return BoundedTwist(policy, eps), params
 
 
 def twist_config(task, num_particles: int, max_new_tokens: int, ess_threshold: float = 0.5) -> SMCConfig:
