@@ -137,3 +137,14 @@ def modchain_right_and_wrong(task, problem):
   lengths = np.array([[t, t, first_end, first_end]], np.int32)
   done = np.array([[True, True, False, False]])
   return prompt_ids(task, problem), tokens, lengths, done, np.array([True, False, True, False])
+
+
+def policy_and_value(vocab_size: int, max_positions: int, seeds: tuple[int, int] = (3, 4)):
+  """A tiny Qwen2 policy and a value model of the same shape: (lm, params, vm, vparams)."""
+  from tts_jax.models import init, qwen2_config  # noqa: PLC0415
+  from tts_jax.models.value import init_value  # noqa: PLC0415
+  cfg = qwen2_config(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, max_position_embeddings=max_positions)
+  lm, params = init(cfg, seed=seeds[0])
+  vm, vparams = init_value(cfg, seed=seeds[1])
+  return lm, params, vm, vparams

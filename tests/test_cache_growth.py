@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.models import init, qwen2_config
-from tts_jax.models.value import init_value
+from tests.helpers import policy_and_value
 from tts_jax.search import beam_search, best_of_n, dvts
 from tts_jax.smc import SMCModels, cache_schedule, particle_filter, run_smc
 from tts_jax.verifiers import ValuePotential, as_potential
@@ -23,11 +22,7 @@ FIELDS = ("tokens", "length", "done", "steps", "ancestors", "num_resamples", "de
 
 @pytest.fixture(scope="module")
 def models():
-  cfg = qwen2_config(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=8, max_position_embeddings=128)
-  lm, params = init(cfg, seed=5)
-  vm, vparams = init_value(cfg, seed=6)
-  return lm, params, vm, vparams
+  return policy_and_value(40, 128, seeds=(5, 6))
 
 
 CONFIGS = {

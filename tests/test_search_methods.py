@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import modchain_right_and_wrong, without_timing
+from tests.helpers import modchain_right_and_wrong, policy_and_value, without_timing
 from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
-from tts_jax.models import init, qwen2_config
-from tts_jax.models.value import init_value, value_logits
+from tts_jax.models.value import value_logits
 from tts_jax.search import best_of_n, particle_filter
 from tts_jax.search import Beam
 from tts_jax.smc import Resample, SMCConfig, run_smc
@@ -24,11 +23,7 @@ DELIM, EOS, T = 5, 7, 12
 
 @pytest.fixture(scope="module")
 def models():
-  cfg = qwen2_config(vocab_size=11, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=8, max_position_embeddings=64)
-  lm, params = init(cfg, seed=3)
-  vm, vparams = init_value(cfg, seed=4)
-  return lm, params, vm, vparams
+  return policy_and_value(11, 64)
 
 
 @pytest.mark.parametrize("aggregate", ["last", "prod", "min"])
