@@ -119,20 +119,28 @@ def train_twists(lm, params, twist, twist_params, prompt_tokens, prompt_lengths,
   """
   cfg = dataclasses.replace(smc, num_particles=ctl.num_particles, select=Resample(ess_threshold=0.0))
   opt = optax.adam(ctl.learning_rate)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def update(tp, st, key):
-    parts = run_smc(lm, params, prompt_tokens, prompt_lengths, key, cfg=cfg, potential=potential,
-                    potential_params=potential_params, twist=twist, twist_params=tp)
-    loss, grads = jax.value_and_grad(lambda q: ctl_loss(twist, q, prompt_tokens, prompt_lengths, parts))(tp)
-    updates, st = opt.update(grads, st, tp)
-    return optax.apply_updates(tp, updates), st, loss
-
   twist_params = jax.tree.map(jnp.array, twist_params)  # a copy: the caller's arrays are not donated
   state = opt.init(twist_params)
   root = jax.random.key(ctl.seed)
   for i in range(ctl.steps):
-    twist_params, state, loss = update(twist_params, state, jax.random.fold_in(root, i))
+    twist_params, state, loss, _ = ctl_update(lm, params, potential_params, twist_params, state, prompt_tokens,
+                                              prompt_lengths, jax.random.fold_in(root, i), twist=twist, cfg=cfg,
+                                              potential=potential, opt=opt)
     if callback is not None:
       callback(i, twist_params, loss)
   return twist_params
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "twist", "cfg", "potential", "opt"), donate_argnums=(3, 4))
+def ctl_update(lm, params, potential_params, twist_params, opt_state, prompt_tokens, prompt_lengths, key, *, twist,
+               cfg: SMCConfig, potential, opt):
+  """One CTL step: an importance-sampling run of `cfg` (its selection should be
+  `Resample(ess_threshold=0)`) under the current twist, then one `opt` update on `ctl_loss`.
+  Returns (twist params, optimizer state, loss, mean normalized ESS of the run's final
+  weights); the twist params and optimizer state passed in are donated."""
+  parts = run_smc(lm, params, prompt_tokens, prompt_lengths, key, cfg=cfg, potential=potential,
+                  potential_params=potential_params, twist=twist, twist_params=twist_params)
+  loss, grads = jax.value_and_grad(lambda q: ctl_loss(twist, q, prompt_tokens, prompt_lengths, parts))(twist_params)
+  updates, opt_state = opt.update(grads, opt_state, twist_params)
+  ess = jnp.mean(1.0 / jnp.sum(jax.nn.softmax(parts.log_weights, axis=1) ** 2, axis=1)) / cfg.num_particles
+  return optax.apply_updates(twist_params, updates), opt_state, loss, ess

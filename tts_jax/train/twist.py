@@ -18,7 +18,6 @@ log psi far past what phi can be; at z = 0 log psi = 0: untwisted SMC.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -30,7 +29,7 @@ from tts_jax.models import pad_prompts
 from tts_jax.smc import SMCConfig, particle_filter, run_smc
 from tts_jax.smc.bounds import log_z_bounds
 from tts_jax.smc.resample import Resample
-from tts_jax.smc.twists import ctl_loss
+from tts_jax.smc.twists import ctl_update
 from tts_jax.tasks.base import prompt_ids, task_tokens
 from tts_jax.tasks.oracle import step_oracle
 
@@ -85,17 +84,6 @@ def _prompts(task, problems, width: int = PROMPT_WIDTH):
   return jnp.asarray(toks), jnp.asarray(lens)
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "twist", "cfg", "potential", "opt"), donate_argnums=(2, 3))
-def _ctl_update(policy, policy_params, twist_params, opt_state, prompt_tokens, prompt_lengths, key, *, twist, cfg,
-                potential, opt):
-  parts = run_smc(policy, policy_params, prompt_tokens, prompt_lengths, key, cfg=cfg, potential=potential,
-                  twist=twist, twist_params=twist_params)
-  loss, grads = jax.value_and_grad(lambda q: ctl_loss(twist, q, prompt_tokens, prompt_lengths, parts))(twist_params)
-  updates, opt_state = opt.update(grads, opt_state, twist_params)
-  ess = jnp.mean(1.0 / jnp.sum(jax.nn.softmax(parts.log_weights, axis=1) ** 2, axis=1)) / cfg.num_particles
-  return optax.apply_updates(twist_params, updates), opt_state, loss, ess
-
-
 def train_task_twist(task, models, twist, twist_params, *, steps: int = 200, prompts_per_step: int = 8,
                      num_particles: int = 32, max_new_tokens: int = 96, learning_rate: float = 3e-4, seed: int = 0,
                      callback=None):
@@ -112,9 +100,9 @@ def train_task_twist(task, models, twist, twist_params, *, steps: int = 200, pro
   for i in range(steps):
     problems = [task.train_problem(seed, i * prompts_per_step + j) for j in range(prompts_per_step)]
     toks, lens = _prompts(task, problems)
-    twist_params, opt_state, loss, ess = _ctl_update(models.policy, models.policy_params, twist_params, opt_state,
-                                                     toks, lens, jax.random.fold_in(root, i), twist=twist, cfg=cfg,
-                                                     potential=potential, opt=opt)
+    twist_params, opt_state, loss, ess = ctl_update(models.policy, models.policy_params, None, twist_params,
+                                                    opt_state, toks, lens, jax.random.fold_in(root, i), twist=twist,
+                                                    cfg=cfg, potential=potential, opt=opt)
     if callback is not None:
       callback(i, float(loss), float(ess))
   return twist_params
