@@ -64,3 +64,33 @@ def test_fixed_schedules(models):
   assert cache_schedule(m, particle_filter(4, max_new_tokens=T, page_size=16)) == (T,)
   assert cache_schedule(m, particle_filter(4, max_new_tokens=20)) == (20,)
   assert cache_schedule(m, particle_filter(4, max_new_tokens=64)) == (32, 64)
+
+
+def test_building_blocks_make_the_run(models):
+  """The documented building blocks (init_particles, extend, reweight, apply_selection) in a
+  host loop give run_smc's particles (full-size caches, the same keys)."""
+  from tts_jax.smc import SMCParams, apply_selection, extend, init_particles, prompt_keys, reweight
+  lm, params, vm, vparams = models
+  cfg = dataclasses.replace(CONFIGS["smc-systematic"], max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,),
+                            max_step_tokens=7, grow_cache=False)
+  potential = ValuePotential(vm.as_lm())
+  m, prm = SMCModels(lm, as_potential(potential)), SMCParams(policy=params, potential=vparams)
+  prompts = jnp.asarray([[1, 2, 3, 0], [4, 4, 0, 0], [9, 8, 7, 6]], jnp.int32)
+  plens = jnp.asarray([3, 2, 4], jnp.int32)
+  keys = prompt_keys(jax.random.key(3), 3)
+
+  @jax.jit
+  def step(p, s):
+    k_ext, k_sel = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(lambda k: jax.random.fold_in(k, s))(keys))
+    live, before = ~jnp.all(p.done, axis=1), p.length
+    p, logw = extend(m, prm, cfg, k_ext, p)
+    p = reweight(m, prm, cfg, p, logw, p.length > before, live)
+    return apply_selection(p, cfg.select.select(k_sel, p))
+
+  p, s = init_particles(m, prm, prompts, plens, cfg), 0
+  while not bool(jnp.all(p.done)):
+    p, s = step(p, s), s + 1
+  want = run_smc(lm, params, prompts, plens, jax.random.key(3), cfg=cfg, potential=potential, potential_params=vparams)
+  for f in FIELDS:
+    np.testing.assert_array_equal(np.asarray(getattr(p, f)), np.asarray(getattr(want, f)), err_msg=f)
+  np.testing.assert_allclose(np.asarray(p.log_weights), np.asarray(want.log_weights), rtol=1e-5, atol=1e-5)
