@@ -105,13 +105,14 @@ def test_verifier_configs_name_what_is_wrong():
 
 def test_orm_and_prm_train_resume_and_export(tiny_policy, tmp_path):
   for kind in ("orm", "prm"):
-    cfg = vcfg(kind, tiny_policy, tmp_path / kind, every_token=kind == "prm")
+    cfg = vcfg(kind, tiny_policy, tmp_path / kind, every_token=kind == "prm", extra_layers=int(kind == "prm"))
     _, _, log = train_verifier(cfg, stop_after=4)
     vm, params, log = train_verifier(cfg)  # resumes from step 3, drawing rounds 3.. again
     assert log[-1]["step"] == 6 and (0.0 <= log[-1][f"{kind}_auc"] <= 1.0 or np.isnan(log[-1][f"{kind}_auc"]))
     assert "within_problem_auc" in log[-1]
     model, loaded, meta = load_model(str(tmp_path / kind / "model"))
     assert meta["kind"] == kind and type(model).__name__ == "ValueModel"
+    assert model.config.num_layers == TINY.num_layers + (kind == "prm")  # the PRM stacks one block
     assert meta["info"]["train_sequences"] == 6 * 4 * 2
     if kind == "orm":  # the resumed run ends where an uninterrupted one does, bit for bit
       _, straight, _ = train_verifier(vcfg(kind, tiny_policy, tmp_path / "straight"))

@@ -88,6 +88,28 @@ def test_chunked_scoring_equals_one_forward_pass():
     np.testing.assert_allclose(o, want, atol=1e-5)
 
 
+def test_extra_value_layers_start_as_the_policy_trunk():
+  """init_value(extra_layers=k): k more blocks whose output projections are zero, so the
+  values equal those of the plain trunk under the same head; the new blocks are trainable
+  (not all zero) and bad arguments are named."""
+  cfg = qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=64)
+  _, policy = init_value(cfg, seed=5)
+  trunk = {k: v for k, v in policy.items() if k != "value_head"}
+  vm0, p0 = init_value(cfg, seed=1, trunk_params=trunk)
+  vm2, p2 = init_value(cfg, seed=1, trunk_params=trunk, extra_layers=2)
+  assert vm2.config.num_layers == 4 and sorted(p2["layers"]) == [0, 1, 2, 3]
+  p2 = {**p2, "value_head": p0["value_head"]}  # the fresh head's draw depends on the layer count
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 13, size=(3, 17)), jnp.int32)
+  np.testing.assert_array_equal(np.asarray(vm2.values(p2, tokens)), np.asarray(vm0.values(p0, tokens)))
+  assert float(jnp.abs(p2["layers"][3]["self_attn"]["q_proj"]["kernel"]).sum()) > 0
+  assert float(jnp.abs(p2["layers"][3]["mlp"]["down_proj"]["kernel"]).sum()) == 0
+  with pytest.raises(ValueError, match="extra_layers"):
+    init_value(cfg, extra_layers=1)
+  with pytest.raises(ValueError, match="extra_layers"):
+    init_value(cfg, trunk_params=trunk, extra_layers=-1)
+
+
 def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   """N completions of each prompt scored on one prefill of the prompt (LanguageModel.extend)
   give the full forward's ORM and PRM numbers; ragged prompts, an empty completion, a

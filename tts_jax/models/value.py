@@ -50,13 +50,34 @@ class ValueModel:
     return LanguageModel(config=self.config, graphdef=self.graphdef)
 
 
-def init_value(config: ModelConfig, seed: int = 0, trunk_params: dict | None = None) -> tuple[ValueModel, dict]:
+def init_value(config: ModelConfig, seed: int = 0, trunk_params: dict | None = None,
+               extra_layers: int = 0) -> tuple[ValueModel, dict]:
   """A value model and its params (a nested dict); with `trunk_params` (a policy's params
-  of the same config) the trunk starts from the policy and only the head is fresh."""
+  of the same config) the trunk starts from the policy and only the head is fresh.
+
+  extra_layers: decoder blocks stacked on the policy's (config.num_layers + extra_layers in
+  all), their output projections (attention o_proj, MLP down_proj) zero so that they start
+  as the identity: the value model's trunk is exactly the policy's at step 0. They give a
+  value at token t a layer that reads the policy's final state at t - 1, i.e. its prediction
+  of token t, which is what checking a step needs."""
+  if extra_layers < 0 or int(extra_layers) != extra_layers:
+    raise ValueError(f"init_value: extra_layers must be a non-negative integer, got {extra_layers!r}")
+  if extra_layers and trunk_params is None:
+    raise ValueError("init_value: extra_layers stack blocks on a policy's trunk; pass trunk_params")
+  base = config.num_layers
+  config = dataclasses.replace(config, num_layers=base + extra_layers)
   graphdef, params = nnx.split(ValueDecoder(config, nnx.Rngs(params=seed)))
   params = nnx.to_pure_dict(params)
   if trunk_params is not None:
-    params = {**params, **trunk_params}
+    if set(trunk_params["layers"]) != set(range(base)):
+      raise ValueError(f"init_value: trunk_params have layers {sorted(trunk_params['layers'])}, the config "
+                       f"{base}")
+    fresh = {i: params["layers"][i] for i in range(base, base + extra_layers)}
+    for block in fresh.values():
+      attn, mlp = block["self_attn"], block["mlp"]
+      attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
+      mlp["down_proj"] = jax.tree.map(jnp.zeros_like, mlp["down_proj"])
+    params = {**params, **trunk_params, "layers": {**trunk_params["layers"], **fresh}}
   return ValueModel(config=config, graphdef=graphdef), params
 
 

@@ -60,6 +60,7 @@ class VerifierTrainConfig:
   every_token: bool = False
   written_fraction: float = 0.0
   rollouts: int = 4
+  extra_layers: int = 0
   ranking_weight: float = 1.0
   temperature: float = 1.0
   max_new_tokens: int = 96
@@ -74,7 +75,8 @@ class VerifierTrainConfig:
   def __post_init__(self):
     check_positive_ints(self, ("steps", "batch_size", "problems_per_round", "samples_per_problem",
                                "epochs_per_round", "rollouts", "max_new_tokens", "eval_problems", "eval_samples",
-                               "checkpoint_every", "seed", "data_seed"), allow_zero=("seed", "data_seed"))
+                               "checkpoint_every", "seed", "data_seed", "extra_layers"),
+                       allow_zero=("seed", "data_seed", "extra_layers"))
     if self.kind not in ("orm", "prm"):
       raise ValueError(f"VerifierTrainConfig.kind must be 'orm' or 'prm', got {self.kind!r}")
     if self.labels not in LABELS:
@@ -283,7 +285,8 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
   evald, _ = build_data(config, task, lm, policy_params, problems, key=jax.random.key(10_000 + config.seed),
                         num_samples=config.eval_samples, labels="exact")
   stream = RoundStream(config, task, lm, policy_params)
-  vm, params = init_value(lm.config, seed=config.seed, trunk_params=policy_params)
+  vm, params = init_value(lm.config, seed=config.seed, trunk_params=policy_params,
+                          extra_layers=config.extra_layers)
   params, log = train_loop(
       params=params, loss_fn=value_loss(vm, config.ranking_weight), batch_fn=stream.batch,
       optimizer=make_optimizer(config.optim, config.steps), steps=config.steps,
@@ -293,7 +296,7 @@ def train_verifier(config: VerifierTrainConfig, stop_after: int | None = None):
       config=to_dict(config))
   if stop_after is None or stop_after >= config.steps:
     rounds = -(-config.steps // config.steps_per_round)
-    save_model(os.path.join(config.out_dir, "model"), lm.config, params, kind=config.kind,
+    save_model(os.path.join(config.out_dir, "model"), vm.config, params, kind=config.kind,
                info={"task": task.name, "steps": config.steps,
                      "train_sequences": rounds * config.problems_per_round * config.samples_per_problem,
                      "metrics": log[-1] if log else {}})
