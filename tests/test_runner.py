@@ -52,6 +52,22 @@ def test_resume_after_crash_gives_identical_files(models_dir, tmp_path):
   assert without_timing(again) == without_timing(full) and path.read_bytes() == (tmp_path / "full" / "results.jsonl").read_bytes()
 
 
+def test_pools_drawn_ahead_change_nothing(models_dir, tmp_path, monkeypatch):
+  """The runner draws batch b + 1's pool on a worker thread while batch b is selected: the
+  results equal those of a run that draws every pool when its batch starts."""
+  from tts_jax.eval import runner
+  submitted = []
+  real_submit = runner._NEXT_POOL.submit
+  monkeypatch.setattr(runner._NEXT_POOL, "submit", lambda fn, *a: submitted.append(fn) or real_submit(fn, *a))
+  ahead = run_experiment(experiment(models_dir, tmp_path / "ahead"), quiet=True)
+  assert len(submitted) == 2  # batches 1 and 2 of 3
+  monkeypatch.setattr(runner, "_pool_verifiers", lambda exp: None)  # no drawing ahead
+  inline = run_experiment(experiment(models_dir, tmp_path / "inline"), quiet=True)
+  assert len(submitted) == 2
+  assert (tmp_path / "ahead" / "results.jsonl").read_bytes() == (tmp_path / "inline" / "results.jsonl").read_bytes()
+  assert without_timing(ahead) == without_timing(inline)
+
+
 def test_summary_is_consistent(models_dir, tmp_path):
   s = run_experiment(experiment(models_dir, tmp_path), quiet=True)
   oracle = s["methods"]["pass@k (oracle)"]

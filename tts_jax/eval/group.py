@@ -12,13 +12,15 @@ work, and a group to D batches (copies of its first batch), so each device alway
 whole batch. Verifier scores use each batch's own shapes (its longest completion rounded up,
 `completion_width`; for a PRM also its most step ends rounded up to 8), as a one-device run
 does: a group whose batches need different shapes makes one scoring call per shape.
-A search method's runs at its budgets overlap, two at a time (`start_searches`).
+A search method's runs at its budgets overlap, two at a time (`start_searches`), and the
+runner draws the next group's pool while this one's methods run (`draw_pool`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,14 @@ class BatchGroup:
                       min_p=exp.sampling.min_p, batch_prompts=n,
                       row_index=np.concatenate([self._batch_id(s) * n + np.arange(n) for s in range(self.size)]),
                       prompt_width=self.prompt_width, mesh=self.mesh)
+
+  def draw_pool(self, verifiers: tuple[str, ...]) -> None:
+    """Samples the group's pool and scores it with `verifiers` now, instead of when a method
+    first asks (the runner draws the next group's pool on a worker thread while the current
+    group's methods run)."""
+    self.completions  # noqa: B018  (a cached property: drawn here, once)
+    for v in verifiers:
+      self.verifier_scores(v, 0)
 
   def verifier_scores(self, verifier: str, b: int):
     """Batch `b`'s scores by the shipped `verifier` ("orm": float32[n, N] probabilities;
@@ -188,13 +198,14 @@ class BatchGroup:
     tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
     for k in todo:
       keys = jnp.concatenate([self._search_keys(k, index, b) for b in range(self.size)])
-      run = functools.partial(self._run_engine, method, tokens, lengths, keys, k)
+      run = functools.partial(self._run_engine, method, tokens, lengths, keys, k, threading.get_ident())
       # Several processes must launch their collectives in one order: no threads there.
       self._search[index, k] = _ENGINES.submit(run) if jax.process_count() == 1 else run()
 
-  def _run_engine(self, method, tokens, lengths, keys, budget: int):
-    p = method.run_engine(self.models, self.experiment, tokens, lengths, keys, budget, self.mesh)
-    return to_host(method.host_state(p))
+  def _run_engine(self, method, tokens, lengths, keys, budget: int, caller: int):
+    with self.timer.working_for(caller):  # its compile time is the waiting caller's
+      p = method.run_engine(self.models, self.experiment, tokens, lengths, keys, budget, self.mesh)
+      return to_host(method.host_state(p))
 
   def _search_keys(self, budget: int, index: int, b: int) -> jax.Array:
     """[batch_problems] keys of search method `index` at `budget` for batch `b`: problem i

@@ -12,11 +12,15 @@ All batches share one padded prompt width (from all the run's prompts), so sampl
 scoring and search compile once per run; compiled code is kept in JAX's persistent
 compilation cache (`tts_jax.eval.compile_cache`), so a second run compiles nothing. The
 runner prints where the time went (`tts_jax.eval.timing`) and stores it in summary.json
-under "timing" (the invocation that wrote the summary).
+under "timing" (the invocation that wrote the summary). While a batch's methods run, the
+next batch's pool is sampled and scored on a worker thread (single-process runs); every
+computation is pure in its inputs, so the results do not depend on this overlap.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -31,6 +35,7 @@ from tts_jax.eval.batch import Batch
 from tts_jax.eval.compile_cache import enable_compilation_cache
 from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.group import BatchGroup
+from tts_jax.eval.pool_methods import PoolMethod
 from tts_jax.eval.results_file import ResultsFile, atomic_write
 from tts_jax.eval.summary import format_table, plot, plot_against, summarize
 from tts_jax.eval.timing import Timer
@@ -39,6 +44,8 @@ from tts_jax.models.memory import plan_memory
 from tts_jax.parallel import data_size, describe, place_params
 from tts_jax.tasks import load_models, task_prompts, task_tokens
 
+POOLS_AHEAD = 1  # groups whose pools are drawn ahead of the one being selected (memory: their pools)
+_NEXT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts_jax-pool")
 RESULTS, SUMMARY, CONFIG, PLOT = "results.jsonl", "summary.json", "config.json", "scaling.png"
 
 
@@ -48,6 +55,12 @@ class ResultsMismatch(ValueError):
 
 def _load_models(exp: Experiment):
   return load_models(exp.models, exp.task)
+
+
+def _pool_verifiers(exp: Experiment) -> tuple[str, ...] | None:
+  """The verifiers the experiment's pool methods read, or None if no method reads the pool."""
+  pool = [m for m in exp.methods if isinstance(m, PoolMethod)]
+  return tuple(dict.fromkeys(v for m in pool for v in m.verifiers())) if pool else None
 
 
 def _batch_records(batch: Batch) -> list[dict]:
@@ -135,23 +148,46 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   bar = tqdm(total=len(problems), initial=sum(len(chunk(b)) for b in range(results.num_batches) if done[b]),
              desc=exp.name, unit="problem", disable=quiet, dynamic_ncols=True)
   new, per_batch, d = 0, [], data_size(mesh)
-  for g in range(0, len(todo), d):
-    ids = todo[g:g + d]
-    group = BatchGroup(exp, models, [chunk(b) for b in ids], ids, prompt_width=prompt_width, mesh=mesh, timer=timer)
-    for slot, b in enumerate(ids):
+  groups = [todo[g:g + d] for g in range(0, len(todo), d)]
+  make = lambda ids: BatchGroup(exp, models, [chunk(b) for b in ids], ids, prompt_width=prompt_width,  # noqa: E731
+                                mesh=mesh, timer=timer)
+  # The next groups' pools are drawn on a worker thread while this group's methods run (one
+  # thread compiles or selects while the other samples), at most POOLS_AHEAD groups ahead;
+  # several processes must launch their collectives in one order, so they draw in turn.
+  verifiers = _pool_verifiers(exp) if jax.process_count() == 1 else None
+  last = len(groups) if stop_after_batches is None else min(len(groups), -(-stop_after_batches // d))
+  upcoming: collections.deque = collections.deque()  # (group, future): pools being drawn, in order
+  try:
+    for gi, ids in enumerate(groups):
       if stop_after_batches is not None and new >= stop_after_batches:
         bar.close()
         return {}
-      before = timer.compilations
-      batch = Batch(experiment=exp, models=models, problems=chunk(b), start=b * exp.batch_problems,
-                    prompt_width=prompt_width, timer=timer, group=group, slot=slot)
-      records = _batch_records(batch)
-      per_batch.append(timer.compilations - before)
-      if writer:
-        with timer.phase("host I/O"):
-          results.append(records)
-      bar.update(len(batch.problems))
-      new += 1
+      if upcoming:
+        group, drawing = upcoming.popleft()
+        drawing.result()  # re-raises the worker's error here
+      else:
+        group = make(ids)
+        if verifiers is not None:
+          group.draw_pool(verifiers)
+      while verifiers is not None and gi + len(upcoming) + 1 < last and len(upcoming) < POOLS_AHEAD:
+        following = make(groups[gi + len(upcoming) + 1])
+        upcoming.append((following, _NEXT_POOL.submit(following.draw_pool, verifiers)))
+      for slot, b in enumerate(ids):
+        if stop_after_batches is not None and new >= stop_after_batches:
+          bar.close()
+          return {}
+        before = timer.compilations
+        batch = Batch(experiment=exp, models=models, problems=chunk(b), start=b * exp.batch_problems,
+                      prompt_width=prompt_width, timer=timer, group=group, slot=slot)
+        records = _batch_records(batch)
+        per_batch.append(timer.compilations - before)
+        if writer:
+          with timer.phase("host I/O"):
+            results.append(records)
+        bar.update(len(batch.problems))
+        new += 1
+  finally:  # stopped early: let the worker finish before returning
+    concurrent.futures.wait([f for _, f in upcoming])
   bar.close()
   if not writer:
     return {}

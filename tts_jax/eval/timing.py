@@ -1,6 +1,11 @@
 """Where a run's time goes: wall-clock phases (exclusive: a phase opened inside another is
 not counted twice) and JAX compilation, measured by JAX's own monitoring events.
 
+Phases nest per thread: a phase opened on a worker thread (the runner draws the next batch's
+pool while the current one is selected) is timed on its own, with the compilation done on
+that thread, so phases that ran at the same time are each counted in full and their sum can
+exceed the wall time.
+
     timer = Timer()
     with timer.phase("sampling"):
       ...                        # compile time inside is moved to "compile"
@@ -9,7 +14,9 @@ not counted twice) and JAX compilation, measured by JAX's own monitoring events.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
 import time
 
 import jax
@@ -26,14 +33,19 @@ _listening = False
 def _on_duration(event: str, seconds: float, **_) -> None:
   if event not in _COMPILE_EVENTS:
     return
+  here = threading.get_ident()  # JAX reports a compilation on the thread that compiled
   for t in _active:
-    t._compile += seconds
-    t._backend_compiles += event == _COMPILE_EVENTS[0]
+    thread = t._owner.get(here, here)
+    with t._lock:
+      t._compile += seconds
+      t._compile_on[thread] += seconds
+      t._backend_compiles += event == _COMPILE_EVENTS[0]
 
 
 def _on_event(event: str, **_) -> None:
   for t in _active:
-    t.cache_hits += event == _CACHE_HIT
+    with t._lock:
+      t.cache_hits += event == _CACHE_HIT
 
 
 class Timer:
@@ -56,8 +68,17 @@ class Timer:
     self._backend_compiles = 0
     self.cache_hits = 0
     self._compile = 0.0
-    self._stack: list[dict] = []
+    self._compile_on: dict[int, float] = collections.defaultdict(float)  # per thread
+    self._lock = threading.Lock()
+    self._owner: dict[int, int] = {}  # helper thread -> the thread it works for (`working_for`)
+    self._local = threading.local()  # each thread's stack of open phases
     self._start = time.perf_counter()
+
+  @property
+  def _stack(self) -> list[dict]:
+    if not hasattr(self._local, "stack"):
+      self._local.stack = []
+    return self._local.stack
 
   def __enter__(self):
     _active.append(self)
@@ -71,18 +92,33 @@ class Timer:
     """Counts the wall time inside, less nested phases and compilation, to `name`."""
     if name not in self.seconds:
       raise ValueError(f"unknown phase {name!r}; one of {PHASES}")
-    frame = {"start": time.perf_counter(), "compile": self._compile, "child_wall": 0.0, "child_compile": 0.0}
-    self._stack.append(frame)
+    thread = threading.get_ident()
+    stack = self._stack
+    frame = {"start": time.perf_counter(), "compile": self._compile_on[thread], "child_wall": 0.0,
+             "child_compile": 0.0}
+    stack.append(frame)
     try:
       yield
     finally:
-      self._stack.pop()
+      stack.pop()
       wall = time.perf_counter() - frame["start"]
-      compiled = self._compile - frame["compile"]
-      self.seconds[name] += max(wall - frame["child_wall"] - (compiled - frame["child_compile"]), 0.0)
-      if self._stack:
-        self._stack[-1]["child_wall"] += wall
-        self._stack[-1]["child_compile"] += compiled
+      compiled = self._compile_on[thread] - frame["compile"]
+      with self._lock:
+        self.seconds[name] += max(wall - frame["child_wall"] - (compiled - frame["child_compile"]), 0.0)
+      if stack:
+        stack[-1]["child_wall"] += wall
+        stack[-1]["child_compile"] += compiled
+
+  @contextlib.contextmanager
+  def working_for(self, thread: int):
+    """Inside, this thread's compilation counts as that of `thread` (a
+    `threading.get_ident()`): for helpers whose caller waits on them inside its phase."""
+    here = threading.get_ident()
+    self._owner[here] = thread
+    try:
+      yield
+    finally:
+      del self._owner[here]
 
   def report(self) -> dict:
     """{phase: seconds (rounded to ms)}, "compile", "other", "total", "compilations" and
