@@ -63,6 +63,31 @@ def _pool_verifiers(exp: Experiment) -> tuple[str, ...] | None:
   return tuple(dict.fromkeys(v for m in pool for v in m.verifiers())) if pool else None
 
 
+def _drawn_ahead(make, groups: list, verifiers: tuple[str, ...] | None):
+  """Yields (BatchGroup, its batch ids) for each id list in `groups` (`make` builds a group),
+  each with its pool drawn: the first on the calling thread, each later one on a worker
+  thread while the caller runs the groups before it, at most POOLS_AHEAD ahead (one thread
+  compiles or selects while the other samples). verifiers None: no pool is drawn here
+  (no method reads one, or a multi-process run, whose processes must launch their
+  collectives in one order). Closing the generator waits for the worker."""
+  upcoming: collections.deque = collections.deque()  # (group, future), in order
+  try:
+    for gi, ids in enumerate(groups):
+      if upcoming:
+        group, drawing = upcoming.popleft()
+        drawing.result()  # re-raises the worker's error here
+      else:
+        group = make(ids)
+        if verifiers is not None:
+          group.draw_pool(verifiers)
+      while verifiers is not None and gi + len(upcoming) + 1 < len(groups) and len(upcoming) < POOLS_AHEAD:
+        following = make(groups[gi + len(upcoming) + 1])
+        upcoming.append((following, _NEXT_POOL.submit(following.draw_pool, verifiers)))
+      yield group, ids
+  finally:
+    concurrent.futures.wait([f for _, f in upcoming])
+
+
 def _batch_records(batch: Batch) -> list[dict]:
   """One record per (problem, budget): every method's outcome."""
   exp, timer = batch.experiment, batch.timer
@@ -151,27 +176,11 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   groups = [todo[g:g + d] for g in range(0, len(todo), d)]
   make = lambda ids: BatchGroup(exp, models, [chunk(b) for b in ids], ids, prompt_width=prompt_width,  # noqa: E731
                                 mesh=mesh, timer=timer)
-  # The next groups' pools are drawn on a worker thread while this group's methods run (one
-  # thread compiles or selects while the other samples), at most POOLS_AHEAD groups ahead;
-  # several processes must launch their collectives in one order, so they draw in turn.
   verifiers = _pool_verifiers(exp) if jax.process_count() == 1 else None
   last = len(groups) if stop_after_batches is None else min(len(groups), -(-stop_after_batches // d))
-  upcoming: collections.deque = collections.deque()  # (group, future): pools being drawn, in order
+  drawn = _drawn_ahead(make, groups[:last], verifiers)
   try:
-    for gi, ids in enumerate(groups):
-      if stop_after_batches is not None and new >= stop_after_batches:
-        bar.close()
-        return {}
-      if upcoming:
-        group, drawing = upcoming.popleft()
-        drawing.result()  # re-raises the worker's error here
-      else:
-        group = make(ids)
-        if verifiers is not None:
-          group.draw_pool(verifiers)
-      while verifiers is not None and gi + len(upcoming) + 1 < last and len(upcoming) < POOLS_AHEAD:
-        following = make(groups[gi + len(upcoming) + 1])
-        upcoming.append((following, _NEXT_POOL.submit(following.draw_pool, verifiers)))
+    for group, ids in drawn:
       for slot, b in enumerate(ids):
         if stop_after_batches is not None and new >= stop_after_batches:
           bar.close()
@@ -186,9 +195,11 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
             results.append(records)
         bar.update(len(batch.problems))
         new += 1
-  finally:  # stopped early: let the worker finish before returning
-    concurrent.futures.wait([f for _, f in upcoming])
+  finally:
+    drawn.close()  # stopped early: waits for the worker
   bar.close()
+  if new < len(todo):  # stopped by stop_after_batches
+    return {}
   if not writer:
     return {}
   results_path = results.path
