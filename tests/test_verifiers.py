@@ -108,6 +108,8 @@ def test_extra_value_layers_start_as_the_policy_trunk():
     init_value(cfg, extra_layers=1)
   with pytest.raises(ValueError, match="extra_layers"):
     init_value(cfg, trunk_params=trunk, extra_layers=-1)
+  with pytest.raises(ValueError, match=r"hold layers \[0\] but the config has num_layers=2"):
+    init_value(cfg, trunk_params={**trunk, "layers": {0: trunk["layers"][0]}}, extra_layers=1)
 
 
 def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():

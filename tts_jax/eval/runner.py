@@ -183,8 +183,7 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
     for group, ids in drawn:
       for slot, b in enumerate(ids):
         if stop_after_batches is not None and new >= stop_after_batches:
-          bar.close()
-          return {}
+          break  # only in the last group drawn: the run stops below
         before = timer.compilations
         batch = Batch(experiment=exp, models=models, problems=chunk(b), start=b * exp.batch_problems,
                       prompt_width=prompt_width, timer=timer, group=group, slot=slot)
@@ -198,9 +197,7 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   finally:
     drawn.close()  # stopped early: waits for the worker
   bar.close()
-  if new < len(todo):  # stopped by stop_after_batches
-    return {}
-  if not writer:
+  if new < len(todo) or not writer:  # stopped by stop_after_batches, or not the writing process
     return {}
   results_path = results.path
   with timer.phase("host I/O"):

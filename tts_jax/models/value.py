@@ -70,8 +70,8 @@ def init_value(config: ModelConfig, seed: int = 0, trunk_params: dict | None = N
   params = nnx.to_pure_dict(params)
   if trunk_params is not None:
     if set(trunk_params["layers"]) != set(range(base)):
-      raise ValueError(f"init_value: trunk_params have layers {sorted(trunk_params['layers'])}, the config "
-                       f"{base}")
+      raise ValueError(f"init_value: trunk_params hold layers {sorted(trunk_params['layers'])} but the config "
+                       f"has num_layers={base}")
     fresh = {i: params["layers"][i] for i in range(base, base + extra_layers)}
     for block in fresh.values():
       attn, mlp = block["self_attn"], block["mlp"]
