@@ -121,6 +121,107 @@ def test_mcts_method_in_the_runner(tmp_path):
       assert small["samples"] == 2.0 and big["samples"] == 6.0
       assert (small["nodes"] - 1) % 3 == 0 and 1 < small["nodes"] <= big["nodes"] <= 1 + 6 * 3
       assert small["flops"] < big["flops"] and small["generated_tokens"] < big["generated_tokens"]
+      assert 0 < small["kv_pages"] <= big["kv_pages"]
     assert by[i, 6]["mcts-prm"]["verifier_tokens"] > 0 and by[i, 6]["mcts-oracle"]["verifier_tokens"] == 0
   with pytest.raises(ValueError, match="expansions must be an int >= 1"):
     Experiment(name="x", task=ModChain(), methods=(MCTS(expansions=0),), budgets=(2,))
+  with pytest.raises(ValueError, match="page_size must be an int >= 1"):
+    Experiment(name="x", task=ModChain(), methods=(MCTS(page_size=0),), budgets=(2,))
+  with pytest.raises(ValueError, match="num_pages must be an int >= 0"):
+    Experiment(name="x", task=ModChain(), methods=(MCTS(num_pages=-1),), budgets=(2,))
+
+
+# -- the paged path: a transformer policy whose nodes share KV pages ------------------------------
+
+LM_T, LM_K, LM_SIMS, PS = 16, 3, 6, 4
+LM_DELIMS, LM_STOP = (3, 4), 5
+
+
+@pytest.fixture(scope="module")
+def transformer_tree():
+  """A search with a tiny random transformer: steps end at tokens 3/4 (drawn often: their
+  logits are raised), solutions at 5 (lowered); values from a fixed function of the tokens,
+  low for finished nodes so that the search goes deeper."""
+  from tts_jax.models import init, qwen2_config
+  cfg = qwen2_config(vocab_size=11, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=48)
+  lm, params = init(cfg, seed=3)
+  params = {**params, "lm_head": params["lm_head"].at[:, 3:5].add(0.15).at[:, 5].add(-0.5)}
+  prompts = jnp.asarray([[1, 2, 6, 7, 8, 9], [7, 6, 0, 0, 0, 0]], jnp.int32)
+  plens = jnp.asarray([6, 2], jnp.int32)
+
+  def potential(tokens, lengths, done):  # any deterministic value: (sum of tokens mod 7 + 1) / 8
+    mask = jnp.arange(tokens.shape[-1]) < lengths[..., None]
+    return jnp.log((jnp.sum(jnp.where(mask, tokens, 0), axis=-1) % 7 + 1) / 8.0) - 2.0 * done
+
+  tree = mcts(lm, params, prompts, plens, jax.random.key(5), potential=potential, simulations=LM_SIMS,
+              expansions=LM_K, max_new_tokens=LM_T, delimiters=LM_DELIMS, stop_tokens=(LM_STOP,), page_size=PS,
+              c_puct=2.0)
+  return lm, params, prompts, plens, potential, tree
+
+
+def test_paged_tree_equals_resampling_each_node_from_scratch(transformer_tree):
+  """The same search with every expanded node prefilled again and its children drawn by the
+  sampler (share_kv=False) builds the same tree and answer (the draws use the same keys)."""
+  lm, params, prompts, plens, potential, tree = transformer_tree
+  scratch = mcts(lm, params, prompts, plens, jax.random.key(5), potential=potential, simulations=LM_SIMS,
+                 expansions=LM_K, max_new_tokens=LM_T, delimiters=LM_DELIMS, stop_tokens=(LM_STOP,), c_puct=2.0,
+                 share_kv=False)
+  assert scratch.cache is None and np.all(np.asarray(scratch.pages) == 0)
+  for f in ("tokens", "length", "parent", "first_child", "finished", "used", "born", "decoded", "answer_tokens",
+            "answer_length"):
+    np.testing.assert_array_equal(np.asarray(getattr(tree, f)), np.asarray(getattr(scratch, f)), err_msg=f)
+  np.testing.assert_allclose(np.asarray(tree.value_sum), np.asarray(scratch.value_sum), rtol=1e-6)
+  expanded = (np.asarray(tree.first_child) >= 0).sum(1)
+  assert np.all(expanded >= 3) and np.all(np.asarray(tree.answer_length) > 0), expanded  # below the root too
+
+
+def test_every_node_s_kv_equals_a_full_forward_pass(transformer_tree):
+  """A node's pages (its ancestors' shared ones included) hold the KV of prompt + its tokens:
+  feeding its pending last token gives the full forward pass's logits."""
+  lm, params, prompts, plens, _, tree = transformer_tree
+  toks, lens, used = np.asarray(tree.tokens), np.asarray(tree.length), np.asarray(tree.used)
+  compared = 0
+  for b in range(2):
+    for node in range(1, int(used[b])):
+      n = int(lens[b, node])
+      seq = np.concatenate([np.asarray(prompts[b, :plens[b]]), toks[b, node, :n]])[None]
+      want = lm.forward(params, jnp.asarray(seq))[0, -1]
+      parents = jnp.full((2, 1), node, jnp.int32)
+      work = tree.cache.branch(parents, jnp.asarray([True, True]))
+      logits, _ = lm.decode(params, jnp.full((2, 1), int(toks[b, node, n - 1]), jnp.int32), work,
+                            active=jnp.asarray([[i == b] for i in range(2)]))
+      np.testing.assert_allclose(np.asarray(logits[b, 0]), np.asarray(want), atol=1e-4)
+      compared += 1
+  assert compared == int(used.sum()) - 2
+
+
+def test_children_reference_their_parent_s_pages(transformer_tree):
+  """Children's block tables begin with their parent's full pages (shared, not copied), and
+  the tree holds fewer pages than copying every node's KV would."""
+  _, _, _, _, _, tree = transformer_tree
+  table, lens = np.asarray(tree.cache.table), np.asarray(tree.length)
+  parent, used = np.asarray(tree.parent), np.asarray(tree.used)
+  shared = 0
+  for b in range(2):
+    for c in range(1, int(used[b])):
+      full = max(int(lens[b, parent[b, c]]) - 1, 0) // PS  # the parent's KV holds its tokens but the last
+      np.testing.assert_array_equal(table[b, c, :full], table[b, parent[b, c], :full])
+      shared += full
+  assert shared > 0
+  copying = sum(-(-max(int(lens[b, c]) - 1, 0) // PS) for b in range(2) for c in range(1, int(used[b])))
+  pages = np.asarray(tree.pages)
+  assert np.all(pages > 0) and pages.sum() < copying, (pages, copying)
+  refcount, recount = np.asarray(tree.cache.refcount), np.asarray(tree.cache.recount())
+  np.testing.assert_array_equal(refcount, recount)  # no page leaked
+
+
+def test_too_few_pages_is_a_clear_error(transformer_tree):
+  lm, params, prompts, plens, potential, _ = transformer_tree
+  with pytest.raises(RuntimeError, match="ran out of pages"):
+    mcts(lm, params, prompts, plens, jax.random.key(5), potential=potential, simulations=LM_SIMS,
+         expansions=LM_K, max_new_tokens=LM_T, delimiters=LM_DELIMS, stop_tokens=(LM_STOP,), page_size=PS,
+         c_puct=2.0, num_pages=6)
+  with pytest.raises(ValueError, match="page_size must be an int >= 1"):
+    mcts(lm, params, prompts, plens, jax.random.key(5), potential=potential, simulations=1, expansions=1,
+         max_new_tokens=LM_T, delimiters=LM_DELIMS, page_size=0)

@@ -4,9 +4,11 @@
 MCTS:
 Budget N is the number of simulations per problem; each expansion draws `expansions` candidate
 next steps. The answer is the tree's chosen node (`Tree.answer`: the most-visited path, else
-the best finished node), completed by one policy rollout when unfinished. The cost counts what the search did: each expansion prefills the
-prompt plus the expanded node's tokens once, decodes its K children's new step, and the value
-model reads each child whole (`OutcomePotential`; none with the exact checker).
+the best finished node), completed by one policy rollout when unfinished. The cost counts what
+the search did: the prompt is prefilled once; each expansion decodes the expanded node's last
+token and its K children's new step against the KV the tree keeps (children share their
+parent's pages); the value model reads each child whole (`OutcomePotential`; none with the
+exact checker). Each outcome records the most KV pages the tree held ("kv_pages").
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ def _check_fields(verifier: str, **counts) -> None:
 class MCTS:
   """PUCT tree search over reasoning steps. verifier: the node values, the shipped PRM's
   probability at a node's last step ("prm") or the task's exact step checker ("oracle");
-  expansions: K steps drawn per expansion; c_puct, backup: as in `tts_jax.search.mcts`."""
+  expansions: K steps drawn per expansion; c_puct, backup, page_size, num_pages: as in
+  `tts_jax.search.mcts` (num_pages 0: enough pages with no sharing at all)."""
 
   verifier: Literal["prm", "oracle"] = "prm"
   expansions: int = 4
   c_puct: float = 1.0
   backup: Literal["mean", "max"] = "mean"
+  page_size: int = 16
+  num_pages: int = 0
   name: str = "MCTS (PRM)"
   timing_phase = "search"
 
@@ -51,7 +56,9 @@ class MCTS:
     return ("prm",) if self.verifier == "prm" else ()
 
   def check_budgets(self, budgets) -> None:
-    _check_fields(self.verifier, expansions=self.expansions)
+    _check_fields(self.verifier, expansions=self.expansions, page_size=self.page_size)
+    if isinstance(self.num_pages, bool) or not isinstance(self.num_pages, int) or self.num_pages < 0:
+      raise ValueError(f"num_pages must be an int >= 0, got {self.num_pages!r}")
     if self.backup not in ("mean", "max"):
       raise ValueError(f"backup must be 'mean' or 'max', got {self.backup!r}")
 
@@ -66,10 +73,11 @@ class MCTS:
     return mcts(models.policy, models.policy_params, tokens, lengths, keys, potential=potential,
                 potential_params=pparams, simulations=budget, expansions=self.expansions,
                 max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad,
-                c_puct=float(self.c_puct), backup=self.backup, proposal=exp.sampling)
+                c_puct=float(self.c_puct), backup=self.backup, proposal=exp.sampling, page_size=self.page_size,
+                num_pages=self.num_pages)
 
   def host_state(self, tree: Tree) -> Tree:
-    return tree
+    return tree.replace(cache=None)  # the nodes' KV stays on the device
 
   def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
     out = {}
@@ -81,33 +89,32 @@ class MCTS:
         text = completion_text(batch.task, tree.answer_tokens[i, :tree.answer_length[i]])
         rows.append(Outcome(accuracy=float(batch.task.verify(problem, text)), samples=float(k),
                             cost=_tree_cost(batch.models.policy.config, prm, len(batch.prompts[i]), tree, i),
-                            extra=(("nodes", float(tree.used[i])),)))
+                            extra=(("nodes", float(tree.used[i])), ("kv_pages", float(tree.pages[i])))))
       out[k] = rows
     return out
 
 
 def _tree_cost(policy, verifier, prompt_len: int, tree: Tree, i: int) -> Cost:
-  """Compute of problem i's search: per expanded node, one prefill of prompt + node and its
-  children's new tokens decoded; the final rollout (prefill of its node, its tokens); with a
-  value model, its prompt once and every child whole."""
+  """Compute of problem i's search: the prompt prefilled once; per expanded node, its last
+  token and its children's new tokens decoded for each child (against the prompt's and the
+  node's KV); the final rollout's tokens; with a value model, its prompt once and every
+  child whole."""
   length, parent = np.asarray(tree.length[i]), np.asarray(tree.parent[i])
   children = np.nonzero(parent >= 0)[0]
-  expanded = np.nonzero(np.asarray(tree.first_child[i]) >= 0)[0]
-  flops, kv = 0.0, 0.0
-  for node in expanded:
-    context = prompt_len + int(length[node])
-    flops += forward_flops(policy, context)
-    kv += kv_bytes_per_token(policy) * context
-    for c in children[parent[children] == node]:
-      new = int(length[c] - length[node])
-      flops += forward_flops(policy, new, context_start=context)
-      kv += kv_bytes_per_token(policy) * new
+  flops = forward_flops(policy, prompt_len)
+  kv = kv_bytes_per_token(policy) * prompt_len
+  for c in children:
+    start = max(int(length[parent[c]]) - 1, 0)  # the parent's last token is fed again for each child
+    new = int(length[c]) - start - 1  # the child's own last token waits until it is expanded
+    flops += forward_flops(policy, new, context_start=prompt_len + start)
+    kv += kv_bytes_per_token(policy) * new
   grown = float(sum(int(length[c] - length[parent[c]]) for c in children))
   rollout = float(tree.decoded[i]) - grown  # the chosen node's completion, if it was unfinished
-  if rollout > 0:
-    context = prompt_len + float(tree.answer_length[i]) - rollout
-    flops += forward_flops(policy, context) + forward_flops(policy, rollout, context_start=context)
-    kv += kv_bytes_per_token(policy) * (context + rollout)
+  if rollout > 0:  # from the chosen node's last token to the answer's last but one
+    start = max(float(tree.answer_length[i]) - rollout - 1, 0.0)
+    fed = float(tree.answer_length[i]) - 1 - start
+    flops += forward_flops(policy, fed, context_start=prompt_len + start)
+    kv += kv_bytes_per_token(policy) * fed
   verifier_tokens = 0.0
   if verifier is not None:
     flops += forward_flops(verifier, prompt_len, head_outputs=1)

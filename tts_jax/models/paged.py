@@ -16,6 +16,12 @@ block tables at every selection, so a page no particle uses is free again at onc
 
 When a write needs a page and none is free, the write is dropped (no other
 particle's page is touched) and `oom[b]` is set; `check_pages` raises a clear error.
+
+Trees (`tts_jax.search.mcts`) keep one particle per node and grow a node's children in a
+working cache of K particles over the same pages: `branch` copies the node's block table
+K times (its full pages shared, its partial last page copied for all children but the
+first; the pages of every other node stay taken, `held`) and `adopt` writes the grown
+children's tables back into node slots.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from flax import struct
 class PagedKVCache:
   """prefix: the prompts' PrefixCache. k, v: tuples over layers of [B, P, page_size, Hkv, D].
   table: int32[B, N, M] page ids (M = pages per particle; -1: none); refcount: int32[B, P];
-  lengths: int32[B, N] suffix tokens per particle; oom: bool[B] a write found no free page."""
+  lengths: int32[B, N] suffix tokens per particle; oom: bool[B] a write found no free page.
+  held: optional int32[B, P] references from block tables outside this cache (a tree's other
+  nodes while its children grow, `branch`): those pages are never handed out."""
 
   prefix: object
   k: tuple
@@ -38,6 +46,7 @@ class PagedKVCache:
   refcount: jax.Array
   lengths: jax.Array
   oom: jax.Array
+  held: jax.Array | None = None
   page_size: int = struct.field(pytree_node=False, default=16)
 
   @property
@@ -58,12 +67,12 @@ class PagedKVCache:
     return (self.lengths + self.page_size - 1) // self.page_size
 
   def recount(self) -> jax.Array:
-    """int32[B, P] reference counts recomputed from the block tables."""
+    """int32[B, P] reference counts recomputed from the block tables (plus `held`)."""
     b, n, m = self.table.shape
     used = (jnp.arange(m)[None, None, :] < self.used_pages()[..., None]) & (self.table >= 0)
     rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], (b, n, m))
-    return jnp.zeros((b, self.num_pages), jnp.int32).at[rows, jnp.where(used, self.table, self.num_pages)].add(
-        1, mode="drop")
+    start = jnp.zeros((b, self.num_pages), jnp.int32) if self.held is None else self.held
+    return start.at[rows, jnp.where(used, self.table, self.num_pages)].add(1, mode="drop")
 
   def _alloc(self, need: jax.Array):
     """One fresh page for every particle with need bool[B, N] -> (int32[B, N] pages, -1 where none;
@@ -119,25 +128,47 @@ class PagedKVCache:
     last partial pages are copied (copy-on-write); reference counts are recomputed."""
     take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
     c = self.replace(table=take(self.table), lengths=take(self.lengths))
-    c = c.replace(refcount=c.recount())
-    ps, (b, n, m) = self.page_size, c.table.shape
-    last_idx = jnp.clip(c.used_pages() - 1, 0, m - 1)
-    last = jnp.take_along_axis(c.table, last_idx[..., None], axis=-1)[..., 0]
-    partial = (c.lengths % ps != 0) & (last >= 0)
+    return c.replace(refcount=c.recount())._copy_shared_partials(jnp.ones(ancestors.shape[:1], bool))
+
+  def branch(self, parents: jax.Array, live: jax.Array) -> "PagedKVCache":
+    """A working cache of N' particles continuing particles `parents` int32[B, N'] of this
+    one (for prompts with live bool[B]; the others get no pages), while every particle of
+    this cache keeps its pages (`held`): the parents' full pages are shared, a partial last
+    page is kept by the first copy and copied for the others. `adopt` takes them back."""
+    take = lambda x: jnp.take_along_axis(x, parents.reshape(parents.shape + (1,) * (x.ndim - 2)), axis=1)
+    c = self.replace(table=take(self.table), lengths=take(self.lengths), held=self.recount())
+    return c.replace(refcount=c.recount())._copy_shared_partials(live)
+
+  def adopt(self, slots: jax.Array, work: "PagedKVCache", live: jax.Array) -> "PagedKVCache":
+    """This cache with particles `slots` int32[B, N'] replaced by `work`'s N' particles
+    (a `branch` of it, grown) for prompts with live bool[B]; the pages are `work`'s."""
+    rows = jnp.arange(slots.shape[0])[:, None]
+    put = lambda x, y: x.at[rows, slots].set(  # noqa: E731
+        jnp.where(live.reshape((-1,) + (1,) * (y.ndim - 1)), y, x[rows, slots]))
+    c = self.replace(k=work.k, v=work.v, table=put(self.table, work.table), lengths=put(self.lengths, work.lengths),
+                     oom=self.oom | work.oom)
+    return c.replace(refcount=c.recount())
+
+  def _copy_shared_partials(self, live: jax.Array) -> "PagedKVCache":
+    """Copy-on-write: every particle whose partial last page an earlier particle also has
+    (of prompts with live bool[B]) gets a fresh copy of it."""
+    ps, (b, n, m) = self.page_size, self.table.shape
+    last_idx = jnp.clip(self.used_pages() - 1, 0, m - 1)
+    last = jnp.take_along_axis(self.table, last_idx[..., None], axis=-1)[..., 0]
+    partial = (self.lengths % ps != 0) & (last >= 0) & live[:, None]
     same = (last[:, :, None] == last[:, None, :]) & partial[:, :, None] & partial[:, None, :]
     dup = partial & jnp.any(same & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])[None], axis=-1)
-    pages, refcount, oom = c._alloc(dup)
+    pages, refcount, oom = self._alloc(dup)
     ok = pages >= 0
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, n))
     dst = jnp.where(ok, pages, self.num_pages)
     src = jnp.maximum(last, 0)
-    ks = tuple(x.at[rows, dst].set(x[rows, src], mode="drop") for x in c.k)
-    vs = tuple(x.at[rows, dst].set(x[rows, src], mode="drop") for x in c.v)
+    ks = tuple(x.at[rows, dst].set(x[rows, src], mode="drop") for x in self.k)
+    vs = tuple(x.at[rows, dst].set(x[rows, src], mode="drop") for x in self.v)
     onehot = jax.nn.one_hot(last_idx, m, dtype=bool) & ok[..., None]
-    table = jnp.where(onehot, pages[..., None], c.table)
-    c = c.replace(k=ks, v=vs, table=table, oom=c.oom | oom)
+    table = jnp.where(onehot, pages[..., None], self.table)
+    c = self.replace(k=ks, v=vs, table=table, oom=self.oom | oom)
     return c.replace(refcount=c.recount())
-
 
 def init_paged_cache(prefix, config, num_particles: int, max_len: int, page_size: int = 16,
                      num_pages: int = 0) -> PagedKVCache:

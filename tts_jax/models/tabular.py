@@ -34,6 +34,17 @@ class TabularCache:
     return TabularCache(ids=jnp.take_along_axis(self.ids, ancestors, axis=1),
                         lengths=jnp.take_along_axis(self.lengths, ancestors, axis=1))
 
+  def branch(self, parents: jax.Array, live: jax.Array) -> "TabularCache":
+    """Copies of particles `parents` int32[B, N'] (a tree's children; `PagedKVCache.branch`)."""
+    del live
+    return self.gather(parents)
+
+  def adopt(self, slots: jax.Array, work: "TabularCache", live: jax.Array) -> "TabularCache":
+    """Particles `slots` int32[B, N'] replaced by `work`'s for prompts with live bool[B]."""
+    rows = jnp.arange(slots.shape[0])[:, None]
+    put = lambda x, y: x.at[rows, slots].set(jnp.where(live[:, None], y, x[rows, slots]))  # noqa: E731
+    return TabularCache(ids=put(self.ids, work.ids), lengths=put(self.lengths, work.lengths))
+
 
 @struct.dataclass
 class TabularPrefix:
