@@ -36,8 +36,9 @@ simulation through a recurrent function of (embedding, action), so the K candida
 node would have to be drawn in advance and carried in every node's embedding (K sequences per
 node), and its tree arrays hold one embedding per node; here a node is its token row and
 its block table, and the K candidates of an expansion grow together from the node's pages.
-`share_kv=False` re-prefills each expanded node instead (the baseline of `benchmarks/mcts.py`). `tests/test_mcts.py` checks
-the search against a tabular LM with exact values (visits concentrate on the optimum).
+`share_kv=False` re-prefills each expanded node instead (the baseline of
+`benchmarks/mcts.py`). `tests/test_mcts.py` checks the search against a tabular LM with exact
+values (visits concentrate on the optimum).
 """
 
 from __future__ import annotations
