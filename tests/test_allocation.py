@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tts_jax.eval import BeamSearch
 from tts_jax.eval.allocation import ComputeOptimal, fit_allocation
 from tts_jax.eval.pool import Pool
 
@@ -66,10 +67,13 @@ def test_fit_allocation_moves_budget_to_hard_problems():
     fit_allocation(d, o, grid, budget=1, bins=2)
 
 
-def _host_reference(method, pool, rank, edges, budgets, rules):
-  """Accuracy and mean budget per problem by a loop over subsets (rank int[P, S, n])."""
+def _host_reference(method, pool, rank, edges, budgets, rules, search_out=None, grid=None):
+  """Accuracy, mean budget, mean pool samples per problem and the share of subsets running
+  each search at each grid budget, by a loop over subsets (rank int[P, S, n]; rule ids past
+  the pool rules read search_out[grid index, search, problem])."""
   p, s, _ = rank.shape
-  acc, used = np.zeros(p), np.zeros(p)
+  acc, used, pool_used = np.zeros(p), np.zeros(p), np.zeros(p)
+  runs = np.zeros((p, len(method.searches), 0 if grid is None else len(grid)))
   for i in range(p):
     for j in range(s):
       order = np.argsort(rank[i, j])
@@ -81,9 +85,15 @@ def _host_reference(method, pool, rank, edges, budgets, rules):
       else:
         d = pool.orm[i, probe].mean()
       b = budgets[i][int(np.sum(edges[i] <= np.float32(d)))]
-      rule = method.rules[rules[i][int(np.sum(edges[i] <= np.float32(d)))]]
+      rid = rules[i][int(np.sum(edges[i] <= np.float32(d)))]
+      rule = method.rule_names()[rid]
       members = order[:b]
-      if rule == "best-orm":
+      if rid >= len(method.rules):  # a search with b - probe particles
+        gi = list(grid).index(b)
+        ok = search_out[gi, rid - len(method.rules), i]
+        runs[i, rid - len(method.rules), gi] += 1 / s
+        pool_used[i] += method.probe / s
+      elif rule == "best-orm":
         top = min(members[pool.orm[i, members] == pool.orm[i, members].max()])  # first pool index on ties
         ok = pool.correct[i, top]
       else:
@@ -100,7 +110,8 @@ def _host_reference(method, pool, rank, edges, budgets, rules):
           ok = pool.correct[i, next(k for k in members if pool.answers[i, k] == chosen)]
       acc[i] += ok / s
       used[i] += b / s
-  return acc, used
+      pool_used[i] += b / s if rid < len(method.rules) else 0.0
+  return acc, used, pool_used, runs
 
 
 @pytest.mark.parametrize("difficulty", ["orm", "agreement"])
@@ -113,25 +124,31 @@ def test_plan_evaluation_equals_a_host_loop(difficulty):
   pool = Pool(answers=answers, correct=correct, lengths=np.ones((p, n), np.int32),
               mean_entropy=np.ones((p, n), np.float32), mean_logprob=np.zeros((p, n), np.float32),
               seq_ids=np.arange(n)[None].repeat(p, 0).astype(np.int32), prompt_lens=np.ones(p, np.int32), orm=orm)
-  method = ComputeOptimal(probe=2, difficulty=difficulty, bins=3, rules=("majority", "weighted-orm", "best-orm"))
+  method = ComputeOptimal(probe=2, difficulty=difficulty, bins=3, rules=("majority", "weighted-orm", "best-orm"),
+                          searches=(BeamSearch(verifier="oracle", expansions=2, name="beam"),))
   rank = np.stack([np.stack([rng.permutation(n) for _ in range(s)]) for _ in range(p)]).astype(np.int32)
   edges = np.array([[0.3, 0.6], [0.5, np.inf], [0.2, 0.8], [0.45, 0.75]], np.float32)
   budgets = np.array([[8, 4, 2], [6, 3, 3], [2, 8, 5], [7, 7, 2]], np.int32)
-  rules = np.array([[0, 1, 2], [2, 0, 0], [1, 2, 0], [2, 2, 1]], np.int32)
+  rules = np.array([[0, 3, 2], [2, 0, 0], [3, 2, 0], [2, 2, 3]], np.int32)  # 3: the search (at grid budgets)
+  grid = method.grid((8,))
+  search_out = rng.integers(0, 2, (len(grid), 1, p)).astype(np.float32)
 
   class Plan:
     def __init__(self, i):
       self.edges, self.budgets, self.rules = edges[i], budgets[i], rules[i]
 
   # The method picks plan (parity, budget); make parity 0 / 1 the problems' own plans in two calls.
-  got_acc, got_used = np.zeros(p), np.zeros(p)
+  got = [np.zeros(p), np.zeros(p), np.zeros(p), np.zeros((p, 1, len(grid)))]
   for i in range(p):
     one = Pool(**{k: (None if v is None else v[i:i + 1]) for k, v in vars(pool).items()})
-    acc, used, _ = method.evaluate_pool(one, (8,), jnp.asarray(rank[None, i:i + 1]), {(0, 8): Plan(i), (1, 8): Plan(i)})
-    got_acc[i], got_used[i] = float(acc[0, 0]), float(used[0, 0])
-  want_acc, want_used = _host_reference(method, pool, rank, edges, budgets, rules)
-  np.testing.assert_allclose(got_acc, want_acc, atol=1e-6)
-  np.testing.assert_allclose(got_used, want_used, atol=1e-6)
+    acc, used, _, pool_used, runs = method.evaluate_pool(one, (8,), jnp.asarray(rank[None, i:i + 1]),
+                                                         {(0, 8): Plan(i), (1, 8): Plan(i)}, 0, search_out[:, :, i:i + 1])
+    for g, x in zip(got, (acc, used, pool_used, runs)):
+      g[i] = np.asarray(x)[0, 0]
+  want = _host_reference(method, pool, rank, edges, budgets, rules, search_out, grid)
+  for name, g, w in zip(("accuracy", "samples", "pool samples", "search runs"), got, want):
+    np.testing.assert_allclose(g, w, atol=1e-6, err_msg=name)
+  assert want[3].sum() > 0  # some subsets ran the search
 
 
 def test_compute_optimal_in_the_runner(tmp_path):
@@ -145,7 +162,9 @@ def test_compute_optimal_in_the_runner(tmp_path):
   exp = Experiment(name="co", task=ModChain(), split="test", num_problems=6, models="default",
                    methods=(MajorityVote(),
                             ComputeOptimal(probe=2, bins=1, rules=("majority",), name="uniform"),
-                            ComputeOptimal(probe=2, bins=2, difficulty="agreement", name="adaptive")),
+                            ComputeOptimal(probe=2, bins=2, difficulty="agreement", name="adaptive"),
+                            ComputeOptimal(probe=2, bins=2, difficulty="agreement", name="adaptive+beam",
+                                           searches=(BeamSearch(verifier="oracle", expansions=2, name="beam"),))),
                    budgets=(2, 4, 8), max_new_tokens=64, num_subsets=8, batch_problems=3,
                    out_dir=str(tmp_path / "full"))
   full = run_experiment(exp, quiet=True)
@@ -154,11 +173,27 @@ def test_compute_optimal_in_the_runner(tmp_path):
     assert rows["uniform", k]["accuracy"] == rows["majority vote", k]["accuracy"]
     assert rows["uniform", k]["samples"] == k
   for k in (2, 4, 8):
-    assert 2 <= rows["adaptive", k]["samples"] <= 8
+    assert 2 <= rows["adaptive", k]["samples"] <= 8 and 2 <= rows["adaptive+beam", k]["samples"] <= 8
+  # The searches a bin may run: beam search with the bin's budget less the probe (4 -> N=2, 8 -> N=6),
+  # once per problem; its calibration outcomes are those runs.
+  from tts_jax.eval.batch import Batch
+  from tts_jax.tasks import load_default
+  method, models = exp.methods[3], load_default("modchain")
+  batch = Batch(experiment=exp, models=models, problems=list(exp.task.split("test")[:3]), start=0)
+  _, o = method.calibration(batch, 3)
+  grid = list(method.grid(exp.budgets))
+  assert o.shape == (len(grid), 4, 6, 8) and np.all(o[grid.index(2), 3] == -1)  # N = 0: cannot run
+  for g, n in ((4, 2), (8, 6)):
+    direct = method.searches[0].evaluate_budget(batch, n, method._search_index(3, 0))
+    np.testing.assert_array_equal(o[grid.index(g), 3, :3, 0], [x.accuracy for x in direct])
   cut = dataclasses.replace(exp, out_dir=str(tmp_path / "cut"))
   run_experiment(cut, stop_after_batches=1, quiet=True)
   assert without_timing(run_experiment(cut, quiet=True)) == without_timing(full)
   for bad, msg in ((dict(probe=4), "probe=4 must be in"), (dict(bins=0), "bins must be"),
-                   (dict(rules=("vote",)), "unknown rules"), (dict(difficulty="len"), "difficulty must be")):
+                   (dict(rules=("vote",)), "unknown rules"), (dict(difficulty="len"), "difficulty must be"),
+                   (dict(probe=2, searches=(MajorityVote(),)), "searches must be search methods"),
+                   (dict(probe=2, searches=(BeamSearch(verifier="exact"),)), "verifier must be 'prm' or 'oracle'")):
     with pytest.raises(ValueError, match=msg):
       Experiment(name="x", task=ModChain(), methods=(ComputeOptimal(**bad),), budgets=(2, 4))
+  with pytest.raises(ValueError, match="cannot run at any budget"):  # grid (2,), probe 2: N = 0
+    ComputeOptimal(probe=2, searches=(BeamSearch(),)).check_budgets((2,))

@@ -22,6 +22,14 @@ probe needs it; a majority-vote bin then pays for scores it does not read).
 
 bins=1 is the control: uniform allocation, every problem N samples and the single rule
 best on the calibration problems.
+
+Search as a bin's method (`searches`, e.g. beam search against the PRM, as Snell et al.
+choose between best-of-N and beam search per difficulty): a bin of budget b may instead
+spend its remaining b - probe samples' worth on a search method (`SearchMethod`) run with
+N = b - probe particles (budgets the method cannot run are never chosen). Each problem's
+search runs at every grid budget are drawn once per run, with the calibration pools, and
+used both to fit the plans and to evaluate them; a problem in a search bin reports the
+accuracy of its search and the cost of its probe plus its search.
 """
 
 from __future__ import annotations
@@ -112,6 +120,14 @@ def _difficulty(kind: str, arrays: dict, member) -> jax.Array:
   return jnp.sum(jnp.where(member, scores, 0.0), -1) / jnp.maximum(member.sum(-1), 1)
 
 
+def _search_outcomes(search_out, grid, budget) -> jax.Array:
+  """float32[Rs, P, S]: each search's correctness at each subset's bin budget (search_out
+  float32[G, Rs, P] at the grid budgets, int32[G]; budget int32[P, S])."""
+  gi = jnp.argmax(budget[..., None] == grid, axis=-1)  # [P, S]
+  rows = jnp.arange(budget.shape[0])[:, None]
+  return jnp.moveaxis(search_out[gi, :, rows], -1, 0)
+
+
 def _rule_outcomes(rules: tuple[str, ...], arrays: dict, rank, member) -> jax.Array:
   """float32[R, P, S]: each rule's correctness on each subset (member bool[P, S, n])."""
   answers, correct = arrays["answers"], arrays["correct"]
@@ -138,19 +154,29 @@ def _calibration_draws(arrays, rank, grid, rules, kind, probe):
 
 
 @functools.partial(jax.jit, static_argnames=("rules", "kind", "probe"))
-def _evaluate_plans(arrays, ranks, edges, budgets, rule_ids, rules, kind, probe):
+def _evaluate_plans(arrays, ranks, edges, budgets, rule_ids, search_out, grid, rules, kind, probe):
   """ranks int32[K, P, S, n]; edges float32[K, P, bins - 1], budgets / rule_ids int32[K, P,
-  bins] (each problem's plan at each experiment budget) -> (accuracy, samples, variance)[K, P]."""
+  bins] (each problem's plan at each experiment budget; rule ids past the pool rules are
+  searches, whose correctness at the grid budgets int32[G] is search_out float32[G, Rs, P])
+  -> (accuracy, samples, variance, pool samples)[K, P] and the share of subsets that ran
+  each search at each grid budget float32[K, P, Rs, G]."""
+  r_pool, r_search = len(rules), search_out.shape[1]
 
   def one_budget(rank, edge, bud, rid):
     d = _difficulty(kind, arrays, rank < probe)
     which = jnp.sum(d[..., None] >= edge[:, None, :], -1)  # [P, S]
     b = jnp.take_along_axis(bud, which, axis=1)
     r = jnp.take_along_axis(rid, which, axis=1)
-    outs = _rule_outcomes(rules, arrays, rank, rank < b[..., None])
+    outs = jnp.concatenate([_rule_outcomes(rules, arrays, rank, rank < b[..., None]),
+                            _search_outcomes(search_out, grid, b)])
     out = jnp.take_along_axis(outs, r[None], axis=0)[0]
     w = jnp.ones(out.shape[-1], jnp.float32)
-    return _summarise(out, b.astype(jnp.float32), w, False)
+    acc, samples, var = _summarise(out, b.astype(jnp.float32), w, False)
+    searched = r >= r_pool
+    pool_used = jnp.mean(jnp.where(searched, probe, b).astype(jnp.float32), axis=-1)
+    runs = (jax.nn.one_hot(r - r_pool, r_search)[..., :, None] * (b[..., None] == grid)[..., None, :]
+            * searched[..., None, None])  # [P, S, Rs, G]
+    return acc, samples, var, pool_used, jnp.mean(runs, axis=1)
 
   return jax.vmap(one_budget)(ranks, edges, budgets, rule_ids)
 
@@ -162,13 +188,31 @@ _CALIBRATIONS: dict = {}  # this run's calibration batches and, per (probe, diff
 class ComputeOptimal(PoolMethod):
   """Compute-optimal allocation (see the module docstring). probe: samples that predict the
   difficulty (<= the smallest budget); difficulty: "orm", "prm" or "agreement"; bins:
-  difficulty bins (1: uniform allocation); rules: the selection rules a bin may use."""
+  difficulty bins (1: uniform allocation); rules: the selection rules a bin may use;
+  searches: search methods (`SearchMethod`s, e.g. `BeamSearch`) a bin may run instead, with
+  its budget less the probe as their N."""
 
   probe: int = 4
   difficulty: Difficulty = "orm"
   bins: int = 4
   rules: tuple[str, ...] = ("majority", "weighted-orm", "best-orm")
+  searches: tuple = ()
   name: str = "compute-optimal (ORM difficulty)"
+
+  def rule_names(self) -> tuple[str, ...]:
+    """The pool rules, then the searches (a plan's rule ids index this)."""
+    return tuple(self.rules) + tuple(s.name for s in self.searches)
+
+  def search_budget(self, search, grid_budget: int) -> int | None:
+    """N of `search` in a bin of `grid_budget` samples (None: it cannot run there)."""
+    n = int(grid_budget) - self.probe
+    if n < 1:
+      return None
+    try:
+      search.check_budgets((n,))
+    except ValueError:
+      return None
+    return n
 
   def verifiers(self) -> tuple[str, ...]:
     used = {self.difficulty} | {r.partition("-")[2] for r in self.rules}
@@ -184,6 +228,13 @@ class ComputeOptimal(PoolMethod):
       raise ValueError(f"bins must be >= 1, got {self.bins}")
     if not 1 <= self.probe <= min(budgets):
       raise ValueError(f"probe={self.probe} must be in [1, the smallest budget {min(budgets)}]")
+    for s in self.searches:
+      if not callable(getattr(s, "evaluate_budget", None)):
+        raise ValueError(f"searches must be search methods (e.g. BeamSearch, DVTS, ParticleFiltering); got {s!r}")
+      s.check_budgets(())  # its own settings
+      if not any(self.search_budget(s, g) for g in self.grid(budgets)):
+        raise ValueError(f"{s.name} cannot run at any budget of {self.name}'s grid {self.grid(budgets).tolist()} "
+                         f"less its probe of {self.probe}")
 
   def grid(self, budgets) -> np.ndarray:
     """The per-problem budgets a bin may take: probe x 2^j, the experiment's budgets and the
@@ -198,21 +249,32 @@ class ComputeOptimal(PoolMethod):
       out[v] = jnp.asarray(pool.verifier_scores(v, "last"))
     return out
 
-  def calibration(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """(difficulty float[Q, S], outcomes float[G, R, Q, S]) on the experiment's Q problems
-    (cached per run: the calibration batches are drawn once, at the first batch, and shared
-    by every ComputeOptimal method of the run)."""
+  def calibration(self, batch: Batch, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(difficulty float[Q, S], outcomes float[G, R + Rs, Q, S]) on the experiment's Q
+    problems, the searches' outcomes after the pool rules' (-1 where a search cannot run;
+    cached per run: the calibration batches are drawn once, at the first batch, and shared
+    by every ComputeOptimal method of the run). `index`: this method's in the experiment
+    (its searches' random streams)."""
+    return self._calibrated(batch, index)[:2]
+
+  def _search_index(self, index: int, j: int) -> int:
+    """The method index of search j's random stream (`Batch.search`): apart from every
+    experiment method's."""
+    return 1000 * (index + 1) + j
+
+  def _calibrated(self, batch: Batch, index: int):
+    """(difficulty, outcomes, search costs {(j, grid index): [Cost per problem]})."""
     exp = batch.experiment
     run = (exp, id(batch.models))
     if _CALIBRATIONS.get("run") != run:  # one run at a time
       _CALIBRATIONS.clear()
       _CALIBRATIONS["run"], _CALIBRATIONS["batches"] = run, {}
-    key = (self.probe, self.difficulty, self.rules)
+    key = (self.probe, self.difficulty, self.rules, self.searches, index if self.searches else None)
     if key not in _CALIBRATIONS:
       problems = exp.task.split(exp.split)[:exp.num_problems]
       grid = jnp.asarray(self.grid(exp.budgets))
       batches = _CALIBRATIONS["batches"]
-      ds, os_ = [], []
+      ds, os_, costs = [], [], {}
       for start in range(0, len(problems), exp.batch_problems):
         chunk = list(problems[start:start + exp.batch_problems])
         if start not in batches:
@@ -224,15 +286,24 @@ class ComputeOptimal(PoolMethod):
         rank = cal.subset_ranks(exp.budgets)[0]
         d, o = jax.device_get(_calibration_draws(self._arrays(pool), rank, grid, rules=self.rules,
                                                  kind=self.difficulty, probe=self.probe))
+        searched = np.full((len(grid), len(self.searches)) + d[:len(chunk)].shape, -1.0, np.float32)
+        for j, s in enumerate(self.searches):
+          for gi, g in enumerate(self.grid(exp.budgets)):
+            n = self.search_budget(s, g)
+            if n is not None:
+              with cal.timer.phase("search"):
+                outs = s.evaluate_budget(cal, n, self._search_index(index, j))
+              searched[gi, j] = np.array([x.accuracy for x in outs], np.float32)[:, None]
+              costs.setdefault((j, gi), []).extend(x.cost for x in outs)
         ds.append(d[:len(chunk)])
-        os_.append(o[:, :, :len(chunk)])
-      _CALIBRATIONS[key] = (np.concatenate(ds), np.concatenate(os_, axis=2))
+        os_.append(np.concatenate([o[:, :, :len(chunk)], searched], axis=1))
+      _CALIBRATIONS[key] = (np.concatenate(ds), np.concatenate(os_, axis=2), costs)
     return _CALIBRATIONS[key]
 
-  def plans(self, batch: Batch) -> dict[tuple[int, int], AllocationPlan]:
+  def plans(self, batch: Batch, index: int = 0) -> dict[tuple[int, int], AllocationPlan]:
     """{(parity, budget): the plan for problems of that parity}, fitted on the other parity."""
     exp = batch.experiment
-    d, o = self.calibration(batch)
+    d, o = self.calibration(batch, index)
     parity = np.arange(d.shape[0]) % 2
     if len(set(parity)) < 2:
       raise ValueError(f"{self.name} cross-fits over the experiment's problems: it needs num_problems >= 2")
@@ -244,21 +315,37 @@ class ComputeOptimal(PoolMethod):
                                    self.grid(exp.budgets), k, self.bins)
     return out
 
-  def evaluate_pool(self, pool: Pool, budgets, ranks, plans=None, start: int = 0):
-    """As `PoolMethod.evaluate_pool`, with `plans` (from `plans`) and the pool's first
-    problem's index in the split `start` (its parity picks the plan)."""
+  def evaluate_pool(self, pool: Pool, budgets, ranks, plans=None, start: int = 0, search_out=None):
+    """As `PoolMethod.evaluate_pool`, with `plans` (from `plans`), the pool's first problem's
+    index in the split `start` (its parity picks the plan) and, with searches, their
+    correctness float32[G, Rs, P] at the grid budgets. Returns (accuracy, samples, variance,
+    pool samples)[K, P] and the searches' share of subsets float32[K, P, Rs, G]."""
     parity = (start + np.arange(pool.shape[0])) % 2
     pick = lambda field: jnp.asarray(np.stack([np.stack([getattr(plans[f, k], field) for f in parity])  # noqa: E731
                                                for k in budgets]))
+    grid = self.grid(budgets)
+    if search_out is None:
+      search_out = np.zeros((len(grid), len(self.searches), pool.shape[0]), np.float32)
     return _evaluate_plans(self._arrays(pool), ranks, pick("edges"), pick("budgets"), pick("rules"),
-                           rules=self.rules, kind=self.difficulty, probe=self.probe)
+                           jnp.asarray(search_out, jnp.float32), jnp.asarray(grid), rules=self.rules,
+                           kind=self.difficulty, probe=self.probe)
 
   def evaluate(self, batch: Batch, index: int) -> dict[int, list[Outcome]]:
-    budgets, p = batch.experiment.budgets, len(batch.problems)
-    plans = self.plans(batch)
-    pool = batch.pool(self.verifiers()).padded(batch.experiment.batch_problems)
-    acc, used, mc_var = jax.device_get(self.evaluate_pool(pool, budgets, batch.subset_ranks(budgets), plans,
-                                                          batch.start))
-    costs = batch.pool_cost(used[:, :p], self.verifiers())
+    exp = batch.experiment
+    budgets, p = exp.budgets, len(batch.problems)
+    plans = self.plans(batch, index)
+    _, o, search_costs = self._calibrated(batch, index)
+    rows = slice(batch.start, batch.start + p)  # calibration rows are the split's first problems, in order
+    search_out = np.zeros((len(self.grid(budgets)), len(self.searches), exp.batch_problems), np.float32)
+    search_out[:, :, :p] = o[:, len(self.rules):, rows, 0]
+    pool = batch.pool(self.verifiers()).padded(exp.batch_problems)
+    acc, used, mc_var, pool_used, runs = jax.device_get(
+        self.evaluate_pool(pool, budgets, batch.subset_ranks(budgets), plans, batch.start, search_out))
+    costs = batch.pool_cost(pool_used[:, :p], self.verifiers())
+    for (j, gi), per_problem in search_costs.items():
+      for b in range(len(budgets)):
+        for i in range(p):
+          if runs[b, i, j, gi] > 0:
+            costs[b][i] = costs[b][i] + per_problem[batch.start + i].scale(float(runs[b, i, j, gi]))
     return {k: [Outcome(accuracy=acc[b, i], samples=used[b, i], mc_var=mc_var[b, i], cost=costs[b][i])
                 for i in range(p)] for b, k in enumerate(budgets)}
