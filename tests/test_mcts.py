@@ -178,22 +178,31 @@ def test_paged_tree_equals_resampling_each_node_from_scratch(transformer_tree):
 
 def test_every_node_s_kv_equals_a_full_forward_pass(transformer_tree):
   """A node's pages (its ancestors' shared ones included) hold the KV of prompt + its tokens:
-  feeding its pending last token gives the full forward pass's logits."""
+  feeding its pending last token gives the full forward pass's logits (all nodes at once)."""
+  from tts_jax.models.lm import forward
   lm, params, prompts, plens, _, tree = transformer_tree
   toks, lens, used = np.asarray(tree.tokens), np.asarray(tree.length), np.asarray(tree.used)
-  compared = 0
+  width = int(used.max()) - 1
+  nodes = np.zeros((2, width), np.int32)  # every node but the root; padding: the root (not fed)
   for b in range(2):
-    for node in range(1, int(used[b])):
-      n = int(lens[b, node])
-      seq = np.concatenate([np.asarray(prompts[b, :plens[b]]), toks[b, node, :n]])[None]
-      want = lm.forward(params, jnp.asarray(seq))[0, -1]
-      parents = jnp.full((2, 1), node, jnp.int32)
-      work = tree.cache.branch(parents, jnp.asarray([True, True]))
-      logits, _ = lm.decode(params, jnp.full((2, 1), int(toks[b, node, n - 1]), jnp.int32), work,
-                            active=jnp.asarray([[i == b] for i in range(2)]))
-      np.testing.assert_allclose(np.asarray(logits[b, 0]), np.asarray(want), atol=1e-4)
-      compared += 1
-  assert compared == int(used.sum()) - 2
+    nodes[b, :used[b] - 1] = np.arange(1, used[b])
+  node_len = lens[np.arange(2)[:, None], nodes]
+  pending = toks[np.arange(2)[:, None], nodes, np.maximum(node_len - 1, 0)]
+  work = tree.cache.branch(jnp.asarray(nodes), jnp.asarray([True, True]))
+  got, _ = jax.jit(lambda w, t, a: lm.decode(params, t, w, active=a))(work, jnp.asarray(pending),
+                                                                       jnp.asarray(node_len > 0))
+  seqs, seq_lens, where = [], [], []
+  for b in range(2):
+    for j, node in enumerate(nodes[b, :used[b] - 1]):
+      seq = list(np.asarray(prompts[b, :plens[b]])) + list(toks[b, node, :lens[b, node]])
+      seqs.append(seq + [0] * (prompts.shape[1] + LM_T - len(seq)))
+      seq_lens.append(len(seq))
+      where.append((b, j))
+  want = forward(lm, params, np.asarray(seqs, np.int32), np.asarray(seq_lens, np.int32))
+  want = np.asarray(want)[np.arange(len(seqs)), np.asarray(seq_lens) - 1]
+  got = np.asarray(got)
+  np.testing.assert_allclose(np.stack([got[b, j] for b, j in where]), want, atol=1e-4)
+  assert len(where) == int(used.sum()) - 2
 
 
 def test_children_reference_their_parent_s_pages(transformer_tree):
