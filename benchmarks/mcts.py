@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.models import init, qwen2_config
 from tts_jax.search.mcts import mcts
-from timing import timed
+from timing import add_policy_args, random_policy, timed
 
 
 def hashed(tokens, lengths, done):
@@ -39,22 +38,11 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--simulations", type=int, default=16)
   ap.add_argument("--expansions", type=int, default=4)
-  ap.add_argument("--prompts", type=int, default=2)
-  ap.add_argument("--prompt", type=int, default=256)
-  ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--step-tokens", type=int, default=16)
   ap.add_argument("--page-size", type=int, default=16)
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--hidden", type=int, default=512)
-  ap.add_argument("--layers", type=int, default=6)
-  ap.add_argument("--vocab", type=int, default=8192)
+  add_policy_args(ap)
   a = ap.parse_args()
-  cfg = qwen2_config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden, num_layers=a.layers,
-                     num_heads=8, num_kv_heads=2, head_dim=a.hidden // 8,
-                     max_position_embeddings=a.prompt + a.new_tokens + 16)
-  lm, params = init(cfg, seed=0)
-  prompts = jax.random.randint(jax.random.key(2), (a.prompts, a.prompt), 0, a.vocab)
-  plens = jnp.full((a.prompts,), a.prompt, jnp.int32)
+  cfg, lm, params, prompts, plens = random_policy(a)
   delimiters = tuple(range(a.vocab // a.step_tokens))
 
   def search(share_kv):

@@ -21,13 +21,12 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from tts_jax.models import init, qwen2_config
 from tts_jax.models.value import init_value
 from tts_jax.sampling import sample
 from tts_jax.search import best_of_n, particle_filter
 from tts_jax.smc import run_smc
 from tts_jax.verifiers import ValuePotential
-from timing import timed
+from timing import add_policy_args, random_policy, timed
 
 
 def zero(tokens, lengths, done):
@@ -43,22 +42,11 @@ def hashed(tokens, lengths, done):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--particles", type=int, default=16)
-  ap.add_argument("--prompts", type=int, default=2)
-  ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--step-tokens", type=int, default=16)
-  ap.add_argument("--prompt", type=int, default=256)
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--hidden", type=int, default=512)
-  ap.add_argument("--layers", type=int, default=6)
-  ap.add_argument("--vocab", type=int, default=8192)
+  add_policy_args(ap)
   a = ap.parse_args()
-  cfg = qwen2_config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden, num_layers=a.layers,
-                     num_heads=8, num_kv_heads=2, head_dim=a.hidden // 8,
-                     max_position_embeddings=a.prompt + a.new_tokens + 16)
-  lm, params = init(cfg, seed=0)
+  cfg, lm, params, prompts, plens = random_policy(a)
   vm, vparams = init_value(cfg, seed=1)
-  prompts = jax.random.randint(jax.random.key(2), (a.prompts, a.prompt), 0, a.vocab)
-  plens = jnp.full((a.prompts,), a.prompt, jnp.int32)
   n, t = a.particles, a.new_tokens
   common = dict(max_new_tokens=t, max_step_tokens=a.step_tokens)
   runs = {

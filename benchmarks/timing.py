@@ -6,6 +6,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from tts_jax.models import init, qwen2_config
+
 
 def timed(fn, *args, repeats: int = 3) -> tuple[float, float]:
   """(seconds of the first call incl. compilation, median seconds of `repeats` later calls)."""
@@ -40,3 +42,26 @@ def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 10) -> float:
     jax.block_until_ready(y)
     best = min(best, (time.perf_counter() - t0) / repeats)
   return 2 * x.nbytes / best
+
+
+def add_policy_args(ap) -> None:
+  """The arguments of a benchmark's random policy and prompts: --prompts, --prompt,
+  --new-tokens, --repeats, --hidden, --layers, --vocab."""
+  ap.add_argument("--prompts", type=int, default=2)
+  ap.add_argument("--prompt", type=int, default=256)
+  ap.add_argument("--new-tokens", type=int, default=128)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--hidden", type=int, default=512)
+  ap.add_argument("--layers", type=int, default=6)
+  ap.add_argument("--vocab", type=int, default=8192)
+
+
+def random_policy(a):
+  """(config, lm, params, prompts int32[prompts, prompt], lengths int32[prompts]): a random
+  Qwen2-architecture policy (float32) sized by `add_policy_args`' arguments, and random prompts."""
+  cfg = qwen2_config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden, num_layers=a.layers,
+                     num_heads=8, num_kv_heads=2, head_dim=a.hidden // 8,
+                     max_position_embeddings=a.prompt + a.new_tokens + 16)
+  lm, params = init(cfg, seed=0)
+  prompts = jax.random.randint(jax.random.key(2), (a.prompts, a.prompt), 0, a.vocab)
+  return cfg, lm, params, prompts, jnp.full((a.prompts,), a.prompt, jnp.int32)
