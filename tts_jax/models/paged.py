@@ -126,8 +126,7 @@ class PagedKVCache:
   def gather(self, ancestors: jax.Array) -> "PagedKVCache":
     """Particles `ancestors` int32[B, N']: block tables move; the duplicated particles'
     last partial pages are copied (copy-on-write); reference counts are recomputed."""
-    take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
-    c = self.replace(table=take(self.table), lengths=take(self.lengths))
+    c = self.replace(table=_take(self.table, ancestors), lengths=_take(self.lengths, ancestors))
     return c.replace(refcount=c.recount())._copy_shared_partials(jnp.ones(ancestors.shape[:1], bool))
 
   def branch(self, parents: jax.Array, live: jax.Array) -> "PagedKVCache":
@@ -135,8 +134,7 @@ class PagedKVCache:
     one (for prompts with live bool[B]; the others get no pages), while every particle of
     this cache keeps its pages (`held`): the parents' full pages are shared, a partial last
     page is kept by the first copy and copied for the others. `adopt` takes them back."""
-    take = lambda x: jnp.take_along_axis(x, parents.reshape(parents.shape + (1,) * (x.ndim - 2)), axis=1)
-    c = self.replace(table=take(self.table), lengths=take(self.lengths), held=self.recount())
+    c = self.replace(table=_take(self.table, parents), lengths=_take(self.lengths, parents), held=self.recount())
     return c.replace(refcount=c.recount())._copy_shared_partials(live)
 
   def adopt(self, slots: jax.Array, work: "PagedKVCache", live: jax.Array) -> "PagedKVCache":
@@ -169,6 +167,11 @@ class PagedKVCache:
     table = jnp.where(onehot, pages[..., None], self.table)
     c = self.replace(k=ks, v=vs, table=table, oom=self.oom | oom)
     return c.replace(refcount=c.recount())
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x[b, idx[b, n], ...] for x [B, N, ...] and idx int32[B, N']."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
 
 def init_paged_cache(prefix, config, num_particles: int, max_len: int, page_size: int = 16,
                      num_pages: int = 0) -> PagedKVCache:
