@@ -123,14 +123,13 @@ def smc_mode():
 
 
 def run_mode():
-  from tts_jax.eval import BestOfN, Experiment, MajorityVote, WeightedMajority  # noqa: PLC0415
+  from tts_jax.eval import Experiment, MajorityVote, WeightedMajority  # noqa: PLC0415
   from tts_jax.eval.runner import run_experiment  # noqa: PLC0415
-  from tts_jax.eval.search_methods import BeamSearch, ParticleFiltering  # noqa: PLC0415
+  from tts_jax.eval.search_methods import ParticleFiltering  # noqa: PLC0415
   # 9 problems in batches of 2: 5 batches, the last short; no device count divides either.
   exp = Experiment(name="parallel", task=ModChain(), split="hard", num_problems=9, batch_problems=2, budgets=(1, 2),
-                   methods=(MajorityVote(), WeightedMajority(verifier="prm"), BestOfN(verifier="orm"),
-                            ParticleFiltering(), BeamSearch(verifier="oracle", expansions=2)),
-                   num_subsets=4, max_new_tokens=24, out_dir=A.out)
+                   methods=(MajorityVote(), WeightedMajority(verifier="prm"), ParticleFiltering()),
+                   num_subsets=4, max_new_tokens=16, out_dir=A.out)
   run_experiment(exp, mesh=mesh_or_none(), stop_after_batches=A.stop, quiet=True)
   path = os.path.join(A.out, "results.jsonl")
   if jax.process_index() == 0 and A.stop is None:

@@ -117,7 +117,7 @@ def test_local_acceptance_method_in_the_runner(tmp_path):
                    methods=(LocalAcceptanceSearch(verifier="oracle", max_tries=1, name="k1"),
                             LocalAcceptanceSearch(verifier="oracle", max_tries=6, name="k6"),
                             LocalAcceptanceSearch(verifier="prm", max_tries=3, name="prm")),
-                   budgets=(2, 4), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
+                   budgets=(4,), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
   run_experiment(exp, quiet=True)
   recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
   rows = [r["methods"] for r in recs]

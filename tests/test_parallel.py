@@ -72,8 +72,8 @@ def test_run_smc_is_bit_identical_on_1_and_8_devices(tmp_path):
 
 
 def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_path):
-  """`run_experiment` with pool methods (PRM and ORM scores) and search methods (PRM and the
-  host step checker) on 9 problems in 5 batches: results.jsonl is byte-identical for 1 device
+  """`run_experiment` with pool methods (majority; PRM scores) and a search method (particle
+  filtering with the PRM) on 9 problems in 5 batches: results.jsonl is byte-identical for 1 device
   and for 2 processes of 2 devices joined by jax.distributed (groups of 4 batches, the last
   padded with copies; nothing dropped or duplicated), where process 0 alone writes. Process 1
   is killed with SIGKILL after the first batch is written (process 0 then dies or is killed

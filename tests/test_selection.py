@@ -113,7 +113,7 @@ def _random_prob_pools(rng, count, n):
   return np.array(out)
 
 
-@pytest.mark.parametrize("n", [4, 8, 16, 32, 64])
+@pytest.mark.parametrize("n", [4, 16, 64])
 def test_rpc_weibull_fit_is_at_least_as_good_as_scipy(n):
   """The batched EM fit (fixed iterations, 12 starts) against the host reference's scipy
   L-BFGS-B (numerical gradients) from its single start, both judged in float64."""
