@@ -3,6 +3,7 @@ what `sample` validates, non-finite weights follow one documented rule, tiny tem
 and NaN models are refused, experiment values are checked before any work, and the CLI
 prints one line (a traceback only with --debug)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -264,3 +265,27 @@ def test_a_truncated_safetensors_file_is_named(saved_models, tmp_path):
   (path / "model.safetensors").write_bytes(data[:len(data) // 2])
   with pytest.raises(ValueError, match="model.safetensors"):
     hf.load(str(path))
+
+
+def test_format_1_checkpoints_load_with_their_lm_head_transposed(saved_models, tmp_path):
+  """Checkpoints written before the LM head was stored [vocab, hidden] (config.json without a
+  "format", lm_head [hidden, vocab]; the shipped models are such) load to the same params;
+  an unknown format is refused by name."""
+  import shutil
+  from safetensors.numpy import load_file, save_file
+  from tts_jax.models.io import load_model
+  _, new, meta = load_model(str(saved_models / "own"))
+  assert meta["format"] == 2 and new["lm_head"].shape == (CFG.vocab_size, CFG.hidden_size)
+  old = tmp_path / "old"
+  shutil.copytree(saved_models / "own", old)
+  meta = json.loads((old / "config.json").read_text())
+  (old / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}))
+  tensors = load_file(str(old / "model.safetensors"))
+  tensors["lm_head"] = np.ascontiguousarray(tensors["lm_head"].T)
+  save_file(tensors, str(old / "model.safetensors"))
+  _, legacy, _ = load_model(str(old))
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(legacy)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  (old / "config.json").write_text(json.dumps({**meta, "format": 3}))
+  with pytest.raises(ValueError, match="checkpoint format 3"):
+    load_model(str(old))

@@ -108,14 +108,14 @@ def test_mcts_method_in_the_runner(tmp_path):
   import json
   from tts_jax.eval import MCTS, Experiment, run_experiment
   from tts_jax.tasks import ModChain
-  exp = Experiment(name="mcts", task=ModChain(), split="test", num_problems=4, models="default",
+  exp = Experiment(name="mcts", task=ModChain(), split="test", num_problems=2, models="default",
                    methods=(MCTS(verifier="oracle", expansions=3, name="mcts-oracle"),
                             MCTS(verifier="prm", expansions=3, name="mcts-prm")),
                    budgets=(2, 6), max_new_tokens=64, batch_problems=2, out_dir=str(tmp_path / "full"))
   run_experiment(exp, quiet=True)
   recs = [json.loads(x) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()]
   by = {(r["problem"], r["budget"]): r["methods"] for r in recs}
-  for i in range(4):
+  for i in range(2):
     for name in ("mcts-oracle", "mcts-prm"):
       small, big = by[i, 2][name], by[i, 6][name]
       assert small["samples"] == 2.0 and big["samples"] == 6.0
@@ -146,7 +146,7 @@ def transformer_tree():
   cfg = qwen2_config(vocab_size=11, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, max_position_embeddings=48)
   lm, params = init(cfg, seed=3)
-  params = {**params, "lm_head": params["lm_head"].at[:, 3:5].add(0.15).at[:, 5].add(-0.5)}
+  params = {**params, "lm_head": params["lm_head"].at[3:5].add(0.15).at[5].add(-0.5)}
   prompts = jnp.asarray([[1, 2, 6, 7, 8, 9], [7, 6, 0, 0, 0, 0]], jnp.int32)
   plens = jnp.asarray([6, 2], jnp.int32)
 

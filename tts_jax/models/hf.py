@@ -128,7 +128,7 @@ def _hf_name(path: tuple) -> tuple[str, bool]:
   if mods == [] and leaf == "embed_tokens":
     return "model.embed_tokens.weight", False
   if mods == [] and leaf == "lm_head":
-    return "lm_head.weight", True
+    return "lm_head.weight", False
   name = ".".join(["model", *mods, "weight" if leaf == "kernel" else leaf])
   return name, leaf == "kernel"
 

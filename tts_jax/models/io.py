@@ -33,14 +33,17 @@ def config_from_dict(d: dict) -> ModelConfig:
   return ModelConfig(**d)
 
 
+FORMAT = 2  # 2: lm_head stored [vocab, hidden]; 1 (no "format" field): [hidden, vocab]
+
+
 def save_model(path: str, config: ModelConfig, params: dict, kind: str = "policy", info: dict | None = None) -> None:
-  """Writes `path`/config.json ({"kind", "model", "info"}) and `path`/model.safetensors."""
+  """Writes `path`/config.json ({"kind", "format", "model", "info"}) and `path`/model.safetensors."""
   os.makedirs(path, exist_ok=True)
   flat = traverse_util.flatten_dict(params)
   tensors = {_SEP.join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat.items()}
   save_file(tensors, os.path.join(path, "model.safetensors"))
   with open(os.path.join(path, "config.json"), "w") as fh:
-    json.dump({"kind": kind, "model": config_to_dict(config), "info": info or {}}, fh, indent=1)
+    json.dump({"kind": kind, "format": FORMAT, "model": config_to_dict(config), "info": info or {}}, fh, indent=1)
 
 
 def read_json(path: str):
@@ -86,6 +89,11 @@ def load_model(path: str):
     raise ValueError(f"{cfg_file}: the model config is incomplete or malformed ({e})") from None
   model, expected = abstract(config) if meta.get("kind", "policy") == "policy" else abstract_value(config)
   params = _unflatten(read_safetensors(w_file))
+  version = meta.get("format", 1)
+  if version not in (1, FORMAT):
+    raise ValueError(f"{cfg_file}: checkpoint format {version!r} is not one this version reads (1 or {FORMAT})")
+  if version == 1 and "lm_head" in params:  # written before the LM head was stored [vocab, hidden]
+    params["lm_head"] = np.ascontiguousarray(params["lm_head"].T)
   want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
   got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params).items()}
   if set(want) != set(got):

@@ -79,8 +79,8 @@ class RewardDecoder(Decoder):
     if kind == "seqcls":
       s = self.score(h).astype(jnp.float32)
       return s[..., 0] if s.shape[-1] == 1 else s[..., 1] - s[..., 0]
-    w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    col = w[:, self.head_spec.good] - w[:, self.head_spec.bad]
+    w = self.embed_tokens[...] if self.lm_head is None else self.lm_head[...]  # [V, H]
+    col = w[self.head_spec.good] - w[self.head_spec.bad]
     return jnp.matmul(h, col, preferred_element_type=jnp.float32)
 
 

@@ -133,7 +133,9 @@ class Decoder(nnx.Module):
     if config.tie_word_embeddings:
       self.lm_head = None
     else:
-      self.lm_head = nnx.Param(_init(rngs.params(), (config.hidden_size, config.vocab_size),
+      # [V, H] like the embedding (and torch's lm_head.weight): the logits contract H, the
+      # contiguous axis, which XLA's CPU matmul runs ~2x faster than [H, V] at decode shapes.
+      self.lm_head = nnx.Param(_init(rngs.params(), (config.vocab_size, config.hidden_size),
                                      jnp.float32).astype(dt))
 
   def hidden(self, tokens: jax.Array, cos: jax.Array, sin: jax.Array, attend: AttendFn,
@@ -150,8 +152,8 @@ class Decoder(nnx.Module):
 
   def logits(self, h: jax.Array) -> jax.Array:
     """[..., H] hidden -> float32[..., V] logits."""
-    w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    return jnp.matmul(h, w, preferred_element_type=jnp.float32)
+    w = self.embed_tokens[...] if self.lm_head is None else self.lm_head[...]  # [V, H]
+    return jnp.einsum("...h,vh->...v", h, w, preferred_element_type=jnp.float32)
 
   def output(self, h: jax.Array) -> jax.Array:
     """What `LanguageModel.prefill/decode/forward` return per position: next-token logits

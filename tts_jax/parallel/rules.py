@@ -21,7 +21,7 @@ RULES: tuple[tuple[str, int], ...] = (
     ("q_proj/bias", 0), ("k_proj/bias", 0), ("v_proj/bias", 0),
     ("o_proj/kernel", 0),
     ("gate_proj/kernel", 1), ("up_proj/kernel", 1), ("down_proj/kernel", 0),
-    ("lm_head", 1),
+    ("lm_head", 0),  # [vocab, hidden]
 )
 
 
