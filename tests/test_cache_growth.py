@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import policy_and_value
-from tts_jax.search import beam_search, best_of_n, dvts
+from tts_jax.search import beam_search, best_of_n
 from tts_jax.smc import SMCModels, cache_schedule, particle_filter, run_smc
 from tts_jax.verifiers import ValuePotential, as_potential
 
@@ -28,8 +28,7 @@ def models():
 CONFIGS = {
     "smc-systematic": particle_filter(6, "systematic", 0.5),
     "puri": particle_filter(6, "multinomial", 1.0, incremental=False),
-    "beam": beam_search(6, 3),
-    "dvts": dvts(6, 2),
+    "beam": beam_search(6, 3),  # (DVTS is the same selection with groups: tests/test_search_exact.py)
     "none": best_of_n(6),
 }
 

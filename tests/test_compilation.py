@@ -16,7 +16,7 @@ from tts_jax.tasks.shipped import DEFAULTS_DIR
 MODELS = os.path.join(DEFAULTS_DIR, "modchain")
 
 
-def _experiment(out_dir, num_problems=8):
+def _experiment(out_dir, num_problems=6):
   return Experiment(name="compile-count", task=ModChain(), split="hard", num_problems=num_problems, models=MODELS,
                     methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
                              AdaptiveConsistency(), RPC(max_subsets=4), BeamSearch(verifier="prm", expansions=2)),
@@ -28,10 +28,10 @@ def test_batches_after_the_first_compile_nothing(tmp_path):
   after the first reuses the first batch's compiled code."""
   exp = _experiment(tmp_path / "run")
   problems = list(exp.task.split(exp.split)[:exp.num_problems])
-  widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 8, 2)}
+  widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 6, 2)}
   assert len(widths) > 1, widths  # without one width per run, batches would recompile
   per_batch = run_experiment(exp, quiet=True)["timing"]["compilations_per_batch"]
-  assert len(per_batch) == 4 and per_batch[1:] == [0, 0, 0], per_batch
+  assert len(per_batch) == 3 and per_batch[1:] == [0, 0], per_batch
 
 
 def _run_in_subprocess(out_dir, cache_dir) -> dict:
