@@ -35,10 +35,19 @@ class TokenDraw:
   stopped: jax.Array
 
 
+def _gumbel_max(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """`jax.random.categorical(key, logits, axis=-1)`, the same draws bit for bit, with the
+  Gumbel noise materialised before the argmax: fused into the argmax's reduction (what XLA
+  does with the one-liner) the threefry bits are computed in an unvectorised loop, ~1.6x
+  slower on CPU."""
+  noise = jax.lax.optimization_barrier(jax.random.gumbel(key, logits.shape, logits.dtype))
+  return jnp.argmax(noise + logits, axis=-1)
+
+
 def _categorical(keys: jax.Array, logq: jax.Array) -> jax.Array:
   if keys.ndim == 1:  # one key per prompt: its N samples are drawn together
-    return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys, logq)
-  return jax.vmap(jax.vmap(jax.random.categorical))(keys, logq)  # one key per sample
+    return jax.vmap(_gumbel_max)(keys, logq)
+  return jax.vmap(jax.vmap(_gumbel_max))(keys, logq)  # one key per sample
 
 
 def draw_tokens(logits: jax.Array, keys: jax.Array, active: jax.Array, *, proposal: SamplingParams,
