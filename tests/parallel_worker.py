@@ -2,7 +2,7 @@
 be set before JAX starts):
 
     python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=8)
-    python -m tests.parallel_worker smc N            # DIGEST of run_smc under every selection strategy
+    python -m tests.parallel_worker smc N            # DIGEST of run_smc under resampling, beam and DVTS
     python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT]
                                                      # a tiny experiment into OUT; DIGEST of results.jsonl
 """
@@ -87,10 +87,10 @@ def sample_mode():
 
 
 def smc_mode():
-  """5 prompts (no device count divides it) under every selection strategy (NoSelect,
-  Resample, Beam with one group and with several), a potential that is a function of the
+  """5 prompts (no device count divides it) under the selection strategies that move particles
+  (Resample, Beam with one group and with several), a potential that is a function of the
   tokens, so resampling, beams and groups all act."""
-  from tts_jax.search import beam_search, best_of_n, dvts  # noqa: PLC0415
+  from tts_jax.search import beam_search, dvts  # noqa: PLC0415
   from tts_jax.smc import particle_filter, run_smc  # noqa: PLC0415
   from tts_jax.tasks import STEP  # noqa: PLC0415
   task = ModChain()
@@ -105,7 +105,7 @@ def smc_mode():
 
   kw = dict(max_new_tokens=12, delimiters=(step,), max_step_tokens=3)
   configs = {"pf": particle_filter(4, scheme="systematic", ess_threshold=0.7, **kw)}
-  configs |= {"best-of-n": best_of_n(4, **kw), "beam": beam_search(4, 2, **kw), "dvts": dvts(4, 2, **kw)}
+  configs |= {"beam": beam_search(4, 2, **kw), "dvts": dvts(4, 2, **kw)}
   mesh = mesh_or_none()
   parts = []
   for name, cfg in configs.items():
@@ -123,12 +123,12 @@ def smc_mode():
 
 
 def run_mode():
-  from tts_jax.eval import Experiment, MajorityVote, WeightedMajority  # noqa: PLC0415
+  from tts_jax.eval import Experiment, MajorityVote  # noqa: PLC0415
   from tts_jax.eval.runner import run_experiment  # noqa: PLC0415
   from tts_jax.eval.search_methods import ParticleFiltering  # noqa: PLC0415
   # 9 problems in batches of 2: 5 batches, the last short; no device count divides either.
   exp = Experiment(name="parallel", task=ModChain(), split="hard", num_problems=9, batch_problems=2, budgets=(1, 2),
-                   methods=(MajorityVote(), WeightedMajority(verifier="prm"), ParticleFiltering()),
+                   methods=(MajorityVote(), ParticleFiltering()),
                    num_subsets=4, max_new_tokens=16, out_dir=A.out)
   run_experiment(exp, mesh=mesh_or_none(), stop_after_batches=A.stop, quiet=True)
   path = os.path.join(A.out, "results.jsonl")

@@ -16,10 +16,13 @@ from tts_jax.tasks.shipped import DEFAULTS_DIR
 MODELS = os.path.join(DEFAULTS_DIR, "modchain")
 
 
-def _experiment(out_dir, num_problems=6):
+def _experiment(out_dir, num_problems=6, light=False):
+  """light: one pool rule read from a verifier and one search (the subprocess runs: each
+  compiles the sampler, a scorer, a rule and an engine, not every rule)."""
+  methods = (PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
+             AdaptiveConsistency(), RPC(max_subsets=4), BeamSearch(verifier="prm", expansions=2))
   return Experiment(name="compile-count", task=ModChain(), split="hard", num_problems=num_problems, models=MODELS,
-                    methods=(PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
-                             AdaptiveConsistency(), RPC(max_subsets=4), BeamSearch(verifier="prm", expansions=2)),
+                    methods=methods[3:4] + methods[-1:] if light else methods,
                     budgets=(2, 4), max_new_tokens=64, num_subsets=8, batch_problems=2, out_dir=str(out_dir))
 
 
@@ -37,7 +40,7 @@ def test_batches_after_the_first_compile_nothing(tmp_path):
 def _run_in_subprocess(out_dir, cache_dir) -> dict:
   code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.test_compilation import _experiment; "
           "from tts_jax.eval.runner import run_experiment; import json; "
-          "print(json.dumps(run_experiment(_experiment(sys.argv[2], 4), quiet=True)['timing']))")
+          "print(json.dumps(run_experiment(_experiment(sys.argv[2], 4, light=True), quiet=True)['timing']))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
   env["TTS_JAX_COMPILATION_CACHE"] = str(cache_dir)  # its own cache, not the test run's (conftest.py)

@@ -61,7 +61,7 @@ def test_completions_are_bit_identical_on_1_and_8_devices(tmp_path):
 
 
 def test_run_smc_is_bit_identical_on_1_and_8_devices(tmp_path):
-  """run_smc under NoSelect, Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights,
+  """run_smc under Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights,
   log Z, ancestors and resample counts are the same bytes for every device count; tensor
   parallel (data=4 x model=2) gives the same particles up to float rounding."""
   results = {n: _worker("smc", n, cache=tmp_path) for n in (1, 8)}
@@ -72,7 +72,7 @@ def test_run_smc_is_bit_identical_on_1_and_8_devices(tmp_path):
 
 
 def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_path):
-  """`run_experiment` with pool methods (majority; PRM scores) and a search method (particle
+  """`run_experiment` with a pool method (majority vote) and a search method (particle
   filtering with the PRM) on 9 problems in 5 batches: results.jsonl is byte-identical for 1 device
   and for 2 processes of 2 devices joined by jax.distributed (groups of 4 batches, the last
   padded with copies; nothing dropped or duplicated), where process 0 alone writes. Process 1

@@ -141,7 +141,7 @@ def test_rpc_on_device_equals_the_host_reference():
   from tests.reference_rpc import prune_mask as ref_prune  # noqa: PLC0415
   from tests.reference_rpc import rpc_select  # noqa: PLC0415
   rng = np.random.default_rng(3)
-  p, n = 120, 8
+  p, n = 60, 8
   answers = rng.integers(-1, 3, (p, n))
   answers[0] = -1
   answers[1] = [0, 1, 0, 1, 2, 2, -1, -1]  # a three-way tie in counts
