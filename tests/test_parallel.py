@@ -97,7 +97,7 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
   procs[1].send_signal(signal.SIGKILL)
   try:
-    procs[0].wait(timeout=20)
+    procs[0].wait(timeout=5)
   except subprocess.TimeoutExpired:  # blocked in a collective with its dead peer
     procs[0].send_signal(signal.SIGKILL)
   for p in procs:
