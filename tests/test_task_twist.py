@@ -47,7 +47,7 @@ def test_exact_target_samples_tilt_towards_right_answers(setup):
   """sigma(right) = a (1 - eps) / (a (1 - eps) + (1 - a) eps) for a problem the policy gets
   right with probability a: far above a, below 1 on the problems it rarely solves."""
   task, models, _ = setup
-  problems = task.split("hard")[:16]
+  problems = task.split("hard")[:10]
   toks, lens = exact_target_samples(task, models, problems, jax.random.key(0), max_new_tokens=96, batch=32)
   check = TaskChecker(task)
   right = np.mean([check(prompt_ids(task, p), np.asarray(toks[i, :lens[i]]).tolist(), True)
