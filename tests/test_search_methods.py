@@ -92,6 +92,11 @@ def test_oracle_potential_checks_steps_and_answer():
   score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
       state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 0.99, 0.01]), rtol=1e-6)
+  # Outcome only: the finished particles' verdicts, log 1 for the two still being written.
+  outcome = step_oracle(task, eps=0.01, outcome_only=True)
+  score, _ = jax.jit(lambda s, x, l, d: outcome.score(None, s, x, l, d, None))(
+      state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
+  np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 1.0, 1.0]), rtol=1e-6)
 
 
 def test_bad_search_configs_are_named():

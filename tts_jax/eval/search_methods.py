@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tts_jax.eval.batch import Batch
-from tts_jax.eval.cost import search_cost
+from tts_jax.eval.cost import Cost, search_cost
 from tts_jax.eval.method import Outcome
 from tts_jax.sampling import SamplingParams
 from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
@@ -94,8 +94,13 @@ class SearchMethod(abc.ABC):
     cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
                           max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
     potential, pparams = self.potential(models, task)
+    twist, twist_params = self.twist_of(models)
     return run_smc(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
-                   potential_params=pparams, mesh=mesh)
+                   potential_params=pparams, twist=twist, twist_params=twist_params, mesh=mesh)
+
+  def twist_of(self, models):
+    """(twist model, params) of the run, (None, None) for an untwisted one."""
+    return None, None
 
   def _answer(self, task, texts, score, weights) -> str:
     if self.final == "argmax":
@@ -113,14 +118,26 @@ class SearchMethod(abc.ABC):
     weights, score = self.final_weights(p), np.asarray(p.log_potential)
     verifier = models.prm.config if self.verifier == "prm" else None
     pages = distinct_pages(p.tokens[:, :n], p.length[:, :n], self.page_size)
+    extra = self.extras(p)
     out = []
     for i, prob in enumerate(batch.problems):
       texts = [completion_text(task, p.tokens[i, j, :p.length[i, j]]) for j in range(n)]
       text = self._answer(task, texts, score[i], weights[i])
+      prompt_len, decoded = len(batch.prompts[i]), float(p.decoded[i])
       out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n * self.runs),
-                         cost=self.cost(models.policy.config, verifier, len(batch.prompts[i]), float(p.decoded[i]), n),
-                         extra=(("resamples", float(p.num_resamples[i])), ("kv_pages", float(pages[i])))))
+                         cost=self.cost(models.policy.config, verifier, prompt_len, decoded, n)
+                         + self.model_cost(models, prompt_len, decoded, n),
+                         extra=(("resamples", float(p.num_resamples[i])), ("kv_pages", float(pages[i])))
+                         + tuple((k, float(v[i])) for k, v in extra.items())))
     return out
+
+  def extras(self, particles: Particles) -> dict[str, np.ndarray]:
+    """Further per-problem numbers of a run (name -> float[B]), stored in each row."""
+    return {}
+
+  def model_cost(self, models, prompt_len: int, decoded: float, n: int) -> Cost:
+    """Compute of models run beside the policy and verifier (e.g. a twist), per problem."""
+    return Cost()
 
   runs = 1  # engine runs per problem at each budget
   page_size = 16  # of the KV pages reported (`kv_pages`: the final particles' pages, prefix-shared)
@@ -136,20 +153,66 @@ class ParticleFiltering(SearchMethod):
   multinomial resampling at every step with weights = the current PRM score as a logit
   (`incremental=False`, `transform="logit"`), answer = the particle with the largest
   weight. `incremental=True, transform="log"` is proper SMC for p(x) PRM(x) with
-  ESS-triggered resampling."""
+  ESS-triggered resampling; its rows also hold "log_z", the run's estimate log Z_hat of
+  log E_p[phi] (unbiased in Z, so its mean is a stochastic lower bound on log Z), and
+  "ess", the normalized effective sample size of the final weights.
+
+  Twisted SMC (Zhao et al. 2024): `twist=True` tilts the proposal by the models' learned
+  twist (`models.twist`, e.g. the task's shipped one, `tts_jax.train.twist`); with
+  `step_potentials=False` the oracle scores finished particles only (the target's phi and
+  nothing between steps, the setting the shipped twist is trained for), so the twist is the
+  only guidance between steps. The twist's compute is counted beside the policy's."""
 
   transform: Literal["log", "logit"] = "logit"
   incremental: bool = False
   resampler: str = "multinomial"
   ess_threshold: float = 1.0
+  twist: bool = False
+  step_potentials: bool = True
   name: str = "particle filtering (PRM)"
+
+  def check_budgets(self, budgets) -> None:
+    if self.twist and not self.incremental:
+      raise ValueError("ParticleFiltering(twist=True) needs incremental=True: twisted SMC's weights carry the "
+                       "proposal's ratios p / q, which Puri et al.'s current-score weights (incremental=False) drop")
+    if not self.step_potentials and self.verifier != "oracle":
+      raise ValueError(f"ParticleFiltering(step_potentials=False) scores finished particles with the exact "
+                       f"checker; it needs verifier='oracle', got {self.verifier!r}")
+    super().check_budgets(budgets)
+
+  def potential(self, models, task):
+    if not self.step_potentials:
+      return step_oracle(task, self.transform, auc=self.verifier_auc, outcome_only=True), None
+    return super().potential(models, task)
 
   def smc_config(self, n, **kw):
     return particle_filter(n, scheme=self.resampler, ess_threshold=self.ess_threshold,
                            incremental=self.incremental, **kw)
 
+  def twist_of(self, models):
+    if not self.twist:
+      return None, None
+    if getattr(models, "twist", None) is None:
+      raise ValueError(f"{self.name}: twist=True needs a learned twist, and these models have none (the shipped "
+                       f"defaults hold one in tts_jax/tasks/defaults/<task>/twist; train one with "
+                       f"experiments/train/<task>_twist.py)")
+    return models.twist, models.twist_params
+
   def final_weights(self, particles):
     return np.asarray(particles.normalized_weights(), np.float64)
+
+  def extras(self, particles):
+    if not self.incremental:
+      return {}
+    w = self.final_weights(particles)
+    return {"log_z": np.asarray(particles.final_log_z(), np.float64),
+            "ess": 1.0 / np.sum(w ** 2, axis=1) / w.shape[1]}
+
+  def model_cost(self, models, prompt_len, decoded, n):
+    if not self.twist:
+      return Cost()
+    c = search_cost(models.twist.config, None, prompt_len, decoded, n)
+    return Cost(flops=c.flops, kv_bytes=c.kv_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from tts_jax.models.config import ModelConfig, RopeScaling
 from tts_jax.models.lm import abstract
+from tts_jax.models.twist_head import BoundedTwist
 from tts_jax.models.value import abstract_value
 
 _SEP = "/"
@@ -72,7 +73,8 @@ def _unflatten(tensors: dict) -> dict:
 
 
 def load_model(path: str):
-  """-> (LanguageModel or ValueModel by config.json's "kind", params, config.json dict).
+  """-> (model, params, config.json dict); the model by config.json's "kind": a LanguageModel
+  ("policy"), a `BoundedTwist` of one ("twist", its eps from info), else a ValueModel.
 
   Raises FileNotFoundError for a missing file and ValueError naming any tensor that is
   missing, unexpected or of the wrong shape."""
@@ -87,7 +89,13 @@ def load_model(path: str):
     config = config_from_dict(meta["model"])
   except TypeError as e:  # a missing or misspelt field
     raise ValueError(f"{cfg_file}: the model config is incomplete or malformed ({e})") from None
-  model, expected = abstract(config) if meta.get("kind", "policy") == "policy" else abstract_value(config)
+  kind = meta.get("kind", "policy")
+  model, expected = abstract(config) if kind in ("policy", "twist") else abstract_value(config)
+  if kind == "twist":
+    eps = (meta.get("info") or {}).get("eps")
+    if not isinstance(eps, (int, float)) or not 0 < eps < 0.5:
+      raise ValueError(f"{cfg_file}: a twist model needs info.eps in (0, 0.5) (its log psi bound), got {eps!r}")
+    model = BoundedTwist(model, float(eps))
   params = _unflatten(read_safetensors(w_file))
   version = meta.get("format", 1)
   if version not in (1, FORMAT):

@@ -7,10 +7,15 @@ The head starts at zero (psi = 1: the proposal is the base model) and, with
 `trunk_params`, the trunk starts from the policy's weights.
 
 The tabular LM (`tts_jax.models.tabular.TabularLM`) is a twist model too: its
-table then holds log psi per (prefix, next token).
+table then holds log psi per (prefix, next token). `BoundedTwist` reads any such model's
+outputs z as a bounded log psi (the task twists of `tts_jax.train.twist`, which are the
+policy's own architecture with the LM head as the twist head).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,3 +46,42 @@ def init_twist(config: ModelConfig, seed: int = 0, trunk_params: dict | None = N
   if trunk_params is not None:
     params = {**params, **{k: v for k, v in trunk_params.items() if k != "lm_head"}}
   return LanguageModel(config=config, graphdef=graphdef), params
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundedTwist:
+  """A twist model from a model `lm` with float[..., V] outputs z (a `LanguageModel`): z read
+  as log psi = log(eps + 2 (1 - eps) sigmoid(z)), in [log eps, log 2] and 0 at z = 0. The
+  range is about that of the optimal twist E_p[phi | x_{1:t}] of a potential phi in
+  [eps, 1 - eps] (e.g. an exact checker, `tts_jax.tasks.step_oracle`), so no noisy update
+  can push log psi far past what phi can be. The cache functions are `lm`'s (`prefill`,
+  `init_cache`, `decode`, `forward` as in `tts_jax.models.lm.LanguageModel`)."""
+
+  lm: Any
+  eps: float = 0.01
+
+  def __post_init__(self):
+    if not 0 < self.eps < 0.5:
+      raise ValueError(f"BoundedTwist.eps must be in (0, 0.5), got {self.eps!r}")
+
+  @property
+  def config(self):
+    return self.lm.config
+
+  def log_psi(self, z: jax.Array) -> jax.Array:
+    """float32 log psi of raw outputs z (any shape)."""
+    return jnp.log(self.eps + 2 * (1 - self.eps) * jax.nn.sigmoid(z.astype(jnp.float32)))
+
+  def forward(self, params, tokens, *args, **kw):
+    return self.log_psi(self.lm.forward(params, tokens, *args, **kw))
+
+  def prefill(self, params, tokens, lengths):
+    first, prefix = self.lm.prefill(params, tokens, lengths)
+    return self.log_psi(first), prefix
+
+  def init_cache(self, *args, **kw):
+    return self.lm.init_cache(*args, **kw)
+
+  def decode(self, params, tokens, cache, **kw):
+    out, cache = self.lm.decode(params, tokens, cache, **kw)
+    return self.log_psi(out), cache

@@ -104,8 +104,10 @@ def cache_segments(lm, max_new_tokens: int) -> tuple[int, ...]:
 
 
 def _grows(lm) -> bool:
+  """Whether `lm`'s caches grow: a `LanguageModel`, or a wrapper of one (`.lm`, e.g. a
+  `tts_jax.models.twist_head.BoundedTwist`) that hands out its caches."""
   from tts_jax.models.lm import LanguageModel  # noqa: PLC0415
-  return isinstance(lm, LanguageModel)
+  return isinstance(lm, LanguageModel) or isinstance(getattr(lm, "lm", None), LanguageModel)
 
 
 def _entropy(logp: jax.Array) -> jax.Array:

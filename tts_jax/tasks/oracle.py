@@ -49,7 +49,9 @@ class TaskChecker:
 
 
 def step_oracle(task, transform: Literal["log", "logit"] = "log", eps: float = 0.01, auc: float = 1.0,
-                seed: int = 0) -> OraclePotential:
+                seed: int = 0, outcome_only: bool = False) -> OraclePotential:
   """The task's exact checker as a potential: log r or logit r, r = 1 - eps while right, eps after;
-  with auc < 1 the checker corrupted to that ROC AUC (`tts_jax.verifiers.oracle`)."""
-  return OraclePotential(TaskChecker(task), transform=transform, eps=eps, auc=auc, seed=seed)
+  with auc < 1 the checker corrupted to that ROC AUC (`tts_jax.verifiers.oracle`); with
+  `outcome_only` it scores finished particles only (the same final phi, no step potentials)."""
+  return OraclePotential(TaskChecker(task), transform=transform, eps=eps, auc=auc, seed=seed,
+                         outcome_only=outcome_only)

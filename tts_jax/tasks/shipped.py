@@ -5,7 +5,8 @@
     p_correct = outcome_probabilities(d.orm, d.orm_params, sequences)
 
 They live in tts_jax/tasks/defaults/<task>/{policy,orm,prm}/ (config.json +
-model.safetensors), with report.json holding their measured quality.
+model.safetensors), with report.json holding their measured quality; an optional twist/
+holds a learned twist for twisted SMC with the policy (`tts_jax.train.twist`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class DefaultModels:
   report: dict
   prm_format: object = None  # a `tts_jax.tasks.math.StepTagFormat`: pool scoring re-reads the text that way
   prm_tokenizer: object = None  # the PRM's own tokenizer (for `prm_format`)
+  twist: object = None  # a `BoundedTwist` for twisted SMC with the policy, when one is shipped
+  twist_params: dict | None = None
 
   @property
   def tokenizer(self):
@@ -52,17 +55,22 @@ def load_default(task: str = "modchain", directory: str | None = None) -> Defaul
     raise FileNotFoundError(f"no default models for task {task!r} at {root}; available: "
                             f"{', '.join(available_defaults()) or 'none'}")
   models = {k: load_model(os.path.join(root, k)) for k in ("policy", "orm", "prm")}
+  if os.path.isdir(os.path.join(root, "twist")):
+    models["twist"] = load_model(os.path.join(root, "twist"))
   info = models["policy"][2]["info"]
   report_file = os.path.join(root, "report.json")
   report = json.load(open(report_file)) if os.path.isfile(report_file) else {}
   t = get_task(info.get("task", task), **info.get("task_knobs", {}))
   vocab = t.tokenizer().vocab_size
-  for k, (m, _, _) in models.items():
+  for k, (m, _, meta) in models.items():
     if m.config.vocab_size != vocab:
       raise ValueError(f"default {k} of {task} has vocab_size {m.config.vocab_size}, task tokenizer {vocab}")
+    if meta.get("kind", "policy") != k:
+      raise ValueError(f"{os.path.join(root, k)} holds a model of kind {meta.get('kind', 'policy')!r}, not {k!r}")
+  twist, twist_params = models.get("twist", (None, None, None))[:2]
   return DefaultModels(task=t, policy=models["policy"][0], policy_params=models["policy"][1],
                        orm=models["orm"][0], orm_params=models["orm"][1], prm=models["prm"][0],
-                       prm_params=models["prm"][1], report=report)
+                       prm_params=models["prm"][1], report=report, twist=twist, twist_params=twist_params)
 
 
 @dataclasses.dataclass(frozen=True)

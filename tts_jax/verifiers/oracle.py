@@ -2,7 +2,10 @@
 has it (`StepChecker.on_device`), else run on the host through `jax.pure_callback`.
 
 A particle scores r = 1 - eps while its generation is right so far (and, once done,
-its answer is), eps otherwise, read as log r or logit r. The checker sees the prompt's
+its answer is), eps otherwise, read as log r or logit r; with `outcome_only` it scores only
+finished particles (r = 1, log r = 0, before: the target is p(x) phi(x) with no step
+potentials, the setting of twisted SMC, where a learned twist supplies the guidance between
+steps). The checker sees the prompt's
 token ids and the generation's, so the potential is pure: everything it depends on is
 an argument, and one compilation serves every batch.
 
@@ -90,6 +93,7 @@ class OraclePotential:
   eps: float = 0.01
   auc: float = 1.0  # < 1: the checker corrupted to this ROC AUC (module docstring)
   seed: int = 0  # of the corruption noise
+  outcome_only: bool = False  # score only finished particles (log 0 / logit 0 before)
 
   def __post_init__(self):
     if self.transform not in ("log", "logit"):
@@ -110,9 +114,11 @@ class OraclePotential:
     if on_device is not None and self.auc == 1:  # the exact checker as array code: no callback
       ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
       wrong, right = self._transform(np.asarray([self.eps, 1 - self.eps]))
-      return jnp.where(ok, right, wrong), state
-    out = jax.ShapeDtypeStruct(lengths.shape, jnp.float32)
-    return jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done), state
+      score = jnp.where(ok, right, wrong)
+    else:
+      out = jax.ShapeDtypeStruct(lengths.shape, jnp.float32)
+      score = jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done)
+    return (jnp.where(done, score, 0.0) if self.outcome_only else score), state
 
   def _transform(self, r: np.ndarray) -> np.ndarray:
     """float32 log r or logit r of float64 probabilities r."""
