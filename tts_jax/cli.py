@@ -50,6 +50,10 @@ def _train(args) -> None:
   if isinstance(config, VerifierTrainConfig):
     train_verifier(config)
     return
+  from tts_jax.train.twist import TwistTrainConfig, train_twist
+  if isinstance(config, TwistTrainConfig):
+    train_twist(config)
+    return
   raise SystemExit(f"{args.experiment}: `config` is a {type(config).__name__}, not a training config")
 
 
@@ -122,7 +126,7 @@ def main(argv=None) -> None:
   train.add_argument("experiment", help="path to an experiments/train/*.py file")
   train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
   train.set_defaults(fn=_train)
-  defaults = sub.add_parser("train-defaults", help="train and install a task's default policy, ORM and PRM")
+  defaults = sub.add_parser("train-defaults", help="train and install a task's default policy, ORM, PRM and twist")
   defaults.add_argument("task")
   defaults.add_argument("--dest", default=None, help="install here instead of tts_jax/tasks/defaults/TASK")
   defaults.set_defaults(fn=_train_defaults)

@@ -14,9 +14,14 @@ from tts_jax.eval.experiment import Experiment
 from tts_jax.eval.metrics import bootstrap_ci
 
 
+_ROW_FIELDS = {"accuracy", "samples", "mc_var", "generated_tokens", "verifier_tokens", "flops", "kv_bytes",
+               "prompt_tokens"}
+
+
 def summarize(exp: Experiment, results_path: str) -> dict:
   """Per method and budget: accuracy (mean, 95% bootstrap CI over problems, Monte Carlo SE),
-  mean samples used, tokens and FLOPs per problem."""
+  mean samples used, tokens and FLOPs per problem, and the mean of each further number the
+  method's rows hold (its Outcome extras, e.g. a search's "resamples", SMC's "log_z")."""
   with open(results_path) as fh:
     records = [json.loads(l) for l in fh]
   rows = {}
@@ -24,12 +29,14 @@ def summarize(exp: Experiment, results_path: str) -> dict:
     for k in exp.budgets:
       rs = [r["methods"][method.name] for r in records if r["budget"] == k]
       acc = np.array([r["accuracy"] for r in rs])
+      extras = sorted(set.intersection(*(set(r) for r in rs)) - _ROW_FIELDS) if rs else []
       mean, lo, hi = bootstrap_ci(acc, seed=exp.seed)
       rows.setdefault(method.name, []).append({
           "budget": k, "problems": len(rs), "accuracy": mean, "ci_low": lo, "ci_high": hi,
           "mc_se": float(np.sqrt(np.sum([r["mc_var"] for r in rs])) / max(len(rs), 1)),
           **{c: float(np.mean([r[c] for r in rs])) for c in ("samples", "generated_tokens", "verifier_tokens",
-                                                            "flops", "kv_bytes", "prompt_tokens")}})
+                                                            "flops", "kv_bytes", "prompt_tokens")},
+          **{c: float(np.mean([r[c] for r in rs])) for c in extras}})
   return {"experiment": exp.name, "task": exp.task.name, "split": exp.split, "methods": rows}
 
 

@@ -3,9 +3,8 @@ contrastive twist learning (CTL, Zhao et al. 2024), on streams of training probl
 measures that say whether it helps.
 
     tts-jax train-defaults modchain          # runs experiments/train/modchain_twist.py too
-    twist, params, log = train_twist(config)  # a TwistTrainConfig; or by hand:
+    twist, params, log = train_twist(config)  # a TwistTrainConfig (resumes)
     twist, params = twist_from_policy(models.policy, models.policy_params)   # log psi = 0: untwisted
-    params = train_task_twist(task, models, twist, params, steps=200)
     report = twist_report(task, models, twist, params, problems)            # ESS, log Z bounds
 
 The target is sigma(x) proportional to p(x) phi(x), phi the task's exact checker scored on
@@ -46,7 +45,7 @@ from tts_jax.models.twist_head import BoundedTwist
 from tts_jax.smc import SMCConfig, particle_filter, run_smc
 from tts_jax.smc.bounds import log_z_bounds
 from tts_jax.smc.resample import Resample
-from tts_jax.smc.twists import ctl_loss, ctl_update
+from tts_jax.smc.twists import ctl_loss
 from tts_jax.tasks.base import prompt_ids, task_tokens
 from tts_jax.tasks.oracle import step_oracle
 from tts_jax.train.loop import run as train_loop
@@ -55,7 +54,7 @@ from tts_jax.train.verifier import RoundStream, VerifierTrainConfig
 
 PROMPT_WIDTH = 64
 __all__ = ["BoundedTwist", "TwistTrainConfig", "train_twist", "twist_from_policy", "twist_regression_loss",
-           "train_task_twist", "exact_target_samples", "twist_report", "twist_config", "outcome_potential"]
+           "exact_target_samples", "twist_report", "twist_config", "outcome_potential"]
 
 
 def outcome_potential(task, eps: float = 0.01):
@@ -98,7 +97,7 @@ class TwistTrainConfig:
     check_positive_ints(self, ("steps", "batch_size", "problems_per_round", "samples_per_problem", "ctl_steps",
                                "ctl_prompts", "ctl_particles", "max_new_tokens", "eval_problems", "eval_particles",
                                "checkpoint_every", "seed", "data_seed"),
-                        allow_zero=("steps", "ctl_steps", "seed", "data_seed"))
+                        allow_zero=("steps", "ctl_steps", "eval_problems", "seed", "data_seed"))
     if not 0 < self.eps < 0.5:
       raise ValueError(f"TwistTrainConfig.eps must be in (0, 0.5), got {self.eps!r}")
     if not self.ctl_learning_rate > 0:
@@ -193,16 +192,17 @@ def train_twist(config: TwistTrainConfig, stop_after: int | None = None):
     log += [{"phase": "ctl", **r} for r in ctl]
     if stop_after is not None and stop_after < config.steps + config.ctl_steps:
       return twist, params, log
-  from tts_jax.tasks.shipped import DefaultModels  # noqa: PLC0415
-  models = DefaultModels(task=task, policy=policy, policy_params=policy_params, orm=None, orm_params=None, prm=None,
-                         prm_params=None, report={})
-  problems = list(task.split(config.eval_split)[:config.eval_problems])
-  report = twist_report(task, models, twist, params, problems, num_particles=config.eval_particles,
-                        max_new_tokens=config.max_new_tokens, seed=config.seed)
-  save_model(os.path.join(config.out_dir, "model"), policy.config, params, kind="twist",
-             info={"task": task.name, "eps": config.eps, "steps": config.steps, "ctl_steps": config.ctl_steps,
-                   "report": {"split": config.eval_split, "problems": len(problems),
-                              "particles": config.eval_particles, **report}})
+  info = {"task": task.name, "eps": config.eps, "steps": config.steps, "ctl_steps": config.ctl_steps}
+  if config.eval_problems:
+    from tts_jax.tasks.shipped import DefaultModels  # noqa: PLC0415
+    models = DefaultModels(task=task, policy=policy, policy_params=policy_params, orm=None, orm_params=None,
+                           prm=None, prm_params=None, report={})
+    problems = list(task.split(config.eval_split)[:config.eval_problems])
+    report = twist_report(task, models, twist, params, problems, num_particles=config.eval_particles,
+                          max_new_tokens=config.max_new_tokens, seed=config.seed)
+    info["report"] = {"split": config.eval_split, "problems": len(problems), "particles": config.eval_particles,
+                      **report}
+  save_model(os.path.join(config.out_dir, "model"), policy.config, params, kind="twist", info=info)
   return twist, params, log
 
 
@@ -224,30 +224,6 @@ def twist_config(task, num_particles: int, max_new_tokens: int, ess_threshold: f
 def _prompts(task, problems, width: int = PROMPT_WIDTH):
   toks, lens = pad_prompts([prompt_ids(task, p) for p in problems], width=width)
   return jnp.asarray(toks), jnp.asarray(lens)
-
-
-def train_task_twist(task, models, twist, twist_params, *, steps: int = 200, prompts_per_step: int = 8,
-                     num_particles: int = 32, max_new_tokens: int = 96, learning_rate: float = 3e-4, seed: int = 0,
-                     callback=None):
-  """CTL over fresh training problems (`task.train_problem(seed, i)`, never a held-out one):
-  each step one importance-sampling run of `num_particles` per prompt under the current
-  twist, then one Adam step on the CTL surrogate (`tts_jax.smc.twists.ctl_loss`).
-  callback(step, loss, normalized ESS of the run's final weights) after every step.
-  Returns the trained twist params."""
-  cfg = dataclasses.replace(twist_config(task, num_particles, max_new_tokens), select=Resample(ess_threshold=0.0))
-  opt = optax.adam(learning_rate)
-  twist_params = jax.tree.map(jnp.array, twist_params)  # a copy: the update donates it
-  opt_state = opt.init(twist_params)
-  potential, root = outcome_potential(task, twist.eps), jax.random.key(seed)
-  for i in range(steps):
-    problems = [task.train_problem(seed, i * prompts_per_step + j) for j in range(prompts_per_step)]
-    toks, lens = _prompts(task, problems)
-    twist_params, opt_state, loss, ess = ctl_update(models.policy, models.policy_params, None, twist_params,
-                                                    opt_state, toks, lens, jax.random.fold_in(root, i), twist=twist,
-                                                    cfg=cfg, potential=potential, opt=opt)
-    if callback is not None:
-      callback(i, float(loss), float(ess))
-  return twist_params
 
 
 def exact_target_samples(task, models, problems, key, max_new_tokens: int = 96, eps: float = 0.01,
