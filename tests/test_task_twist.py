@@ -172,28 +172,26 @@ def test_twisted_smc_configs_are_checked(setup):
 
 
 def test_train_twist_runs_both_phases_resumes_and_ships(tmp_path):
-  """The whole pipeline at toy sizes: warm start, CTL, report, exported model; a run cut in
-  its CTL phase and resumed ends with the same params, bit for bit, as an uncut one (the
-  report does not enter training, so the cut run skips it)."""
+  """The pipeline at toy sizes: warm start, CTL, exported model; a run cut in its CTL phase
+  and resumed ends with the same params, bit for bit, as an uncut one. (No report here:
+  `twist_report` compiles ~18 engine programs, minutes of CI; its bounds are
+  `log_z_bounds`, checked against enumeration in tests/test_twisted_smc.py.)"""
   cfg = TwistTrainConfig(task=ModChain(), policy_dir=os.path.join(DEFAULTS_DIR, "modchain", "policy"), steps=2,
                          batch_size=8, problems_per_round=4, samples_per_problem=4, ctl_steps=2, ctl_prompts=2,
-                         ctl_particles=4, eval_split="test", eval_problems=2, eval_particles=4, checkpoint_every=1,
+                         ctl_particles=4, max_new_tokens=32, eval_problems=0, checkpoint_every=1,
                          out_dir=str(tmp_path / "full"))
   _, full, log = train_twist(cfg)
   assert [r["phase"] for r in log] == ["supervised", "supervised", "ctl", "ctl"]
   assert all(0 < r["ess"] <= 1 for r in log if r["phase"] == "ctl")
-  cut = dataclasses.replace(cfg, eval_problems=0, out_dir=str(tmp_path / "cut"))  # no report: the same training
+  assert float(jnp.abs(full["lm_head"]).max()) > 0  # the zero head moved
+  cut = dataclasses.replace(cfg, out_dir=str(tmp_path / "cut"))
   train_twist(cut, stop_after=3)
   assert not os.path.exists(tmp_path / "cut" / "model")
   _, resumed, _ = train_twist(cut)
-  assert "report" not in load_model(str(tmp_path / "cut" / "model"))[2]["info"]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full, resumed)
   twist, params, meta = load_model(str(tmp_path / "full" / "model"))
   assert isinstance(twist, BoundedTwist) and meta["kind"] == "twist" and twist.eps == cfg.eps
-  report = meta["info"]["report"]
-  assert set(report) >= {"untwisted", "twisted", "step potentials"} and report["problems"] == 2
-  for row in ("untwisted", "twisted", "step potentials"):
-    assert report[row]["smc_lower"] <= report[row]["csmc_upper"] + 3 * report[row]["csmc_upper_se"] + 1e-6
+  assert meta["info"]["steps"] == 2 and meta["info"]["ctl_steps"] == 2 and "report" not in meta["info"]
   with pytest.raises(ValueError, match="ctl_learning_rate must be > 0"):
     dataclasses.replace(cfg, ctl_learning_rate=0.0)
 
