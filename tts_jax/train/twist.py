@@ -70,7 +70,8 @@ class TwistTrainConfig:
   importance-sampling run of `ctl_particles` per prompt on `ctl_prompts` fresh training
   problems). Both phases checkpoint under `out_dir` and resume. The report compares
   untwisted and twisted SMC on `eval_problems` problems of `eval_split` with
-  `eval_particles` particles; the model goes to `out_dir`/model (kind "twist")."""
+  `eval_particles` particles (eval_problems=0: no report); the model goes to
+  `out_dir`/model (kind "twist")."""
 
   task: Any
   policy_dir: str
