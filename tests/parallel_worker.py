@@ -3,16 +3,19 @@ be set before JAX starts):
 
     python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=8)
     python -m tests.parallel_worker smc N            # DIGEST of run_smc under resampling, beam and DVTS
+    python -m tests.parallel_worker sample+smc N     # both in one process, lines prefixed "sample:" / "smc:"
     python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT]
                                                      # a tiny experiment into OUT; DIGEST of results.jsonl
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 
 ARGS = argparse.ArgumentParser()
-ARGS.add_argument("mode", choices=("sample", "smc", "run"))
+ARGS.add_argument("mode", choices=("sample", "smc", "sample+smc", "run"))
 ARGS.add_argument("devices", type=int)
 ARGS.add_argument("out", nargs="?")
 ARGS.add_argument("--stop", type=int, default=None)
@@ -141,4 +144,11 @@ if __name__ == "__main__":
   from tts_jax.eval.compile_cache import enable_compilation_cache  # noqa: E402
   enable_compilation_cache()
   assert jax.device_count() == A.devices * A.processes, jax.devices()
-  {"sample": sample_mode, "smc": smc_mode, "run": run_mode}[A.mode]()
+  modes = {"sample": sample_mode, "smc": smc_mode, "run": run_mode}
+  if "+" not in A.mode:
+    modes[A.mode]()
+  for mode in A.mode.split("+") if "+" in A.mode else ():  # one process, several checks: prefixed lines
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      modes[mode]()
+    print("".join(f"{mode}:{line}\n" for line in out.getvalue().splitlines()), end="", flush=True)

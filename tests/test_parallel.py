@@ -43,32 +43,31 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_completions_are_bit_identical_on_1_and_8_devices(tmp_path):
-  """7 prompts in batches of 3 (neither the batch nor the device count divides the other):
-  every device runs whole batches, so tokens, lengths, log-probs and entropies are the same
-  bytes for every device count; nothing dropped or duplicated (shape [7, ...]). The same
-  with the Pallas attention kernels (interpret mode) running under shard_map."""
-  results = {n: _worker("sample", n, cache=tmp_path) for n in (1, 8)}
-  digests = {n: r["DIGEST"] for n, r in results.items()}
+def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
+  """One process per device count (1 and 8) runs both checks:
+
+  Sampling: 7 prompts in batches of 3 (neither the batch nor the device count divides the
+  other): every device runs whole batches, so tokens, lengths, log-probs and entropies are the
+  same bytes for every device count; nothing dropped or duplicated (shape [7, ...]). The same
+  with the Pallas attention kernels (interpret mode) running under shard_map. Tensor parallel
+  (data=4 x model=2): the same samples, log-probs and a value model's completion scores equal
+  up to rounding.
+
+  run_smc under Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights, log Z,
+  ancestors and resample counts are the same bytes for every device count; tensor parallel
+  gives the same particles up to float rounding."""
+  results = {n: _worker("sample+smc", n, cache=tmp_path) for n in (1, 8)}
+  digests = {n: r["sample:DIGEST"] for n, r in results.items()}
   assert "(7, 4, 16)" in digests[1]
   assert len(set(digests.values())) == 1, digests
-  pallas = {n: r["PALLAS"] for n, r in results.items()}  # the Pallas kernels under shard_map
+  pallas = {n: r["sample:PALLAS"] for n, r in results.items()}  # the Pallas kernels under shard_map
   assert "(3, 2, 6)" in pallas[1] and len(set(pallas.values())) == 1, pallas
-  # Tensor parallel (data=4 x model=2): the same samples, log-probs and a value model's
-  # completion scores equal up to rounding.
-  _, same, diff = results[8]["TP"].split()
-  assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["TP"]
-
-
-def test_run_smc_is_bit_identical_on_1_and_8_devices(tmp_path):
-  """run_smc under Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights,
-  log Z, ancestors and resample counts are the same bytes for every device count; tensor
-  parallel (data=4 x model=2) gives the same particles up to float rounding."""
-  results = {n: _worker("smc", n, cache=tmp_path) for n in (1, 8)}
-  digests = {n: r["DIGEST"] for n, r in results.items()}
-  assert len(set(digests.values())) == 1, digests
-  _, same, diff = results[8]["TP"].split()  # particle filtering with the policy split over "model"
-  assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["TP"]
+  _, same, diff = results[8]["sample:TP"].split()
+  assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["sample:TP"]
+  smc = {n: r["smc:DIGEST"] for n, r in results.items()}
+  assert len(set(smc.values())) == 1, smc
+  _, same, diff = results[8]["smc:TP"].split()  # particle filtering with the policy split over "model"
+  assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["smc:TP"]
 
 
 def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_path):
