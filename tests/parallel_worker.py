@@ -4,7 +4,7 @@ be set before JAX starts):
     python -m tests.parallel_worker sample N         # DIGEST of sampled completions (+ TP at N=8)
     python -m tests.parallel_worker smc N            # DIGEST of run_smc under resampling, beam and DVTS
     python -m tests.parallel_worker sample+smc N     # both in one process, lines prefixed "sample:" / "smc:"
-    python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT]
+    python -m tests.parallel_worker run N OUT [--stop K] [--process I --processes P --port PORT] [--num-subsets S]
                                                      # a tiny experiment into OUT; DIGEST of results.jsonl
 """
 
@@ -22,6 +22,7 @@ ARGS.add_argument("--stop", type=int, default=None)
 ARGS.add_argument("--process", type=int, default=0)
 ARGS.add_argument("--processes", type=int, default=1)
 ARGS.add_argument("--port", type=int, default=0)
+ARGS.add_argument("--num-subsets", type=int, default=4)  # another value: another experiment config
 A = ARGS.parse_args(sys.argv[1:])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={A.devices}"
 
@@ -132,7 +133,7 @@ def run_mode():
   # 9 problems in batches of 2: 5 batches, the last short; no device count divides either.
   exp = Experiment(name="parallel", task=ModChain(), split="hard", num_problems=9, batch_problems=2, budgets=(1, 2),
                    methods=(MajorityVote(), ParticleFiltering()),
-                   num_subsets=4, max_new_tokens=16, out_dir=A.out)
+                   num_subsets=A.num_subsets, max_new_tokens=16, out_dir=A.out)
   run_experiment(exp, mesh=mesh_or_none(), stop_after_batches=A.stop, quiet=True)
   path = os.path.join(A.out, "results.jsonl")
   if jax.process_index() == 0 and A.stop is None:

@@ -76,16 +76,17 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   and for 2 processes of 2 devices joined by jax.distributed (groups of 4 batches, the last
   padded with copies; nothing dropped or duplicated), where process 0 alone writes. Process 1
   is killed with SIGKILL after the first batch is written (process 0 then dies or is killed
-  too), both are started again, and the run resumes to the same bytes. (Several devices in
+  too), both are started again, and the run resumes to the same bytes. Then a different config
+  started into the same directory is refused by both processes. (Several devices in
   one process are the same grouping; the sampling and SMC tests above cover 8.)"""
   reference = _worker("run", 1, tmp_path / "d1", cache=tmp_path / "cache")["DIGEST"]
   out = tmp_path / "two"
   results = out / "results.jsonl"
 
-  def start(port):
+  def start(port, *extra):
     env = _env(tmp_path / "cache")
     return [subprocess.Popen([sys.executable, "-m", "tests.parallel_worker", "run", "2", str(out), "--process",
-                              str(i), "--processes", "2", "--port", str(port)], cwd=ROOT, env=env,
+                              str(i), "--processes", "2", "--port", str(port), *extra], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
 
   procs = start(_free_port())
@@ -112,6 +113,14 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   assert sorted((json.loads(x)["problem"], json.loads(x)["budget"]) for x in lines) == \
       [(i, k) for i in range(9) for k in (1, 2)]
   assert "DIGEST" not in outs[1][0]  # process 1 never wrote or summarised
+  # Another config into the same directory: process 0 refuses it, and process 1 stops with it
+  # instead of waiting for its peer in the run's first collective (where both hung before).
+  procs = start(_free_port(), "--num-subsets", "3")
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode != 0 for p in procs] == [True, True], errs
+  assert "holds results of a different experiment config" in errs[0], errs[0][-2000:]
+  assert "process 0 refused the output directory" in errs[1], errs[1][-2000:]
+  assert results.read_text().splitlines() == lines  # nothing written
 
 
 def test_mesh_options_name_their_errors():

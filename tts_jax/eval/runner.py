@@ -162,15 +162,25 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   pad = task_tokens(exp.task).pad
   prompt_width = pad_prompts(task_prompts(exp.task, problems), pad_id=pad)[0].shape[1]
   memory_plan(exp, models, prompt_width, mesh).check()  # refuse before touching the disk
-  if writer:
-    _check_config(exp, cfg_path)
-    os.makedirs(out, exist_ok=True)
-    if not os.path.isfile(cfg_path):
-      atomic_write(cfg_path, json.dumps(to_dict(exp), indent=1))
   results = ResultsFile(os.path.join(out, RESULTS), len(problems), exp.batch_problems, exp.budgets)
-  done = results.load() if writer else [False] * results.num_batches
-  if jax.process_count() > 1:  # every process resumes from the writer's file
-    done = [bool(x) for x in multihost_utils.broadcast_one_to_all(np.asarray(done, np.int32))]
+  refused, done = None, [False] * results.num_batches
+  if writer:
+    try:
+      _check_config(exp, cfg_path)
+      os.makedirs(out, exist_ok=True)
+      if not os.path.isfile(cfg_path):
+        atomic_write(cfg_path, json.dumps(to_dict(exp), indent=1))
+      done = results.load()
+    except Exception as e:  # noqa: BLE001  (raised below, once every process knows)
+      refused = e
+  if jax.process_count() > 1:  # every process resumes from the writer's file, or stops with it
+    got = multihost_utils.broadcast_one_to_all(np.asarray([refused is not None, *done], np.int32))
+    if got[0] and refused is None:
+      raise ResultsMismatch(f"process 0 refused the output directory {out} (its own error says why); "
+                            f"process {jax.process_index()} stops with it")
+    done = [bool(x) for x in got[1:]]
+  if refused is not None:
+    raise refused
   todo = [b for b in range(results.num_batches) if not done[b]]
   chunk = lambda b: problems[b * exp.batch_problems:(b + 1) * exp.batch_problems]  # noqa: E731
   bar = tqdm(total=len(problems), initial=sum(len(chunk(b)) for b in range(results.num_batches) if done[b]),
