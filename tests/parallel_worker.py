@@ -146,10 +146,11 @@ if __name__ == "__main__":
   enable_compilation_cache()
   assert jax.device_count() == A.devices * A.processes, jax.devices()
   modes = {"sample": sample_mode, "smc": smc_mode, "run": run_mode}
-  if "+" not in A.mode:
+  if "+" in A.mode:  # one process, several checks: each line prefixed by its mode
+    for mode in A.mode.split("+"):
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+        modes[mode]()
+      print("".join(f"{mode}:{line}\n" for line in out.getvalue().splitlines()), end="", flush=True)
+  else:
     modes[A.mode]()
-  for mode in A.mode.split("+") if "+" in A.mode else ():  # one process, several checks: prefixed lines
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-      modes[mode]()
-    print("".join(f"{mode}:{line}\n" for line in out.getvalue().splitlines()), end="", flush=True)

@@ -78,7 +78,7 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   is killed with SIGKILL after the first batch is written (process 0 then dies or is killed
   too), both are started again, and the run resumes to the same bytes. Then a different config
   started into the same directory is refused by both processes. (Several devices in
-  one process are the same grouping; the sampling and SMC tests above cover 8.)"""
+  one process are the same grouping; the sampling and SMC test above covers 8.)"""
   reference = _worker("run", 1, tmp_path / "d1", cache=tmp_path / "cache")["DIGEST"]
   out = tmp_path / "two"
   results = out / "results.jsonl"
@@ -116,7 +116,11 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   # Another config into the same directory: process 0 refuses it, and process 1 stops with it
   # instead of waiting for its peer in the run's first collective (where both hung before).
   procs = start(_free_port(), "--num-subsets", "3")
-  errs = [p.communicate(timeout=300)[1] for p in procs]
+  try:
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:  # a hang fails the test without leaving the processes behind
+    for p in procs:
+      p.kill()
   assert [p.returncode != 0 for p in procs] == [True, True], errs
   assert "holds results of a different experiment config" in errs[0], errs[0][-2000:]
   assert "process 0 refused the output directory" in errs[1], errs[1][-2000:]
