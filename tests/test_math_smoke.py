@@ -91,3 +91,83 @@ def test_a_prm_with_step_tags_reads_its_own_format(smoke, tmp_path):
       assert len(got) >= 1
   main(["run", "experiments/math500/puri_table1.py", "--set", *over])
   assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == 3  # 3 problems x budget 4
+
+
+def test_the_engine_reads_a_step_tag_prm_as_pool_scoring_does(smoke, tmp_path):
+  """Inside the engine a step-tag PRM reads what pool scoring gives it: its own prompt and
+  the steps re-tokenized, each followed by "<extra_0>"; a particle's score is its steps'
+  scores at the tags (here "prod": all of them), equal to a full forward over that text, at
+  the end and at a step end mid-way."""
+  import jax
+  import jax.numpy as jnp
+  from tts_jax.eval.search_methods import prm_potential
+  from tts_jax.models import hf
+  from tts_jax.models.padding import pad_prompts
+  from tts_jax.search import best_of_n
+  from tts_jax.smc import run_smc
+  from tts_jax.tasks import completion_text
+  over = overrides(smoke, smoke["prm"], tmp_path / "out") + ["models.prm_step_tag=qwen"]
+  exp = apply_overrides(load_config("experiments/math500/puri_table1.py"), over)
+  models, task = load_models(exp.models, exp.task), exp.task
+  problems = list(task.split("test")[:2])
+  tokens, lengths = pad_prompts(task_prompts(task, problems), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  cfg = best_of_n(3, max_new_tokens=40, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad)
+  pot = prm_potential(models, task, aggregate="prod", transform="log")
+  p = run_smc(models.policy, models.policy_params, tokens, lengths, jax.random.key(3), cfg=cfg, potential=pot,
+              potential_params=models.prm_params)
+  vm, params, tok = hf.load_reward_model(smoke["prm"])
+  tag = tok.token_to_id("<extra_0>")
+
+  def want(problem, text):  # sum of log sigmoid at the tags of one full forward
+    prompt, seq = models.prm_format.encode(tok, problem.problem, text)
+    v = np.asarray(vm.values(params, np.asarray([prompt + seq], np.int32)), np.float64)[0, len(prompt):]
+    return float(np.sum(-np.log1p(np.exp(-v[np.asarray(seq) == tag])))), len(prompt), len(seq)
+
+  read, steps = 0, 0
+  for i, problem in enumerate(problems):
+    for j in range(3):
+      text = completion_text(task, p.tokens[i, j, :p.length[i, j]])
+      got, prompt_len, seq_len = want(problem, text)
+      np.testing.assert_allclose(float(p.log_potential[i, j]), got, atol=1e-4)
+      steps += int(p.steps[i, j])
+      read += seq_len
+    read += prompt_len
+  # Every score re-read the particles that grew: more ids than one read of each final text.
+  assert int(p.steps.max()) > 1 and int(np.sum(p.verified)) > read
+  # Mid-way: a particle cut after its first step end, not done, scores that step alone.
+  i, j = np.unravel_index(int(np.argmax(np.asarray(p.steps))), p.steps.shape)
+  seq = np.asarray(p.tokens[i, j, :p.length[i, j]])
+  first = int(np.nonzero(np.isin(seq, ids.steps))[0][0]) + 1
+  part = np.full((1, 1, 40), ids.pad, np.int32)
+  part[0, 0, :first] = seq[:first]
+  state = pot.init(models.prm_params, jnp.asarray(tokens[i:i + 1]), jnp.asarray(lengths[i:i + 1]), 1, 40)
+  phi, _ = jax.jit(pot.score)(models.prm_params, state, jnp.asarray(part), jnp.asarray([[first]]),
+                              jnp.asarray([[False]]), jnp.asarray([[True]]))
+  got, _, _ = want(problems[i], completion_text(task, seq[:first]))
+  np.testing.assert_allclose(float(phi[0, 0]), got, atol=1e-4)
+
+
+def test_a_step_tag_reader_scores_only_whole_steps_until_done(smoke):
+  """A token that carries text past the step's blank line (".\\n\\nThe") ends the step: until
+  the particle is done, the PRM reads up to the blank line; once done, all of it."""
+  from tts_jax.models.tokenizer import Tokenizer
+  from tts_jax.tasks.math import StepTagFormat, StepTagReader
+
+  class Pieces:  # a policy tokenizer with the merged token
+    pieces = {1: "First step", 2: ".\n\nThe", 3: " end"}
+
+    def decode(self, ids, skip_special_tokens=True):
+      return "".join(self.pieces[int(i)] for i in ids)
+
+  class Task:
+    def tokenizer(self):
+      return Pieces()
+
+  fmt, tok = StepTagFormat.qwen_math_prm(), Tokenizer.from_directory(smoke["prm"])
+  reader = StepTagReader(Task(), fmt, tok)
+  assert reader.completion([1, 2], done=False) == fmt.completion_ids(tok, "First step.\n\n")
+  assert reader.completion([1, 2], done=True) == fmt.completion_ids(tok, "First step.\n\nThe")
+  assert reader.completion([1, 2, 3], done=False) == fmt.completion_ids(tok, "First step.\n\nThe end")
+  assert fmt.completion_ids(tok, "First step.\n\nThe")[-1] == reader.tag_id()
+  assert fmt.completion_ids(tok, "First step.\n\nThe").count(reader.tag_id()) == 2

@@ -132,17 +132,22 @@ def chains_cost(policy: ModelConfig, prompt_lens, lengths, weights) -> list[list
 
 
 def search_cost(policy: ModelConfig, verifier: ModelConfig | None, prompt_len: int, decoded: float,
-                num_particles: int) -> Cost:
+                num_particles: int, verifier_read: float = 0.0) -> Cost:
   """Compute of one engine run on one prompt: one prefill, `decoded` policy tokens over N
   particles (discarded particles included), and, with a verifier model scored incrementally
-  beside the policy, its prefill and the same tokens once each."""
+  beside the policy, its prefill and the same tokens once each. A verifier that re-reads
+  its texts instead (`verifier_read` > 0: the run's `Particles.verified`, e.g. a step-tag
+  PRM) counts those tokens, its FLOPs as that many tokens of N-particle-long completions
+  after the prompt (exact in the matmuls; the attention of the shorter early reads is
+  overcounted)."""
   per_particle = decoded / num_particles
   flops = forward_flops(policy, prompt_len) + num_particles * forward_flops(policy, per_particle,
                                                                             context_start=prompt_len)
   verifier_tokens = 0.0
   if verifier is not None:
+    reads = num_particles if not verifier_read else max(verifier_read - prompt_len, 0.0) / max(per_particle, 1.0)
     flops += (forward_flops(verifier, prompt_len, head_outputs=1)
-              + num_particles * forward_flops(verifier, per_particle, prompt_len, 1))
-    verifier_tokens = float(prompt_len) + decoded
+              + reads * forward_flops(verifier, per_particle, prompt_len, 1))
+    verifier_tokens = float(verifier_read) if verifier_read else float(prompt_len) + decoded
   return Cost(prompt_tokens=float(prompt_len), generated_tokens=float(decoded), verifier_tokens=verifier_tokens,
               flops=float(flops), kv_bytes=float(kv_bytes_per_token(policy) * (prompt_len + decoded)))

@@ -25,10 +25,21 @@ from tts_jax.search.ets import distinct_pages, ets_beam_search
 from tts_jax.smc import Particles, SMCConfig, run_smc
 from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
-from tts_jax.verifiers import ValuePotential
+from tts_jax.verifiers import StepTagPotential, ValuePotential
 from tts_jax.verifiers.oracle import check_verifier_auc
 
 Final = Literal["argmax", "weighted_majority"]
+
+
+def prm_potential(models, task, aggregate: str = "last", transform: str = "log"):
+  """The models' PRM as an engine potential: read in its own format when it has one
+  (`models.prm_format`, a step-tag PRM: `StepTagPotential`), else scored incrementally on
+  the policy's tokens (`ValuePotential`)."""
+  if getattr(models, "prm_format", None) is not None:
+    from tts_jax.tasks.math import StepTagReader  # noqa: PLC0415 (math pulls in math-verify)
+    return StepTagPotential(models.prm.as_lm(), StepTagReader(task, models.prm_format, models.prm_tokenizer),
+                            aggregate=aggregate, transform=transform)
+  return ValuePotential(models.prm.as_lm(), aggregate=aggregate, transform=transform)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +78,7 @@ class SearchMethod(abc.ABC):
   def potential(self, models, task):
     if self.verifier == "oracle":
       return step_oracle(task, self.transform, auc=self.verifier_auc), None
-    return ValuePotential(models.prm.as_lm(), aggregate=self.aggregate, transform=self.transform), models.prm_params
+    return prm_potential(models, task, self.aggregate, self.transform), models.prm_params
 
   def host_state(self, particles: Particles) -> Particles:
     """What the batch keeps of a run: the particles without their device caches."""
@@ -125,7 +136,8 @@ class SearchMethod(abc.ABC):
       text = self._answer(task, texts, score[i], weights[i])
       prompt_len, decoded = len(batch.prompts[i]), float(p.decoded[i])
       out.append(Outcome(accuracy=float(task.verify(prob, text)), samples=float(n * self.runs),
-                         cost=self.cost(models.policy.config, verifier, prompt_len, decoded, n)
+                         cost=self.cost(models.policy.config, verifier, prompt_len, decoded, n,
+                                        float(p.verified[i]))
                          + self.model_cost(models, prompt_len, decoded, n),
                          extra=(("resamples", float(p.num_resamples[i])), ("kv_pages", float(pages[i])))
                          + tuple((k, float(v[i])) for k, v in extra.items())))
@@ -142,9 +154,11 @@ class SearchMethod(abc.ABC):
   runs = 1  # engine runs per problem at each budget
   page_size = 16  # of the KV pages reported (`kv_pages`: the final particles' pages, prefix-shared)
 
-  def cost(self, policy, verifier, prompt_len: int, decoded: float, n: int):
-    """The compute of one problem: `decoded` policy tokens over `runs` engine runs of N particles."""
-    return search_cost(policy, verifier, prompt_len, decoded / self.runs, n).scale(self.runs)
+  def cost(self, policy, verifier, prompt_len: int, decoded: float, n: int, verified: float = 0.0):
+    """The compute of one problem: `decoded` policy tokens over `runs` engine runs of N
+    particles; `verified`: the ids the verifier re-read (`Particles.verified`; 0 when it reads
+    the policy's tokens incrementally)."""
+    return search_cost(policy, verifier, prompt_len, decoded / self.runs, n, verified / self.runs).scale(self.runs)
 
 
 @dataclasses.dataclass(frozen=True)

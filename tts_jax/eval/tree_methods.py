@@ -21,9 +21,18 @@ import numpy as np
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.cost import Cost, forward_flops, kv_bytes_per_token
 from tts_jax.eval.method import Outcome
+from tts_jax.eval.search_methods import prm_potential
 from tts_jax.search import LocalAcceptance, Tree, local_acceptance, mcts
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.verifiers import OutcomePotential
+
+
+def _prm_outcome(models, task):
+  """The PRM scoring whole completions: its value at the last step's tag when it reads its
+  own format (`models.prm_format`), else at the completion's last token."""
+  if getattr(models, "prm_format", None) is not None:
+    return prm_potential(models, task, aggregate="last", transform="log")
+  return OutcomePotential(models.prm.as_lm(), transform="log")
 
 
 def _check_fields(verifier: str, **counts) -> None:
@@ -67,7 +76,7 @@ class MCTS:
     del mesh  # one device: the tree search has no per-device path yet
     ids = task_tokens(exp.task)
     if self.verifier == "prm":
-      potential, pparams = OutcomePotential(models.prm.as_lm(), transform="log"), models.prm_params
+      potential, pparams = _prm_outcome(models, exp.task), models.prm_params
     else:
       potential, pparams = step_oracle(exp.task, "log"), None
     return mcts(models.policy, models.policy_params, tokens, lengths, keys, potential=potential,
@@ -152,7 +161,7 @@ class LocalAcceptanceSearch:
     del mesh  # one device
     ids = task_tokens(exp.task)
     if self.verifier == "prm":
-      potential, pparams = OutcomePotential(models.prm.as_lm(), transform="log"), models.prm_params
+      potential, pparams = _prm_outcome(models, exp.task), models.prm_params
     else:
       potential, pparams = step_oracle(exp.task, "log"), None
     return local_acceptance(models.policy, models.policy_params, tokens, lengths, keys, potential=potential,

@@ -178,15 +178,22 @@ def init_particles(models: SMCModels, params: SMCParams, prompt_tokens: jax.Arra
            else lm.init_cache(prefix, n, cap, compact=True))
   zf = jnp.zeros((b, n, t_max), jnp.float32)
   z = jnp.zeros((b, n), jnp.float32)
+  pot_state = models.potential.init(params.potential, prompt_tokens, prompt_lengths, n,
+                                    cap if _potential_grows(models) else t_max)
   return Particles(
       tokens=jnp.full((b, n, t_max), cfg.pad_id, jnp.int32), length=jnp.zeros((b, n), jnp.int32), logp=zf, logq=zf,
       log_weights=z, log_potential=z, log_twist=z, log_z=jnp.zeros((b,)), done=jnp.zeros((b, n), bool),
       steps=jnp.zeros((b, n), jnp.int32), ancestors=jnp.broadcast_to(jnp.arange(n), (b, n)),
       num_resamples=jnp.zeros((b,), jnp.int32), decoded=jnp.zeros((b,), jnp.int32),
+      verified=_read(pot_state, jnp.zeros((b,), jnp.int32)),
       hash=jnp.zeros((b, n, 2), jnp.uint32), logits=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
-      twist_out=twist_out, cache=cache, twist_cache=twist_cache,
-      potential_state=models.potential.init(params.potential, prompt_tokens, prompt_lengths, n,
-                                            cap if _potential_grows(models) else t_max))
+      twist_out=twist_out, cache=cache, twist_cache=twist_cache, potential_state=pot_state)
+
+
+def _read(pot_state, default: jax.Array) -> jax.Array:
+  """int32[B] ids the potential's model has read, when its state counts them (`read`)."""
+  read = getattr(pot_state, "read", None)
+  return default if read is None else read.astype(jnp.int32)
 
 
 def grow_particles(models: SMCModels, p: Particles, capacity: int) -> Particles:
@@ -295,7 +302,8 @@ def reweight(models: SMCModels, params: SMCParams, cfg: SMCConfig, p: Particles,
     log_weights = p.log_weights + jnp.where(extended, token_log_weights + ratio, 0.0)
   else:  # the current potential (Puri et al.); a prompt finished before this step keeps its weights
     log_weights = jnp.where(live[:, None], log_phi, p.log_weights)
-  return p.replace(log_weights=log_weights, log_potential=log_phi, potential_state=pot_state)
+  return p.replace(log_weights=log_weights, log_potential=log_phi, potential_state=pot_state,
+                   verified=_read(pot_state, p.verified))
 
 
 def apply_selection(p: Particles, sel: Selection, conditional: bool = False) -> Particles:

@@ -30,8 +30,8 @@ class GibbsChain:
 
   tokens: int32[K, B, T] the reference drawn after each sweep (pad after its end).
   lengths: int32[K, B] their lengths.
-  particles: the last sweep's particles (caches dropped); `decoded` counts the policy tokens
-    of all sweeps.
+  particles: the last sweep's particles (caches dropped); `decoded` and `verified` count the
+    policy's and the potential's tokens of all sweeps.
   """
 
   tokens: jax.Array
@@ -72,16 +72,17 @@ def particle_gibbs(lm, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCCo
   b = jnp.shape(prompt_tokens)[0]
   keys = prompt_keys(key, b)
   ref = None if init_tokens is None else (jnp.asarray(init_tokens, jnp.int32), jnp.asarray(init_lengths, jnp.int32))
-  refs, decoded, p = [], jnp.zeros((b,), jnp.int32), None
+  refs, decoded, verified, p = [], jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32), None
   for s in range(sweeps):
     run_keys, pick_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, s)), out_axes=1)(keys)
     p = run_smc(lm, params, prompt_tokens, prompt_lengths, run_keys, cfg=cfg, potential=potential,
                 potential_params=potential_params, twist=twist, twist_params=twist_params,
                 reference_tokens=None if ref is None else ref[0], reference_lengths=None if ref is None else ref[1],
                 mesh=mesh)
-    decoded = decoded + p.decoded
+    decoded, verified = decoded + p.decoded, verified + p.verified
     ref = draw_reference(pick_keys, p)
     refs.append(ref)
-  particles = p.replace(cache=None, twist_cache=None, potential_state=None, decoded=decoded)
+  particles = p.replace(cache=None, twist_cache=None, potential_state=None, decoded=decoded,
+                         verified=verified)
   return GibbsChain(tokens=jnp.stack([r[0] for r in refs]), lengths=jnp.stack([r[1] for r in refs]),
                     particles=particles)

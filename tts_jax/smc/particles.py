@@ -31,6 +31,8 @@ class Particles:
   ancestors: int32[B, N] of the last selection.
   num_resamples: int32[B] selections applied.
   decoded: int32[B] policy tokens decoded (compute spent, discarded particles included).
+  verified: int32[B] ids the potential's model read, when its state counts them (a `read`
+    field int32[B], e.g. `StepTagPotential`), else 0.
   hash: uint32[B, N, 2] of the tokens (identical particles hash equal).
   logits: float32[B, N, V] pending next-token logits.
   twist_out: float32[B, N, V] pending next-token log-twists (None without twists).
@@ -51,6 +53,7 @@ class Particles:
   ancestors: jax.Array
   num_resamples: jax.Array
   decoded: jax.Array
+  verified: jax.Array
   hash: jax.Array
   logits: jax.Array
   twist_out: jax.Array | None

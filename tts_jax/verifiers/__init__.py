@@ -10,12 +10,13 @@ from tts_jax.verifiers.scoring import (completion_outcome_probabilities, complet
                                       completion_values, completion_width, outcome_probabilities, score_sequences,
                                       sigmoid, step_end_mask, step_probabilities, step_query_count,
                                       value_logits_chunked)
+from tts_jax.verifiers.step_tag import StepTagPotential, StepTagState
 from tts_jax.verifiers.steps import (AGGREGATES, Aggregate, accumulate_step, aggregate_steps, delimiter_positions,
                                      step_ends)
 
 __all__ = ["Potential", "PotentialFn", "gather_state", "roc_auc", "within_group_auc", "OraclePotential",
            "PromptState", "StepChecker", "OutcomePotential", "OutcomeState", "SequencePotential", "ValuePotential",
-           "ValueState", "as_potential",
+           "ValueState", "as_potential", "StepTagPotential", "StepTagState",
            "completion_outcome_probabilities", "completion_step_probabilities", "completion_values", "completion_width", "step_end_mask", "step_query_count",
            "outcome_probabilities", "score_sequences", "sigmoid", "step_probabilities", "value_logits_chunked",
            "AGGREGATES", "Aggregate", "accumulate_step", "aggregate_steps", "delimiter_positions", "step_ends"]

@@ -18,6 +18,8 @@ from batch to batch goes through `params` or `init`'s arguments, never hidden st
 Optional: `state = pot.grow(state, capacity)` for a state holding a per-token cache (a
 value model's KV): the engine then calls `init` with its first cache capacity as
 `max_new_tokens` and grows the state with the policy's cache (`tts_jax.smc.cache_schedule`).
+A state with a `read` field int32[B] counts the ids its model has read (discarded particles
+included); the engine reports it as `Particles.verified` (its cost).
 """
 
 from __future__ import annotations

@@ -48,6 +48,18 @@ class MathTask:
   def prompt_ids(self, problem: MathProblem) -> list[int]:
     return chat_prompt(self.tokenizer(), math_messages(problem.problem, self.prompt_style), self.prompt_style)
 
+  def problem_of_prompt(self, ids) -> MathProblem:
+    """The problem whose prompt (`prompt_ids`) is `ids`: looked up among the file's problems."""
+    found = self._problems_by_prompt().get(tuple(int(i) for i in ids))
+    if found is None:
+      raise ValueError(f"a prompt of {len(ids)} ids is none of the prompts of the problems in {self.data_path}: "
+                       f"a step-tag PRM reads the problem's text, so prompts must come from the task's problems")
+    return found
+
+  @functools.lru_cache(maxsize=None)
+  def _problems_by_prompt(self) -> dict[tuple[int, ...], MathProblem]:
+    return {tuple(self.prompt_ids(p)): p for p in self.split()}
+
   @functools.lru_cache(maxsize=None)
   def token_ids(self) -> TaskTokens:
     tok = self.tokenizer()

@@ -1,0 +1,129 @@
+"""A process reward model that reads its own format inside the engines: step tags.
+
+PRMs such as Qwen2.5-Math-PRM (`<extra_0>` after each step, its own chat prompt) and
+Math-Shepherd (` ки`) were trained on text laid out their way, not on the policy's tokens.
+`StepTagPotential` scores a particle the way such a PRM was trained: at each score, a host
+`reader` turns the particle's tokens into the PRM's ids (the completion's text, its steps
+re-tokenized by the PRM's tokenizer, each followed by the tag), and the PRM reads them on
+top of its own prompt (prefilled once per prompt in `init`); a step's score is the PRM's
+value at its tag. The result is the score pool scoring gives the same text
+(`tts_jax.eval.group`), by construction: both go through the same `StepTagFormat`.
+
+Every score re-reads the completion so far (the re-tokenized text can differ from the
+policy's tokens anywhere, so there is no KV to extend): a run costs the PRM about
+(steps + 1) / 2 times the tokens of the incremental `ValuePotential`, as Hugging Face's
+search-and-learn pays when it re-scores each beam's text. The state counts the ids read
+(`read`, discarded particles included), which the engine reports as `Particles.verified`.
+
+    reader = StepTagReader(task, StepTagFormat.qwen_math_prm(), prm_tokenizer)
+    pot = StepTagPotential(prm.as_lm(), reader, aggregate="last", transform="logit")
+    run_smc(..., potential=pot, potential_params=prm_params)
+
+A reader has `prompt(policy prompt ids) -> ids`, `completion(policy completion ids, done)
+-> ids` (ending with a tag), `tag_id()` and `prompt_margin()` (how many more ids the PRM's
+prompt may take than the policy's), e.g. `tts_jax.tasks.math.StepTagReader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tts_jax.models import CausalLM
+
+
+@struct.dataclass
+class StepTagState:
+  """prefix: the PRM prompts' KV (`PrefixCache`, B prompts); read int32[B]: PRM ids read so
+  far (prompts, and every re-read of a particle that grew). Per prompt: particles moving
+  leave it unchanged."""
+
+  prefix: object
+  read: jax.Array
+
+  def gather(self, ancestors):
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTagPotential:
+  """A step-tag PRM as a potential (module docstring). A step score r = sigmoid(v) of the
+  value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
+  particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
+  scores) or "min". max_tokens: the PRM ids one particle may take (0: 2 T + 16 for T
+  generated tokens); a longer one stops the run with an error that says so."""
+
+  model: CausalLM
+  reader: object
+  aggregate: Literal["last", "prod", "min"] = "last"
+  transform: Literal["log", "logit"] = "log"
+  max_tokens: int = 0
+
+  def __post_init__(self):
+    if self.aggregate not in ("last", "prod", "min"):
+      raise ValueError(f"aggregate must be 'last', 'prod' or 'min', got {self.aggregate!r}")
+    if self.transform not in ("log", "logit"):
+      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+    if self.max_tokens < 0:
+      raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> StepTagState:
+    """prompt_tokens int32[B, Tp] (the policy's) -> the PRM's prompts prefilled."""
+    b, width = prompt_tokens.shape[0], prompt_tokens.shape[1] + self.reader.prompt_margin()
+    out = (jax.ShapeDtypeStruct((b, width), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
+    ids, lengths = jax.pure_callback(self._prompts, out, prompt_tokens, prompt_lengths)
+    _, prefix = self.model.prefill(params, ids, lengths)
+    return StepTagState(prefix=prefix, read=lengths)
+
+  def advance(self, params, tokens, state, active):
+    return state
+
+  def score(self, params, state: StepTagState, tokens, lengths, done, extended):
+    """tokens int32[B, N, T], lengths int32[B, N] -> (log phi float32[B, N], state); the
+    particles not `extended` are not read (the engine keeps their previous score)."""
+    b, n, t = tokens.shape
+    width = self.max_tokens or 2 * t + 16
+    out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n), jnp.int32))
+    ids, read = jax.pure_callback(self._completions, out, tokens, lengths, done, extended)
+    values = self.model.extend(params, state.prefix, ids, read).astype(jnp.float32)  # [B, N, W]
+    tag = (ids == self.reader.tag_id()) & (jnp.arange(width) < read[..., None])
+    r = jax.nn.log_sigmoid(values) if self.transform == "log" else values
+    if self.aggregate == "last":
+      last = jnp.max(jnp.where(tag, jnp.arange(width), -1), axis=-1)
+      phi = jnp.take_along_axis(r, jnp.maximum(last, 0)[..., None], axis=-1)[..., 0]
+    elif self.aggregate == "prod":
+      phi = jnp.sum(jnp.where(tag, r, 0.0), axis=-1)
+    else:
+      phi = jnp.min(jnp.where(tag, r, jnp.inf), axis=-1)
+    phi = jnp.where(jnp.any(tag, axis=-1), phi, 0.0)  # rows not read
+    return phi, state.replace(read=state.read + jnp.sum(read, axis=1))
+
+  def _prompts(self, tokens, lengths):
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    out = np.zeros(tokens.shape[:1] + (tokens.shape[1] + self.reader.prompt_margin(),), np.int32)
+    sizes = np.zeros(lengths.shape, np.int32)
+    for b in range(len(lengths)):
+      ids = self.reader.prompt(tokens[b, :lengths[b]].tolist())
+      if len(ids) > out.shape[1]:
+        raise ValueError(f"the PRM's prompt of prompt {b} is {len(ids)} ids, more than the {out.shape[1]} its reader "
+                         f"allows (the policy's width {tokens.shape[1]} + prompt_margin)")
+      out[b, :len(ids)], sizes[b] = ids, len(ids)
+    return out, sizes
+
+  def _completions(self, tokens, lengths, done, extended):
+    tokens, lengths, done, extended = (np.asarray(x) for x in (tokens, lengths, done, extended))
+    width = self.max_tokens or 2 * tokens.shape[-1] + 16
+    out = np.zeros(tokens.shape[:2] + (width,), np.int32)
+    sizes = np.zeros(lengths.shape, np.int32)
+    for b, n in zip(*np.nonzero(extended)):
+      ids = self.reader.completion(tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
+      if len(ids) > width:
+        raise ValueError(f"the PRM reads {len(ids)} ids for a particle of {lengths[b, n]} tokens, more than "
+                         f"max_tokens={width}; set StepTagPotential(max_tokens=...) higher")
+      out[b, n, :len(ids)], sizes[b, n] = ids, len(ids)
+    return out, sizes
