@@ -36,6 +36,22 @@ def test_byte_counts_of_the_puri_configuration():
   assert "policy suffix KV (2 x 32 x 1024 tokens)" in dict(split.items)  # 8 prompts over 4 data devices
 
 
+def test_a_step_tag_prm_is_planned_as_rereading():
+  """A PRM that re-reads the particles' texts (a step-tag PRM in the engines) holds no suffix
+  KV but one layer's activations over N x (2 T + 16) ids: exact counts on the Puri shapes."""
+  plan = plan_memory(QWEN_1_5B, prompts=1, num_particles=32, prompt_len=256, max_new_tokens=1024,
+                     rereading=[QWEN_7B])
+  items = dict(plan.items)
+  assert not any(k.startswith("verifier 0") for k in items)
+  assert items["re-reading verifier 0 params (7.62B, bfloat16)"] == QWEN_7B.num_params() * 2
+  assert items["re-reading verifier 0 prompt KV (1 x 256 tokens)"] == 256 * kv_bytes_per_token(QWEN_7B)
+  assert items["re-reading verifier 0 activations (1 x 32 x 2064 ids)"] == 32 * 2064 * (3 * 18944 + 2 * 3584) * 4
+  plan_memory(QWEN_1_5B, prompts=1, num_particles=4, prompt_len=256, max_new_tokens=2048, rereading=[QWEN_7B])
+  with pytest.raises(ValueError, match="re-reading verifier 0: prompt_len 2100 \\+ max_new_tokens 2048 exceeds"):
+    plan_memory(dataclasses.replace(QWEN_1_5B, max_position_embeddings=8192), prompts=1, num_particles=4,
+                prompt_len=2100, max_new_tokens=2048, rereading=[QWEN_7B])
+
+
 def test_a_plan_that_cannot_fit_names_its_numbers():
   plan = plan_memory(QWEN_1_5B, [QWEN_7B], prompts=8, num_particles=32, prompt_len=256, max_new_tokens=1024)
   with pytest.raises(MemoryError, match=r"needs \d+\.\d\d GiB of device memory but the device has 16\.00 GiB"):

@@ -117,12 +117,15 @@ def memory_plan(exp: Experiment, models, prompt_width: int, mesh=None):
   """The device memory one batch needs (`tts_jax.models.memory`): the policy and the verifiers
   the methods use, batch_problems prompts x max(budgets) samples on each data device."""
   names = sorted({v for m in exp.methods for v in m.verifiers()})
-  beside = [getattr(models, v).config for v in names]
+  # A step-tag PRM re-reads the particles' texts in the engines (no suffix KV of its own).
+  rereads = [v for v in names if v == "prm" and getattr(models, "prm_format", None) is not None]
+  beside = [getattr(models, v).config for v in names if v not in rereads]
   if any(m.twist_of(models)[0] is not None for m in exp.methods if hasattr(m, "twist_of")):
     beside.append(models.twist.config)  # a twist decodes beside the policy, with its own KV cache
   return plan_memory(models.policy.config, beside, prompts=exp.batch_problems,
                      num_particles=max(exp.budgets), prompt_len=prompt_width, max_new_tokens=exp.max_new_tokens,
-                     model_devices=1 if mesh is None else mesh.shape["model"])
+                     model_devices=1 if mesh is None else mesh.shape["model"],
+                     rereading=[getattr(models, v).config for v in rereads])
 
 
 def _check_config(exp: Experiment, cfg_path: str) -> None:

@@ -25,6 +25,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from tts_jax.kernels.reference import CAUSAL_BLOCK
 from tts_jax.models.config import ModelConfig
 
 GiB = 2**30
@@ -79,12 +80,15 @@ def device_memory(device=None) -> int | None:
 
 def plan_memory(policy: ModelConfig, verifiers: Sequence[ModelConfig] = (), *, prompts: int, num_particles: int,
                 prompt_len: int, max_new_tokens: int, page_size: int = 0, num_pages: int = 0,
-                data_devices: int = 1, model_devices: int = 1) -> MemoryPlan:
+                data_devices: int = 1, model_devices: int = 1,
+                rereading: Sequence[ModelConfig] = ()) -> MemoryPlan:
   """The memory one device needs for `prompts` prompts x `num_particles` particles of a
   policy (and incremental verifiers), prompts padded to `prompt_len`, generations up to
   `max_new_tokens`. page_size > 0: paged suffix caches of `num_pages` pages per prompt (0:
   enough for no sharing). data_devices / model_devices: the mesh (prompts split over data,
-  params and KV heads over model)."""
+  params and KV heads over model). rereading: verifiers that re-read every particle's text
+  at each step end instead (a step-tag PRM, `tts_jax.verifiers.StepTagPotential`): no
+  suffix KV, but one layer's activations over N x (2 max_new_tokens + 16) ids per prompt."""
   for name, v in (("prompts", prompts), ("num_particles", num_particles), ("prompt_len", prompt_len),
                   ("max_new_tokens", max_new_tokens), ("data_devices", data_devices),
                   ("model_devices", model_devices)):
@@ -110,6 +114,20 @@ def plan_memory(policy: ModelConfig, verifiers: Sequence[ModelConfig] = (), *, p
     h, f, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads // model_devices
     items.append((f"{role} prefill activations", b * prompt_len * max(3 * f // model_devices + 2 * h,
                                                                        heads * prompt_len) * 4))
+  for i, cfg in enumerate(rereading):
+    width = 2 * max_new_tokens + 16  # ids a re-read may take (`StepTagPotential`), at most
+    if prompt_len + max_new_tokens > cfg.max_position_embeddings:
+      raise ValueError(f"re-reading verifier {i}: prompt_len {prompt_len} + max_new_tokens {max_new_tokens} exceeds "
+                       f"its context of {cfg.max_position_embeddings} positions")
+    h, f, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads // model_devices
+    items.append((f"re-reading verifier {i} params ({cfg.num_params() / 1e9:.2f}B, {cfg.dtype})",
+                  cfg.num_params() * cfg.jnp_dtype.itemsize // model_devices))
+    items.append((f"re-reading verifier {i} prompt KV ({b} x {prompt_len} tokens)",
+                  b * prompt_len * (kv_bytes_per_token(cfg) // model_devices)))
+    # A re-read: every particle's ids at once; one layer's MLP activations, or the attention
+    # scores of one query block (`kernels.reference.CAUSAL_BLOCK` rows) over all its keys.
+    items.append((f"re-reading verifier {i} activations ({b} x {n} x {width} ids)",
+                  b * n * width * max(3 * f // model_devices + 2 * h, heads * CAUSAL_BLOCK) * 4))
   v = policy.vocab_size
   items.append((f"particle state ({b} x {n}: logits over {v}, per-token log-probs)",
                 b * n * (v * 4 + max_new_tokens * (4 + 4 + 4))))

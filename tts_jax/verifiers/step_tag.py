@@ -27,6 +27,7 @@ prompt may take than the policy's), e.g. `tts_jax.tasks.math.StepTagReader`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import jax
@@ -40,11 +41,13 @@ from tts_jax.models import CausalLM
 @struct.dataclass
 class StepTagState:
   """prefix: the PRM prompts' KV (`PrefixCache`, B prompts); read int32[B]: PRM ids read so
-  far (prompts, and every re-read of a particle that grew). Per prompt: particles moving
-  leave it unchanged."""
+  far (prompts, and every re-read of a particle that grew); capacity: an empty array of
+  shape [0, C] whose shape says the longest particle of the current engine loop (C tokens:
+  a re-read takes 2 C + 16 ids). Per prompt: particles moving leave it unchanged."""
 
   prefix: object
   read: jax.Array
+  capacity: jax.Array
 
   def gather(self, ancestors):
     return self
@@ -55,8 +58,9 @@ class StepTagPotential:
   """A step-tag PRM as a potential (module docstring). A step score r = sigmoid(v) of the
   value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
   particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
-  scores) or "min". max_tokens: the PRM ids one particle may take (0: 2 T + 16 for T
-  generated tokens); a longer one stops the run with an error that says so."""
+  scores) or "min". max_tokens: the PRM ids one particle may take (0: 2 C + 16, C the
+  engine's current cache capacity, at most the T generated tokens); a longer one stops the
+  run with an error that says so."""
 
   model: CausalLM
   reader: object
@@ -78,7 +82,11 @@ class StepTagPotential:
     out = (jax.ShapeDtypeStruct((b, width), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
     ids, lengths = jax.pure_callback(self._prompts, out, prompt_tokens, prompt_lengths)
     _, prefix = self.model.prefill(params, ids, lengths)
-    return StepTagState(prefix=prefix, read=lengths)
+    return StepTagState(prefix=prefix, read=lengths, capacity=jnp.zeros((0, max_new_tokens), jnp.int8))
+
+  def grow(self, state: StepTagState, capacity: int) -> StepTagState:
+    """The engine's caches grew to `capacity`: re-reads may take 2 capacity + 16 ids."""
+    return state.replace(capacity=jnp.zeros((0, capacity), jnp.int8))
 
   def advance(self, params, tokens, state, active):
     return state
@@ -87,9 +95,10 @@ class StepTagPotential:
     """tokens int32[B, N, T], lengths int32[B, N] -> (log phi float32[B, N], state); the
     particles not `extended` are not read (the engine keeps their previous score)."""
     b, n, t = tokens.shape
-    width = self.max_tokens or 2 * t + 16
+    width = self._width(min(t, state.capacity.shape[1]))
     out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n), jnp.int32))
-    ids, read = jax.pure_callback(self._completions, out, tokens, lengths, done, extended)
+    ids, read = jax.pure_callback(functools.partial(self._completions, width=width), out, tokens, lengths, done,
+                                  extended)
     values = self.model.extend(params, state.prefix, ids, read).astype(jnp.float32)  # [B, N, W]
     tag = (ids == self.reader.tag_id()) & (jnp.arange(width) < read[..., None])
     r = jax.nn.log_sigmoid(values) if self.transform == "log" else values
@@ -115,9 +124,12 @@ class StepTagPotential:
       out[b, :len(ids)], sizes[b] = ids, len(ids)
     return out, sizes
 
-  def _completions(self, tokens, lengths, done, extended):
+  def _width(self, longest: int) -> int:
+    """PRM ids a re-read may take when no particle is longer than `longest` tokens."""
+    return self.max_tokens or 2 * longest + 16
+
+  def _completions(self, tokens, lengths, done, extended, *, width: int):
     tokens, lengths, done, extended = (np.asarray(x) for x in (tokens, lengths, done, extended))
-    width = self.max_tokens or 2 * tokens.shape[-1] + 16
     out = np.zeros(tokens.shape[:2] + (width,), np.int32)
     sizes = np.zeros(lengths.shape, np.int32)
     for b, n in zip(*np.nonzero(extended)):
