@@ -152,7 +152,7 @@ def test_a_step_tag_reader_scores_only_whole_steps_until_done(smoke):
   """A token that carries text past the step's blank line (".\\n\\nThe") ends the step: until
   the particle is done, the PRM reads up to the blank line; once done, all of it."""
   from tts_jax.models.tokenizer import Tokenizer
-  from tts_jax.tasks.math import StepTagFormat, StepTagReader
+  from tts_jax.tasks.math import MathProblem, StepTagFormat, StepTagReader
 
   class Pieces:  # a policy tokenizer with the merged token
     pieces = {1: "First step", 2: ".\n\nThe", 3: " end"}
@@ -164,10 +164,72 @@ def test_a_step_tag_reader_scores_only_whole_steps_until_done(smoke):
     def tokenizer(self):
       return Pieces()
 
+    def problem_of_prompt(self, ids):
+      return MathProblem(problem="What is 1+1?", answer="2")
+
   fmt, tok = StepTagFormat.qwen_math_prm(), Tokenizer.from_directory(smoke["prm"])
   reader = StepTagReader(Task(), fmt, tok)
-  assert reader.completion([1, 2], done=False) == fmt.completion_ids(tok, "First step.\n\n")
-  assert reader.completion([1, 2], done=True) == fmt.completion_ids(tok, "First step.\n\nThe")
-  assert reader.completion([1, 2, 3], done=False) == fmt.completion_ids(tok, "First step.\n\nThe end")
-  assert fmt.completion_ids(tok, "First step.\n\nThe")[-1] == reader.tag_id()
-  assert fmt.completion_ids(tok, "First step.\n\nThe").count(reader.tag_id()) == 2
+  tag = fmt.tag_id(tok)
+  for ids, done, text in (([1, 2], False, "First step.\n\n"), ([1, 2], True, "First step.\n\nThe"),
+                          ([1, 2, 3], False, "First step.\n\nThe end")):
+    want = fmt.completion_ids(tok, text)
+    assert reader.completion([0], ids, done) == (want, [i == tag for i in want])
+  assert fmt.completion_ids(tok, "First step.\n\nThe").count(tag) == 2
+
+
+def test_rlhflow_prm_reads_its_conversation_in_pools_and_engines(smoke, tmp_path):
+  """models.prm_step_tag=rlhflow (search-and-learn's RLHFlow PRM): the PRM reads a conversation
+  in its chat template, user turns the steps (the first "problem step1"), assistant turns
+  "+", each step scored by p("+") against p("-") at the token before its "+". The ids are the
+  whole conversation's as the template renders and the tokenizer encodes it; pool scores and
+  the engine's final scores equal a full forward over them."""
+  import jax
+  from tts_jax.eval.batch import Batch
+  from tts_jax.eval.search_methods import prm_potential
+  from tts_jax.models import hf
+  from tts_jax.models.padding import pad_prompts
+  from tts_jax.search import best_of_n
+  from tts_jax.smc import run_smc
+  from tts_jax.tasks import completion_text
+  from tts_jax.tasks.math import ChatTurnFormat
+  from tts_jax.tasks.math.prm_format import split_steps
+  over = overrides(smoke, smoke["policy"], tmp_path / "out")
+  exp = apply_overrides(load_config("experiments/math500/search_and_learn.py"), over)
+  models, task = load_models(exp.models, exp.task), exp.task
+  fmt = models.prm_format
+  assert fmt == ChatTurnFormat(good="+")
+  vm, params, tok = hf.load_reward_model(smoke["policy"], good_token="+", bad_token="-")
+  plus = tok.encode("+", add_special_tokens=False)[0]
+
+  def want(problem, text):  # (step log-probabilities of "+" vs "-", prompt length, ids read)
+    steps = split_steps(text, "\n\n")
+    conversation = []
+    for k, step in enumerate(steps):
+      conversation += [{"role": "user", "content": f"{problem.problem} {step}" if k == 0 else step},
+                       {"role": "assistant", "content": "+"}]
+    whole = tok.encode(tok.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)
+    prompt, seq = fmt.encode(tok, problem.problem, text)
+    assert prompt + seq == whole  # read piecewise, the same ids as the whole conversation
+    v = np.asarray(vm.values(params, np.asarray([whole], np.int32)), np.float64)[0]
+    header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    at = [i for i in range(len(whole) - 1) if whole[i + 1] == plus and whole[i + 1 - len(header):i + 1] == header]
+    assert len(at) == len(steps) and [i - len(prompt) for i in at] == list(np.nonzero(fmt.read_mask(tok, seq))[0])
+    return -np.log1p(np.exp(-v[at])), len(prompt), len(seq)
+
+  problems = list(task.split("test")[:2])
+  batch = Batch(experiment=exp, models=models, problems=problems, start=0)
+  pool = batch.pool(("prm",))
+  for i, problem in enumerate(problems):
+    for j in range(2):
+      got = np.log(pool.prm_steps[i, j][pool.prm_mask[i, j]])
+      np.testing.assert_allclose(got, want(problem, batch.completions.texts[i][j])[0], atol=2e-5)
+  tokens, lengths = pad_prompts(task_prompts(task, problems), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  cfg = best_of_n(3, max_new_tokens=40, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad)
+  p = run_smc(models.policy, models.policy_params, tokens, lengths, jax.random.key(3), cfg=cfg,
+              potential=prm_potential(models, task, aggregate="min", transform="log"),
+              potential_params=models.prm_params)
+  for i, problem in enumerate(problems):
+    for j in range(3):
+      scores = want(problem, completion_text(task, p.tokens[i, j, :p.length[i, j]]))[0]
+      np.testing.assert_allclose(float(p.log_potential[i, j]), scores.min(), atol=1e-4)

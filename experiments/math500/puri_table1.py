@@ -6,7 +6,9 @@
 
 Greedy decoding, self-consistency, best-of-N and weighted best-of-N (PRM, last step), beam search, DVTS and
 particle filtering (the paper's: resampling at every step, weights = the PRM's last step
-score as a logit, answer = the heaviest particle) at N = 4..32. Smoke run on tiny random
+score as a logit, answer = the heaviest particle) at N = 4..32. The PRM reads its own format
+(models.prm_step_tag="qwen": its chat prompt, "<extra_0>" after each step), in pool scoring
+and inside the engines. Smoke run on tiny random
 checkpoints (the same code path): `tts-jax smoke-models runs/smoke-models`, then the
 command above with those paths and `num_problems=4 budgets="(2, 4)" max_new_tokens=48`.
 """
@@ -22,10 +24,11 @@ config = Experiment(
     task=MathTask(data_path="MATH-500/test.jsonl", tokenizer_path="Qwen2.5-Math-1.5B-Instruct", prompt_style="qwen"),
     split="test",
     num_problems=500,
-    models=HFModels(policy_path="Qwen2.5-Math-1.5B-Instruct", prm_path="Qwen2.5-Math-PRM-7B", dtype="bfloat16"),
+    models=HFModels(policy_path="Qwen2.5-Math-1.5B-Instruct", prm_path="Qwen2.5-Math-PRM-7B", dtype="bfloat16",
+                    prm_step_tag="qwen"),
     methods=(
         Greedy(),
-    MajorityVote(name="self-consistency"),
+        MajorityVote(name="self-consistency"),
         BestOfN(verifier="prm", aggregate="last", name="best-of-N (PRM)"),
         WeightedMajority(verifier="prm", aggregate="last", name="weighted best-of-N (PRM)"),
         BeamSearch(expansions=4, name="beam search (PRM, M=4)"),

@@ -5,7 +5,9 @@
         task.tokenizer_path=/weights/Llama-3.2-1B-Instruct task.data_path=/data/MATH-500/test.jsonl
 
 Best-of-N (PRM, last step) and weighted best-of-N, beam search (M=4) and DVTS (M=4) up to
-N = 256. The PRM is a causal LM read as p("+") vs p("-") (models.good_token / bad_token).
+N = 256. The PRM is a causal LM read as p("+") vs p("-") (models.good_token / bad_token) in
+RLHFlow's conversation format (models.prm_step_tag="rlhflow": the steps as user turns, each
+answered "+"), in pool scoring and inside beam search / DVTS.
 """
 
 from tts_jax.eval import DVTS, BeamSearch, BestOfN, Experiment, MajorityVote, WeightedMajority
@@ -18,7 +20,8 @@ config = Experiment(
     task=MathTask(data_path="MATH-500/test.jsonl", tokenizer_path="Llama-3.2-1B-Instruct", prompt_style="llama"),
     split="test",
     num_problems=500,
-    models=HFModels(policy_path="Llama-3.2-1B-Instruct", prm_path="Llama3.1-8B-PRM-Deepseek-Data", dtype="bfloat16"),
+    models=HFModels(policy_path="Llama-3.2-1B-Instruct", prm_path="Llama3.1-8B-PRM-Deepseek-Data", dtype="bfloat16",
+                    prm_step_tag="rlhflow"),
     methods=(
         MajorityVote(),
         BestOfN(verifier="prm", aggregate="last", name="best-of-N (PRM)"),

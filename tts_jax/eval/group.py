@@ -113,8 +113,9 @@ class BatchGroup:
     return jax.tree.map(lambda x: x[self.rows(b)], out)
 
   def _prm_view(self):
-    """(prompts, tokens int32[P, N, L], lengths, step tag ids): the samples as the PRM reads
-    them (`models.prm_format`: its own prompt, steps re-tokenized each followed by a tag)."""
+    """(prompts, tokens int32[P, N, L], lengths, ends bool[P, N, L]): the samples as the PRM
+    reads them (`models.prm_format`: its own prompt, the steps re-tokenized in its layout)
+    and where their step scores are read."""
     exp, comps, fmt, tok = self.experiment, self.completions, self.models.prm_format, self.models.prm_tokenizer
     prompts, seqs = [], []
     for problem, texts in zip(self.problems, comps.texts):
@@ -124,11 +125,12 @@ class BatchGroup:
     longest = max(len(s) for row in seqs for s in row)
     width = max(exp.max_new_tokens, longest)
     tokens = np.zeros(comps.tokens.shape[:2] + (width,), np.int32)
+    ends = np.zeros(tokens.shape, bool)
     lengths = np.zeros(comps.lengths.shape, np.int32)
     for i, row in enumerate(seqs):
       for j, s in enumerate(row):
-        tokens[i, j, :len(s)], lengths[i, j] = s, len(s)
-    return prompts, tokens, lengths, (fmt.tag_id(tok),)
+        tokens[i, j, :len(s)], ends[i, j, :len(s)], lengths[i, j] = s, fmt.read_mask(tok, s), len(s)
+    return prompts, tokens, lengths, ends
 
   def _score(self, verifier: str):
     exp, comps = self.experiment, self.completions
@@ -137,12 +139,12 @@ class BatchGroup:
       raise ValueError(f"a method asks for the {verifier.upper()} but the experiment's models have none "
                        f"(set models.{verifier}_path)")
     prompts, tokens, all_lengths, steps = self.prompts, comps.tokens, comps.lengths, task_tokens(exp.task).steps
-    prompt_width = self.prompt_width
+    prompt_width, ends = self.prompt_width, None
     if verifier == "prm" and getattr(self.models, "prm_format", None) is not None:
-      prompts, tokens, all_lengths, steps = self._prm_view()
+      prompts, tokens, all_lengths, ends = self._prm_view()
       prompt_width = None  # the PRM's own prompts
-    shapes = [self._score_shape(verifier, tokens[self.rows(b)], all_lengths[self.rows(b)], steps)
-              for b in range(self.size)]
+    shapes = [self._score_shape(verifier, tokens[self.rows(b)], all_lengths[self.rows(b)], steps,
+                                None if ends is None else ends[self.rows(b)]) for b in range(self.size)]
     out = None
     for shape in sorted(set(shapes)):  # one call per distinct batch shape (almost always one)
       w, queries = shape
@@ -156,7 +158,7 @@ class BatchGroup:
       else:
         got = completion_step_probabilities(model, params, prompts, tokens, lengths, steps,
                                             num_steps=max(exp.max_new_tokens, tokens.shape[-1]),
-                                            num_queries=queries, **kw)
+                                            num_queries=queries, ends=ends, **kw)
       out = jax.tree.map(np.array, got) if out is None else out  # writable copies
       for b in range(self.size):
         if shapes[b] == shape:
@@ -164,15 +166,17 @@ class BatchGroup:
     return out
 
   @staticmethod
-  def _score_shape(verifier: str, tokens, lengths, steps) -> tuple[int, int]:
+  def _score_shape(verifier: str, tokens, lengths, steps, ends=None) -> tuple[int, int]:
     """(completion width, PRM step ends read per completion) of one batch's scoring call:
-    a one-device run's shapes for that batch, so every device count runs the same program."""
+    a one-device run's shapes for that batch, so every device count runs the same program.
+    ends: where the steps' scores are read, when the PRM's format says (else at `steps`)."""
     if verifier not in ("orm", "prm"):
       raise ValueError(f"unknown verifier {verifier!r}; use 'orm' or 'prm'")
     w = completion_width(lengths)
     if verifier == "orm":
       return w, 1
-    return w, step_query_count(int(step_end_mask(tokens, lengths, steps, w).sum(-1).max(initial=0)))
+    is_end = step_end_mask(tokens, lengths, steps, w, ends=ends)
+    return w, step_query_count(int(is_end.sum(-1).max(initial=0)))
 
   def search(self, method, index: int, budget: int):
     """The result of `method.run_engine` (the experiment's method number `index`) at `budget`

@@ -33,7 +33,7 @@ class DefaultModels:
   prm: object
   prm_params: dict
   report: dict
-  prm_format: object = None  # a `tts_jax.tasks.math.StepTagFormat`: pool scoring re-reads the text that way
+  prm_format: object = None  # `tts_jax.tasks.math.StepTagFormat` / `ChatTurnFormat`: the PRM reads the text that way
   prm_tokenizer: object = None  # the PRM's own tokenizer (for `prm_format`)
   twist: object = None  # a `BoundedTwist` for twisted SMC with the policy, when one is shipped
   twist_params: dict | None = None
@@ -87,7 +87,9 @@ class HFModels:
   dtype: str = "float32"
   good_token: str = "+"
   bad_token: str = "-"
-  prm_step_tag: str = ""  # "qwen" (Qwen2.5-Math-PRM's <extra_0>) or "shepherd" (ки): see StepTagFormat
+  # The PRM's own format: "qwen" (Qwen2.5-Math-PRM's <extra_0>), "shepherd" (ки; `StepTagFormat`) or
+  # "rlhflow" (a conversation of steps answered "+", `ChatTurnFormat`); "": the policy's tokens as they are.
+  prm_step_tag: str = ""
 
 
 def load_models(spec, task) -> DefaultModels:
@@ -112,10 +114,11 @@ def load_models(spec, task) -> DefaultModels:
     none = (None, None, None)
     fmt = None
     if spec.prm_step_tag:
-      from tts_jax.tasks.math.prm_format import StepTagFormat  # noqa: PLC0415
-      formats = {"qwen": StepTagFormat.qwen_math_prm, "shepherd": StepTagFormat.math_shepherd}
+      from tts_jax.tasks.math.prm_format import ChatTurnFormat, StepTagFormat  # noqa: PLC0415
+      formats = {"qwen": StepTagFormat.qwen_math_prm, "shepherd": StepTagFormat.math_shepherd,
+                 "rlhflow": lambda: ChatTurnFormat(good=spec.good_token)}
       if spec.prm_step_tag not in formats:
-        raise ValueError(f"prm_step_tag must be 'qwen' or 'shepherd', got {spec.prm_step_tag!r}")
+        raise ValueError(f"prm_step_tag must be 'qwen', 'shepherd' or 'rlhflow', got {spec.prm_step_tag!r}")
       fmt = formats[spec.prm_step_tag]()
     return DefaultModels(task=task, policy=policy, policy_params=policy_params, orm=loaded.get("orm", none)[0],
                          orm_params=loaded.get("orm", none)[1], prm=loaded.get("prm", none)[0],

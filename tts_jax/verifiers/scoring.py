@@ -164,9 +164,11 @@ def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens,
 
 def completion_step_probabilities(model: ValueModel, params, prompts, tokens, lengths, delimiters: Sequence[int],
                                   num_steps: int | None = None, prompt_width: int | None = None,
-                                  width: int | None = None, mesh=None, num_queries: int | None = None):
+                                  width: int | None = None, mesh=None, num_queries: int | None = None,
+                                  ends: np.ndarray | None = None):
   """A PRM's probability at each step end of each completion (`step_ends`: every
-  delimiter, and the last token, a final delimiter counted once), vectorised over [P, N].
+  delimiter, and the last token, a final delimiter counted once; or where `ends` bool[P, N, L]
+  says, for a PRM that reads its own format), vectorised over [P, N].
   The last layer runs at the step ends only (`completion_values(positions=...)`).
   width, mesh: as in `completion_values` (width must cover the longest completion);
   num_queries: the step ends read per completion (default `step_query_count` of the most
@@ -176,7 +178,7 @@ def completion_step_probabilities(model: ValueModel, params, prompts, tokens, le
   steps (or num_steps if larger)."""
   _check_width(width, lengths)
   width = completion_width(lengths) if width is None else width
-  is_end = step_end_mask(tokens, lengths, delimiters, width)
+  is_end = step_end_mask(tokens, lengths, delimiters, width, ends=ends)
   most = int(is_end.sum(-1).max(initial=0))
   q = step_query_count(most) if num_queries is None else num_queries
   if q < most:
@@ -196,10 +198,17 @@ def completion_step_probabilities(model: ValueModel, params, prompts, tokens, le
   return probs, full_mask
 
 
-def step_end_mask(tokens: np.ndarray, lengths: np.ndarray, delimiters: Sequence[int], width: int) -> np.ndarray:
+def step_end_mask(tokens: np.ndarray | None = None, lengths: np.ndarray | None = None,
+                  delimiters: Sequence[int] = (), width: int = 0, ends: np.ndarray | None = None) -> np.ndarray:
   """bool[P, N, width]: the step ends of completions tokens int32[P, N, T] (lengths int32[P, N]):
-  every delimiter before the last token, and the last token (`step_ends`)."""
+  every delimiter before the last token, and the last token (`step_ends`); with `ends`
+  bool[P, N, T] given, those of them within each completion's length."""
   pos = np.arange(width)
+  if ends is not None:
+    out = np.zeros(ends.shape[:2] + (width,), bool)
+    cut = min(width, ends.shape[-1])
+    out[..., :cut] = ends[..., :cut]
+    return out & (pos < lengths[..., None])
   toks = np.zeros(tokens.shape[:2] + (width,), np.int64)
   cut = min(width, tokens.shape[-1])
   toks[..., :cut] = tokens[..., :cut]

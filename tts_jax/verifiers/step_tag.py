@@ -19,9 +19,12 @@ search-and-learn pays when it re-scores each beam's text. The state counts the i
     pot = StepTagPotential(prm.as_lm(), reader, aggregate="last", transform="logit")
     run_smc(..., potential=pot, potential_params=prm_params)
 
-A reader has `prompt(policy prompt ids) -> ids`, `completion(policy completion ids, done)
--> ids` (ending with a tag), `tag_id()` and `prompt_margin()` (how many more ids the PRM's
-prompt may take than the policy's), e.g. `tts_jax.tasks.math.StepTagReader`.
+A reader has `prompt(policy prompt ids) -> ids`, `completion(policy prompt ids, policy
+completion ids, done) -> (ids, read mask)` (where the steps' scores are read: the tags, or,
+for RLHFlow's conversation format, the token before each "+"), `max_ids(num_tokens)` (a
+bound on a completion's ids) and `prompt_margin()` (how many more ids the PRM's prompt may
+take than the policy's), e.g.
+`tts_jax.tasks.math.StepTagReader`.
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ from tts_jax.models import CausalLM
 
 @struct.dataclass
 class StepTagState:
-  """prefix: the PRM prompts' KV (`PrefixCache`, B prompts); read int32[B]: PRM ids read so
+  """prefix: the PRM prompts' KV (`PrefixCache`, B prompts); prompt_tokens int32[B, Tp] and
+  prompt_lengths int32[B]: the policy's prompts (the reader's key to each problem); read int32[B]: PRM ids read so
   far (prompts, and every re-read of a particle that grew); capacity: an empty array of
   shape [0, C] whose shape says the longest particle of the current engine loop (C tokens:
-  a re-read takes 2 C + 16 ids). Per prompt: particles moving leave it unchanged."""
+  the reader bounds a re-read's ids from it). Per prompt: particles moving leave it unchanged."""
 
   prefix: object
+  prompt_tokens: jax.Array
+  prompt_lengths: jax.Array
   read: jax.Array
   capacity: jax.Array
 
@@ -58,9 +64,11 @@ class StepTagPotential:
   """A step-tag PRM as a potential (module docstring). A step score r = sigmoid(v) of the
   value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
   particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
-  scores) or "min". max_tokens: the PRM ids one particle may take (0: 2 C + 16, C the
-  engine's current cache capacity, at most the T generated tokens); a longer one stops the
-  run with an error that says so."""
+  scores) or "min". max_tokens: the PRM ids one particle may take (0: the reader's
+  bound `max_ids(C)` for C the engine's current cache capacity, at most the T generated
+  tokens); a longer one stops the run with an error that says so. Each score reads the
+  narrowest of the widths 64, 256, 1024, ... (up to that bound) that holds the longest
+  re-read, so a step costs about its particles' current length, not the bound."""
 
   model: CausalLM
   reader: object
@@ -82,10 +90,12 @@ class StepTagPotential:
     out = (jax.ShapeDtypeStruct((b, width), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
     ids, lengths = jax.pure_callback(self._prompts, out, prompt_tokens, prompt_lengths)
     _, prefix = self.model.prefill(params, ids, lengths)
-    return StepTagState(prefix=prefix, read=lengths, capacity=jnp.zeros((0, max_new_tokens), jnp.int8))
+    return StepTagState(prefix=prefix, prompt_tokens=prompt_tokens.astype(jnp.int32),
+                        prompt_lengths=prompt_lengths.astype(jnp.int32), read=lengths,
+                        capacity=jnp.zeros((0, max_new_tokens), jnp.int8))
 
   def grow(self, state: StepTagState, capacity: int) -> StepTagState:
-    """The engine's caches grew to `capacity`: re-reads may take 2 capacity + 16 ids."""
+    """The engine's caches grew to `capacity`: a re-read may take `reader.max_ids(capacity)` ids."""
     return state.replace(capacity=jnp.zeros((0, capacity), jnp.int8))
 
   def advance(self, params, tokens, state, active):
@@ -95,12 +105,22 @@ class StepTagPotential:
     """tokens int32[B, N, T], lengths int32[B, N] -> (log phi float32[B, N], state); the
     particles not `extended` are not read (the engine keeps their previous score)."""
     b, n, t = tokens.shape
-    width = self._width(min(t, state.capacity.shape[1]))
-    out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n), jnp.int32))
-    ids, read = jax.pure_callback(functools.partial(self._completions, width=width), out, tokens, lengths, done,
-                                  extended)
-    values = self.model.extend(params, state.prefix, ids, read).astype(jnp.float32)  # [B, N, W]
-    tag = (ids == self.reader.tag_id()) & (jnp.arange(width) < read[..., None])
+    width = self.max_tokens or self.reader.max_ids(min(t, state.capacity.shape[1]))
+    out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n, width), jnp.bool_),
+           jax.ShapeDtypeStruct((b, n), jnp.int32))
+    ids, tag, read = jax.pure_callback(functools.partial(self._completions, width=width), out, state.prompt_tokens,
+                                       state.prompt_lengths, tokens, lengths, done, extended)
+    # The PRM reads the narrowest bucket that holds the longest re-read (x4 apart: a few programs).
+    widths = _buckets(width)
+    branches = [functools.partial(self._phi, params, state.prefix, ids[..., :w], tag[..., :w], read) for w in widths]
+    which = jnp.searchsorted(jnp.asarray(widths), jnp.max(read))
+    phi = jax.lax.switch(jnp.minimum(which, len(widths) - 1), branches) if len(widths) > 1 else branches[0]()
+    return phi, state.replace(read=state.read + jnp.sum(read, axis=1))
+
+  def _phi(self, params, prefix, ids, tag, read):
+    """log phi float32[B, N] of PRM ids int32[B, N, W] read at `tag` bool[B, N, W]."""
+    width = ids.shape[-1]
+    values = self.model.extend(params, prefix, ids, read).astype(jnp.float32)  # [B, N, W]
     r = jax.nn.log_sigmoid(values) if self.transform == "log" else values
     if self.aggregate == "last":
       last = jnp.max(jnp.where(tag, jnp.arange(width), -1), axis=-1)
@@ -109,8 +129,7 @@ class StepTagPotential:
       phi = jnp.sum(jnp.where(tag, r, 0.0), axis=-1)
     else:
       phi = jnp.min(jnp.where(tag, r, jnp.inf), axis=-1)
-    phi = jnp.where(jnp.any(tag, axis=-1), phi, 0.0)  # rows not read
-    return phi, state.replace(read=state.read + jnp.sum(read, axis=1))
+    return jnp.where(jnp.any(tag, axis=-1), phi, 0.0)  # rows not read: 0
 
   def _prompts(self, tokens, lengths):
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
@@ -124,18 +143,26 @@ class StepTagPotential:
       out[b, :len(ids)], sizes[b] = ids, len(ids)
     return out, sizes
 
-  def _width(self, longest: int) -> int:
-    """PRM ids a re-read may take when no particle is longer than `longest` tokens."""
-    return self.max_tokens or 2 * longest + 16
-
-  def _completions(self, tokens, lengths, done, extended, *, width: int):
+  def _completions(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, *, width: int):
+    prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
     tokens, lengths, done, extended = (np.asarray(x) for x in (tokens, lengths, done, extended))
     out = np.zeros(tokens.shape[:2] + (width,), np.int32)
+    reads = np.zeros(tokens.shape[:2] + (width,), bool)
     sizes = np.zeros(lengths.shape, np.int32)
     for b, n in zip(*np.nonzero(extended)):
-      ids = self.reader.completion(tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
+      ids, mask = self.reader.completion(prompt_tokens[b, :prompt_lengths[b]].tolist(),
+                                         tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
       if len(ids) > width:
         raise ValueError(f"the PRM reads {len(ids)} ids for a particle of {lengths[b, n]} tokens, more than "
                          f"max_tokens={width}; set StepTagPotential(max_tokens=...) higher")
-      out[b, n, :len(ids)], sizes[b, n] = ids, len(ids)
-    return out, sizes
+      out[b, n, :len(ids)], reads[b, n, :len(ids)], sizes[b, n] = ids, mask, len(ids)
+    return out, reads, sizes
+
+
+def _buckets(width: int, first: int = 64, factor: int = 4) -> list[int]:
+  """Widths first, first x factor, ... below `width`, then `width`."""
+  out = []
+  while first < width:
+    out.append(first)
+    first *= factor
+  return out + [width]

@@ -4,7 +4,7 @@ delimiters of real tokenizers."""
 
 from tts_jax.tasks.math.answers import extract_answer, gsm8k_final, last_boxed, math_equal
 from tts_jax.tasks.math.data import SAMPLE_FILE, MathProblem, read_problems
-from tts_jax.tasks.math.prm_format import StepTagFormat, StepTagReader
+from tts_jax.tasks.math.prm_format import ChatTurnFormat, StepTagFormat, StepTagReader
 from tts_jax.tasks.math.prompts import (LLAMA3_TEMPLATE, QWEN25_TEMPLATE, QWEN_MATH_SYSTEM, chat_prompt,
                                         math_messages)
 from tts_jax.tasks.math.steps import step_delimiter_ids
@@ -12,4 +12,5 @@ from tts_jax.tasks.math.task import MathTask
 
 __all__ = ["extract_answer", "gsm8k_final", "last_boxed", "math_equal", "SAMPLE_FILE", "MathProblem",
            "read_problems", "LLAMA3_TEMPLATE", "QWEN25_TEMPLATE", "QWEN_MATH_SYSTEM", "chat_prompt", "math_messages",
-           "step_delimiter_ids", "MathTask", "StepTagFormat", "StepTagReader"]
+           "step_delimiter_ids", "MathTask", "StepTagFormat", "StepTagReader",
+           "ChatTurnFormat"]

@@ -6,13 +6,21 @@ step tag, the score read at each tag (the format the PRM was trained on).
 
 Qwen2.5-Math-PRM: system prompt + problem as the user turn, the assistant turn is the steps
 (split at blank lines) each followed by "<extra_0>". Math-Shepherd: "problem step1 ки\\nstep2 ки\\n"
-without a chat template. The policy's completion text is re-tokenized by the PRM's own
-tokenizer, so the PRM need not share the policy's vocabulary in pool scoring.
+without a chat template. RLHFlow's PRMs (`ChatTurnFormat`): a conversation in the PRM's chat
+template whose user turns are the steps (the first one "problem step1") and whose assistant
+turns are "+"; a step's score is read at the token before its "+". The policy's completion
+text is re-tokenized by the PRM's own tokenizer, so the PRM need not share the policy's
+vocabulary in pool scoring.
+
+A format has `prompt_ids(tokenizer, problem)` (read once per problem),
+`completion_ids(tokenizer, completion, problem)` and `read_mask(tokenizer, ids)` (where in
+the completion ids the steps' scores are read).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from tts_jax.tasks.base import completion_text
 from tts_jax.tasks.math.prompts import QWEN_MATH_SYSTEM, chat_prompt
@@ -52,16 +60,111 @@ class StepTagFormat:
                                           {"role": "user", "content": problem}]))
     return tokenizer.encode(problem + self.question_suffix, add_special_tokens=False)
 
-  def completion_ids(self, tokenizer, completion: str) -> list[int]:
+  def completion_ids(self, tokenizer, completion: str, problem: str = "") -> list[int]:
     """The completion's steps (split at `separator`, stripped) each followed by the tag and
     joined by `joiner` (an empty completion is one empty step): the last id is a tag."""
-    steps = [s.strip() for s in completion.split(self.separator)]
-    steps = [s for s in steps if s] or [""]
-    return tokenizer.encode(self.joiner.join(s + self.tag for s in steps), add_special_tokens=False)
+    return tokenizer.encode(self.joiner.join(s + self.tag for s in split_steps(completion, self.separator)),
+                            add_special_tokens=False)
+
+  def read_mask(self, tokenizer, ids) -> list[bool]:
+    """Where the steps' scores are read: at every tag."""
+    tag = self.tag_id(tokenizer)
+    return [int(i) == tag for i in ids]
 
   def encode(self, tokenizer, problem: str, completion: str) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids): `prompt_ids` and `completion_ids`."""
-    return self.prompt_ids(tokenizer, problem), self.completion_ids(tokenizer, completion)
+    return self.prompt_ids(tokenizer, problem), self.completion_ids(tokenizer, completion, problem)
+
+
+def max_ids(fmt, tokenizer, num_tokens: int) -> int:
+  """A bound on the ids `fmt.completion_ids` takes for a completion of `num_tokens` policy
+  tokens: its text re-tokenized (taken as at most as many ids), and what each of at most
+  num_tokens + 1 steps adds around its text (measured on the PRM's tokenizer), plus slack."""
+  return num_tokens + (num_tokens + 1) * _step_overhead(fmt, tokenizer) + 16
+
+
+@functools.lru_cache(maxsize=64)
+def _step_overhead(fmt, tokenizer) -> int:
+  """Ids a step adds beyond its text (a tag, a joiner, a turn pair), plus 2 for merges."""
+  one = len(fmt.completion_ids(tokenizer, "x", "y"))
+  two = len(fmt.completion_ids(tokenizer, "x" + fmt.separator + "x", "y"))
+  return max(two - one - len(tokenizer.encode("x", add_special_tokens=False)), 0) + 2
+
+
+def split_steps(completion: str, separator: str) -> list[str]:
+  """The steps of a completion: split at `separator`, stripped, empty ones dropped (an empty
+  completion is one empty step)."""
+  steps = [s.strip() for s in completion.split(separator)]
+  return [s for s in steps if s] or [""]
+
+
+_SENTINEL = "\u2063step\u2063"  # text no step contains: marks where the first step starts
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTurnFormat:
+  """RLHFlow's PRMs (e.g. Llama3.1-8B-PRM-Deepseek-Data, the PRM of Hugging Face's
+  search-and-learn): a conversation in the PRM tokenizer's chat template, user turns the
+  steps (the first "problem step1"), assistant turns `good` ("+"); a step's score is the
+  PRM's p(good) against p(bad) predicted at the last token before its `good`, i.e. at the
+  end of the assistant header (a "tokens" head, `tts_jax.models.reward`).
+
+  The prompt read once is the conversation up to the problem's end; the rest, from " step1"
+  on, is the completion (one text, so the boundary between problem and first step is where
+  the PRM's pre-tokenizer splits anyway: before " step1"'s word)."""
+
+  good: str = "+"
+  separator: str = "\n\n"
+
+  def _messages(self, problem: str, steps: list[str]) -> list[dict[str, str]]:
+    out = []
+    for k, step in enumerate(steps):
+      out += [{"role": "user", "content": f"{problem} {step}" if k == 0 else step},
+              {"role": "assistant", "content": self.good}]
+    return out
+
+  def _render(self, tokenizer, messages, generation: bool = False) -> str:
+    if tokenizer.chat_template is None:
+      raise ValueError("the PRM's tokenizer has no chat template; a chat-turn PRM format reads its conversation")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
+
+  def _prompt_text(self, tokenizer, problem: str) -> str:
+    text = self._render(tokenizer, self._messages(problem, [_SENTINEL]))
+    return text[:text.index(_SENTINEL) - 1]  # up to the problem's end, before the space
+
+  def prompt_ids(self, tokenizer, problem: str) -> list[int]:
+    return tokenizer.encode(self._prompt_text(tokenizer, problem), add_special_tokens=False)
+
+  def completion_ids(self, tokenizer, completion: str, problem: str = "") -> list[int]:
+    """The conversation after the problem: " step1", then each step's turns, each assistant
+    turn `good`."""
+    prefix = self._prompt_text(tokenizer, problem)
+    text = self._render(tokenizer, self._messages(problem, split_steps(completion, self.separator)))
+    if not text.startswith(prefix):
+      raise ValueError("the PRM's chat template renders the problem differently with other steps after it")
+    return tokenizer.encode(text[len(prefix):], add_special_tokens=False)
+
+  def encode(self, tokenizer, problem: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids): `prompt_ids` and `completion_ids`."""
+    return self.prompt_ids(tokenizer, problem), self.completion_ids(tokenizer, completion, problem)
+
+  def _header_ids(self, tokenizer) -> list[int]:
+    """The ids of the template's assistant header (what a generation prompt appends)."""
+    turn = [{"role": "user", "content": "x"}]
+    with_header, without = self._render(tokenizer, turn, True), self._render(tokenizer, turn)
+    if not with_header.startswith(without) or with_header == without:
+      raise ValueError("the PRM's chat template has no assistant header to read the steps' scores after")
+    return tokenizer.encode(with_header[len(without):], add_special_tokens=False)
+
+  def read_mask(self, tokenizer, ids) -> list[bool]:
+    """Where the steps' scores are read: the last id of every assistant header followed by `good`."""
+    good = tokenizer.encode(self.good, add_special_tokens=False)
+    if len(good) != 1:
+      raise ValueError(f"the PRM's good token {self.good!r} is {len(good)} tokens; it must be one")
+    header, ids = self._header_ids(tokenizer), [int(i) for i in ids]
+    h = len(header)
+    return [i + 1 < len(ids) and ids[i + 1] == good[0] and i + 1 >= h and ids[i + 1 - h:i + 1] == header
+            for i in range(len(ids))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,20 +173,25 @@ class StepTagReader:
   policy's token ids into what a step-tag PRM reads (`fmt`, with the PRM's `tokenizer`).
 
   prompt(policy prompt ids): the PRM's prompt for the problem those ids state (the task's
-  own problems, looked up exactly). completion(policy completion ids, done): the text's
-  steps re-tokenized, each followed by the tag; a particle that is not done and whose last
-  token ends a step (contains the separator) is read up to that separator, so text a merged
-  token carries past it (".\n\nThe") waits for its own step."""
+  own problems, looked up exactly). completion(policy prompt ids, completion ids, done): the
+  text's steps laid out as the format says, and where their scores are read; a particle
+  that is not done and whose last token ends a step (contains the separator) is read up to
+  that separator, so text a merged token carries past it (".\n\nThe") waits for its own
+  step."""
 
   task: object
-  fmt: StepTagFormat
+  fmt: object  # StepTagFormat or ChatTurnFormat
   tokenizer: object
 
-  def tag_id(self) -> int:
-    return self.fmt.tag_id(self.tokenizer)
-
   def prompt(self, policy_prompt_ids) -> list[int]:
-    return self.fmt.prompt_ids(self.tokenizer, self.task.problem_of_prompt(policy_prompt_ids).problem)
+    return self.fmt.prompt_ids(self.tokenizer, self._problem(policy_prompt_ids))
+
+  def _problem(self, policy_prompt_ids) -> str:
+    return self.task.problem_of_prompt(policy_prompt_ids).problem
+
+  def max_ids(self, num_tokens: int) -> int:
+    """A bound on the PRM ids of a completion of `num_tokens` policy tokens (`max_ids`)."""
+    return max_ids(self.fmt, self.tokenizer, num_tokens)
 
   def prompt_margin(self) -> int:
     """How many more ids the PRM's prompt may take than the policy's (a static width): the
@@ -92,10 +200,12 @@ class StepTagReader:
     blank = dataclasses.replace(self.task.split()[0], problem="")
     return max(len(self.fmt.prompt_ids(self.tokenizer, "")) - len(self.task.prompt_ids(blank)), 0) + 16
 
-  def completion(self, ids, done: bool) -> list[int]:
+  def completion(self, policy_prompt_ids, ids, done: bool) -> tuple[list[int], list[bool]]:
+    """(PRM ids, where its step scores are read) of a particle's completion `ids`."""
     text = completion_text(self.task, ids)
     sep = self.fmt.separator
     if not done and len(ids) and sep in self.task.tokenizer().decode([int(ids[-1])], skip_special_tokens=False):
       text = text[:text.rfind(sep) + len(sep)]
-    return self.fmt.completion_ids(self.tokenizer, text)
+    out = self.fmt.completion_ids(self.tokenizer, text, self._problem(policy_prompt_ids))
+    return out, self.fmt.read_mask(self.tokenizer, out)
 
