@@ -64,6 +64,10 @@ def test_models_with_another_tokenizer_are_refused(smoke, tmp_path):
   write_tokenizer(str(other), vocab_size=400)
   with pytest.raises(ValueError, match="another tokenizer than the policy"):
     load_models(HFModels(policy_path=smoke["policy"], prm_path=str(other)), None)
+  # A PRM that reads its own format re-tokenizes the text: its vocabulary is its own business.
+  from tts_jax.models.tokenizer import Tokenizer
+  models = load_models(HFModels(policy_path=smoke["policy"], prm_path=str(other), prm_step_tag="qwen"), None)
+  assert models.prm_tokenizer.backend.get_vocab() != Tokenizer.from_directory(smoke["policy"]).backend.get_vocab()
 
 
 def test_a_prm_with_step_tags_reads_its_own_format(smoke, tmp_path):

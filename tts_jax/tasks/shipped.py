@@ -78,7 +78,8 @@ class HFModels:
   """Models from local Hugging Face directories (a field of an experiment config): the
   policy (`tts_jax.models.hf.load`) and, optionally, a PRM and an ORM
   (`tts_jax.models.hf.load_reward_model`, which reads the head from config.json). They must
-  share the policy's tokenizer. dtype: "float32" or "bfloat16"; good_token / bad_token: the
+  share the policy's tokenizer, except a PRM that reads its own format (`prm_step_tag`: the
+  text is re-tokenized, e.g. Math-Shepherd's Mistral PRM beside a Qwen or Llama policy). dtype: "float32" or "bfloat16"; good_token / bad_token: the
   "+" / "-" of causal-LM PRMs (Math-Shepherd, RLHFlow)."""
 
   policy_path: str
@@ -106,7 +107,8 @@ def load_models(spec, task) -> DefaultModels:
         vm, params, vtok = hf.load_reward_model(path, dtype=spec.dtype, good_token=spec.good_token,
                                                 bad_token=spec.bad_token)
         mine, policy_vocab = vtok.backend.get_vocab(), tok.backend.get_vocab()
-        if any(mine.get(t) != i for t, i in policy_vocab.items()):
+        own_format = role == "prm" and spec.prm_step_tag  # it re-tokenizes the text: any vocabulary
+        if not own_format and any(mine.get(t) != i for t, i in policy_vocab.items()):
           raise ValueError(f"the {role} at {path} has another tokenizer than the policy at {spec.policy_path}; "
                            f"verifiers read the policy's token ids, so its vocabulary must contain the policy's "
                            f"with the same ids")
