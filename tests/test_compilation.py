@@ -8,7 +8,6 @@ import sys
 
 from tts_jax.eval import BeamSearch, Experiment
 from tts_jax.eval.pool_methods import RPC, AdaptiveConsistency, BestOfN, MajorityVote, PassAtK, WeightedMajority
-from tts_jax.eval.runner import run_experiment
 from tts_jax.models import pad_prompts
 from tts_jax.tasks import ModChain, task_prompts
 from tts_jax.tasks.shipped import DEFAULTS_DIR
@@ -16,31 +15,17 @@ from tts_jax.tasks.shipped import DEFAULTS_DIR
 MODELS = os.path.join(DEFAULTS_DIR, "modchain")
 
 
-def _experiment(out_dir, num_problems=6, light=False):
-  """light: one pool rule read from a verifier and one search (the subprocess runs: each
-  compiles the sampler, a scorer, a rule and an engine, not every rule)."""
+def _experiment(out_dir, num_problems=6):
   methods = (PassAtK(), MajorityVote(), BestOfN(verifier="orm"), WeightedMajority(verifier="prm"),
              AdaptiveConsistency(), RPC(max_subsets=4), BeamSearch(verifier="prm", expansions=2))
   return Experiment(name="compile-count", task=ModChain(), split="hard", num_problems=num_problems, models=MODELS,
-                    methods=methods[3:4] + methods[-1:] if light else methods,
-                    budgets=(2, 4), max_new_tokens=64, num_subsets=8, batch_problems=2, out_dir=str(out_dir))
-
-
-def test_batches_after_the_first_compile_nothing(tmp_path):
-  """Prompts whose per-batch padded widths differ (ragged across batches): every batch
-  after the first reuses the first batch's compiled code."""
-  exp = _experiment(tmp_path / "run")
-  problems = list(exp.task.split(exp.split)[:exp.num_problems])
-  widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 6, 2)}
-  assert len(widths) > 1, widths  # without one width per run, batches would recompile
-  per_batch = run_experiment(exp, quiet=True)["timing"]["compilations_per_batch"]
-  assert len(per_batch) == 3 and per_batch[1:] == [0, 0], per_batch
+                    methods=methods, budgets=(2, 4), max_new_tokens=64, num_subsets=8, batch_problems=2, out_dir=str(out_dir))
 
 
 def _run_in_subprocess(out_dir, cache_dir) -> dict:
   code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.test_compilation import _experiment; "
           "from tts_jax.eval.runner import run_experiment; import json; "
-          "print(json.dumps(run_experiment(_experiment(sys.argv[2], 4, light=True), quiet=True)['timing']))")
+          "print(json.dumps(run_experiment(_experiment(sys.argv[2]), quiet=True)['timing']))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
   env["TTS_JAX_COMPILATION_CACHE"] = str(cache_dir)  # its own cache, not the test run's (conftest.py)
@@ -49,11 +34,19 @@ def _run_in_subprocess(out_dir, cache_dir) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_second_run_compiles_nothing(tmp_path):
-  """(Search with the exact step checker is the exception: its host callback keeps JAX from
+def test_batches_after_the_first_compile_nothing_and_a_second_run_nothing(tmp_path):
+  """Prompts whose per-batch padded widths differ (ragged across batches): every batch after
+  the first reuses the first batch's compiled code. A second run (a new process, a new output
+  directory: all recomputed) loads every program from the persistent compilation cache.
+  (Search with the exact step checker is the exception: its host callback keeps JAX from
   caching that engine's compiled code.)"""
+  exp = _experiment(tmp_path / "run")
+  problems = list(exp.task.split(exp.split)[:exp.num_problems])
+  widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 6, 2)}
+  assert len(widths) > 1, widths  # without one width per run, batches would recompile
   first = _run_in_subprocess(tmp_path / "a", tmp_path / "cache")
+  assert len(first["compilations_per_batch"]) == 3 and first["compilations_per_batch"][1:] == [0, 0], first
   assert first["compilations"] > 0 and os.listdir(tmp_path / "cache")
-  second = _run_in_subprocess(tmp_path / "b", tmp_path / "cache")  # a new output directory: all recomputed
-  assert second["batches_computed"] == 2
+  second = _run_in_subprocess(tmp_path / "b", tmp_path / "cache")
+  assert second["batches_computed"] == 3
   assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second

@@ -65,16 +65,18 @@ class StepTagPotential:
   value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
   particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
   scores) or "min". max_tokens: the PRM ids one particle may take (0: the reader's
-  bound `max_ids(C)` for C the engine's current cache capacity, at most the T generated
-  tokens); a longer one stops the run with an error that says so. Each score reads the
-  narrowest of the widths 64, 256, 1024, ... (up to that bound) that holds the longest
-  re-read, so a step costs about its particles' current length, not the bound."""
+  bound `max_ids(C, max_steps)` for C the engine's current cache capacity, at most the T
+  generated tokens, in at most `max_steps` steps); a longer one stops the run with an error
+  that says so. Each score reads the narrowest of the widths 256, 1024, 4096, ... (up to that
+  bound) that holds the longest re-read, so a step costs about its particles' current
+  length, not the bound (compiled programs hold the widest's buffers: keep the bound tight)."""
 
   model: CausalLM
   reader: object
   aggregate: Literal["last", "prod", "min"] = "last"
   transform: Literal["log", "logit"] = "log"
   max_tokens: int = 0
+  max_steps: int = 64
 
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):
@@ -83,6 +85,8 @@ class StepTagPotential:
       raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
     if self.max_tokens < 0:
       raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+    if self.max_steps < 1:
+      raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
   def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> StepTagState:
     """prompt_tokens int32[B, Tp] (the policy's) -> the PRM's prompts prefilled."""
@@ -95,7 +99,7 @@ class StepTagPotential:
                         capacity=jnp.zeros((0, max_new_tokens), jnp.int8))
 
   def grow(self, state: StepTagState, capacity: int) -> StepTagState:
-    """The engine's caches grew to `capacity`: a re-read may take `reader.max_ids(capacity)` ids."""
+    """The engine's caches grew to `capacity`: a re-read may take `reader.max_ids(capacity, max_steps)` ids."""
     return state.replace(capacity=jnp.zeros((0, capacity), jnp.int8))
 
   def advance(self, params, tokens, state, active):
@@ -105,7 +109,7 @@ class StepTagPotential:
     """tokens int32[B, N, T], lengths int32[B, N] -> (log phi float32[B, N], state); the
     particles not `extended` are not read (the engine keeps their previous score)."""
     b, n, t = tokens.shape
-    width = self.max_tokens or self.reader.max_ids(min(t, state.capacity.shape[1]))
+    width = self.max_tokens or self.reader.max_ids(min(t, state.capacity.shape[1]), self.max_steps)
     out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n, width), jnp.bool_),
            jax.ShapeDtypeStruct((b, n), jnp.int32))
     ids, tag, read = jax.pure_callback(functools.partial(self._completions, width=width), out, state.prompt_tokens,
@@ -153,13 +157,14 @@ class StepTagPotential:
       ids, mask = self.reader.completion(prompt_tokens[b, :prompt_lengths[b]].tolist(),
                                          tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
       if len(ids) > width:
-        raise ValueError(f"the PRM reads {len(ids)} ids for a particle of {lengths[b, n]} tokens, more than "
-                         f"max_tokens={width}; set StepTagPotential(max_tokens=...) higher")
+        raise ValueError(f"the PRM reads {len(ids)} ids for a particle of {lengths[b, n]} tokens, more than the "
+                         f"{width} allowed (max_steps={self.max_steps} steps of that many tokens); set "
+                         f"StepTagPotential(max_steps=...) or max_tokens=... higher")
       out[b, n, :len(ids)], reads[b, n, :len(ids)], sizes[b, n] = ids, mask, len(ids)
     return out, reads, sizes
 
 
-def _buckets(width: int, first: int = 64, factor: int = 4) -> list[int]:
+def _buckets(width: int, first: int = 256, factor: int = 4) -> list[int]:
   """Widths first, first x factor, ... below `width`, then `width`."""
   out = []
   while first < width:

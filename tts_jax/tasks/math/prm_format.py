@@ -76,11 +76,11 @@ class StepTagFormat:
     return self.prompt_ids(tokenizer, problem), self.completion_ids(tokenizer, completion, problem)
 
 
-def max_ids(fmt, tokenizer, num_tokens: int) -> int:
+def max_ids(fmt, tokenizer, num_tokens: int, max_steps: int) -> int:
   """A bound on the ids `fmt.completion_ids` takes for a completion of `num_tokens` policy
-  tokens: its text re-tokenized (taken as at most as many ids), and what each of at most
-  num_tokens + 1 steps adds around its text (measured on the PRM's tokenizer), plus slack."""
-  return num_tokens + (num_tokens + 1) * _step_overhead(fmt, tokenizer) + 16
+  tokens in at most `max_steps` steps: its text re-tokenized (taken as at most as many ids),
+  and what each step adds around its text (measured on the PRM's tokenizer), plus slack."""
+  return num_tokens + min(num_tokens + 1, max_steps) * _step_overhead(fmt, tokenizer) + 16
 
 
 @functools.lru_cache(maxsize=64)
@@ -189,9 +189,10 @@ class StepTagReader:
   def _problem(self, policy_prompt_ids) -> str:
     return self.task.problem_of_prompt(policy_prompt_ids).problem
 
-  def max_ids(self, num_tokens: int) -> int:
-    """A bound on the PRM ids of a completion of `num_tokens` policy tokens (`max_ids`)."""
-    return max_ids(self.fmt, self.tokenizer, num_tokens)
+  def max_ids(self, num_tokens: int, max_steps: int) -> int:
+    """A bound on the PRM ids of a completion of `num_tokens` policy tokens in at most
+    `max_steps` steps (`max_ids`)."""
+    return max_ids(self.fmt, self.tokenizer, num_tokens, max_steps)
 
   def prompt_margin(self) -> int:
     """How many more ids the PRM's prompt may take than the policy's (a static width): the
