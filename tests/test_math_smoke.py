@@ -101,6 +101,8 @@ def test_the_engine_reads_a_step_tag_prm_as_pool_scoring_does(smoke, tmp_path):
   the steps re-tokenized, each followed by "<extra_0>"; a particle's score is its steps'
   scores at the tags (here "prod": all of them), equal to a full forward over that text, at
   the end and at a step end mid-way."""
+  import dataclasses
+
   import jax
   import jax.numpy as jnp
   from tts_jax.eval.search_methods import prm_potential
@@ -148,6 +150,11 @@ def test_the_engine_reads_a_step_tag_prm_as_pool_scoring_does(smoke, tmp_path):
                               jnp.asarray([[False]]), jnp.asarray([[True]]))
   got, _, _ = want(problems[i], completion_text(task, seq[:first]))
   np.testing.assert_allclose(float(phi[0, 0]), got, atol=1e-4)
+  # More PRM ids than the potential allows: an error that names the bound, not a cut-off read.
+  with pytest.raises(Exception, match="more than the 2 allowed"):
+    jax.jit(dataclasses.replace(pot, max_tokens=2).score)(
+        models.prm_params, state, jnp.asarray(part), jnp.asarray([[first]]), jnp.asarray([[False]]),
+        jnp.asarray([[True]]))
 
 
 def test_a_step_tag_reader_scores_only_whole_steps_until_done(smoke):

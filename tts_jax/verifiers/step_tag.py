@@ -21,10 +21,9 @@ search-and-learn pays when it re-scores each beam's text. The state counts the i
 
 A reader has `prompt(policy prompt ids) -> ids`, `completion(policy prompt ids, policy
 completion ids, done) -> (ids, read mask)` (where the steps' scores are read: the tags, or,
-for RLHFlow's conversation format, the token before each "+"), `max_ids(num_tokens)` (a
-bound on a completion's ids) and `prompt_margin()` (how many more ids the PRM's prompt may
-take than the policy's), e.g.
-`tts_jax.tasks.math.StepTagReader`.
+for RLHFlow's conversation format, the token before each "+"), `max_ids(num_tokens,
+max_steps)` (a bound on a completion's ids) and `prompt_margin()` (how many more ids the
+PRM's prompt may take than the policy's), e.g. `tts_jax.tasks.math.StepTagReader`.
 """
 
 from __future__ import annotations
@@ -44,10 +43,11 @@ from tts_jax.models import CausalLM
 @struct.dataclass
 class StepTagState:
   """prefix: the PRM prompts' KV (`PrefixCache`, B prompts); prompt_tokens int32[B, Tp] and
-  prompt_lengths int32[B]: the policy's prompts (the reader's key to each problem); read int32[B]: PRM ids read so
-  far (prompts, and every re-read of a particle that grew); capacity: an empty array of
-  shape [0, C] whose shape says the longest particle of the current engine loop (C tokens:
-  the reader bounds a re-read's ids from it). Per prompt: particles moving leave it unchanged."""
+  prompt_lengths int32[B]: the policy's prompts (the reader's key to each problem); read
+  int32[B]: PRM ids read so far (prompts, and every re-read of a particle that grew);
+  capacity: an empty array of shape [0, C] whose shape says the longest particle of the
+  current engine loop (C tokens: the reader bounds a re-read's ids from it). Per prompt:
+  particles moving leave it unchanged."""
 
   prefix: object
   prompt_tokens: jax.Array
