@@ -198,8 +198,8 @@ def completion_step_probabilities(model: ValueModel, params, prompts, tokens, le
   return probs, full_mask
 
 
-def step_end_mask(tokens: np.ndarray | None = None, lengths: np.ndarray | None = None,
-                  delimiters: Sequence[int] = (), width: int = 0, ends: np.ndarray | None = None) -> np.ndarray:
+def step_end_mask(tokens: np.ndarray, lengths: np.ndarray, delimiters: Sequence[int], width: int,
+                  ends: np.ndarray | None = None) -> np.ndarray:
   """bool[P, N, width]: the step ends of completions tokens int32[P, N, T] (lengths int32[P, N]):
   every delimiter before the last token, and the last token (`step_ends`); with `ends`
   bool[P, N, T] given, those of them within each completion's length."""

@@ -129,8 +129,7 @@ class ChatTurnFormat:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
 
   def _prompt_text(self, tokenizer, problem: str) -> str:
-    text = self._render(tokenizer, self._messages(problem, [_SENTINEL]))
-    return text[:text.index(_SENTINEL) - 1]  # up to the problem's end, before the space
+    return _chat_prompt_text(self, tokenizer, problem)
 
   def prompt_ids(self, tokenizer, problem: str) -> list[int]:
     return tokenizer.encode(self._prompt_text(tokenizer, problem), add_special_tokens=False)
@@ -148,23 +147,32 @@ class ChatTurnFormat:
     """(prompt ids, completion ids): `prompt_ids` and `completion_ids`."""
     return self.prompt_ids(tokenizer, problem), self.completion_ids(tokenizer, completion, problem)
 
-  def _header_ids(self, tokenizer) -> list[int]:
-    """The ids of the template's assistant header (what a generation prompt appends)."""
-    turn = [{"role": "user", "content": "x"}]
-    with_header, without = self._render(tokenizer, turn, True), self._render(tokenizer, turn)
-    if not with_header.startswith(without) or with_header == without:
-      raise ValueError("the PRM's chat template has no assistant header to read the steps' scores after")
-    return tokenizer.encode(with_header[len(without):], add_special_tokens=False)
-
   def read_mask(self, tokenizer, ids) -> list[bool]:
     """Where the steps' scores are read: the last id of every assistant header followed by `good`."""
-    good = tokenizer.encode(self.good, add_special_tokens=False)
-    if len(good) != 1:
-      raise ValueError(f"the PRM's good token {self.good!r} is {len(good)} tokens; it must be one")
-    header, ids = self._header_ids(tokenizer), [int(i) for i in ids]
-    h = len(header)
-    return [i + 1 < len(ids) and ids[i + 1] == good[0] and i + 1 >= h and ids[i + 1 - h:i + 1] == header
+    header, good = _chat_header_and_good(self, tokenizer)
+    ids, h = [int(i) for i in ids], len(header)
+    return [i + 1 < len(ids) and ids[i + 1] == good and i + 1 >= h and ids[i + 1 - h:i + 1] == header
             for i in range(len(ids))]
+
+
+# Per (format, tokenizer[, problem]) once, not per particle and step (the engines call back often).
+@functools.lru_cache(maxsize=4096)
+def _chat_prompt_text(fmt: ChatTurnFormat, tokenizer, problem: str) -> str:
+  text = fmt._render(tokenizer, fmt._messages(problem, [_SENTINEL]))
+  return text[:text.index(_SENTINEL) - 1]  # up to the problem's end, before the space
+
+
+@functools.lru_cache(maxsize=64)
+def _chat_header_and_good(fmt: ChatTurnFormat, tokenizer) -> tuple[list[int], int]:
+  """(ids of the template's assistant header, what a generation prompt appends; the id of `good`)."""
+  good = tokenizer.encode(fmt.good, add_special_tokens=False)
+  if len(good) != 1:
+    raise ValueError(f"the PRM's good token {fmt.good!r} is {len(good)} tokens; it must be one")
+  turn = [{"role": "user", "content": "x"}]
+  with_header, without = fmt._render(tokenizer, turn, True), fmt._render(tokenizer, turn)
+  if not with_header.startswith(without) or with_header == without:
+    raise ValueError("the PRM's chat template has no assistant header to read the steps' scores after")
+  return tokenizer.encode(with_header[len(without):], add_special_tokens=False), good[0]
 
 
 @dataclasses.dataclass(frozen=True)
