@@ -228,3 +228,26 @@ def test_rlhflow_prm_reads_its_conversation(smoke, tmp_path):
     for j in range(2):
       got = np.log(pool.prm_steps[i, j][pool.prm_mask[i, j]])
       np.testing.assert_allclose(got, want(problem, batch.completions.texts[i][j]), atol=2e-5)
+
+
+def test_rlhflow_format_under_the_llama3_template(smoke):
+  """RLHFlow's PRMs use Llama-3.1's template (a dated system header, trimmed turns): on the
+  sample file's reference solutions, the prompt and completion ids read piecewise are the whole
+  conversation's ids, and there is one read position per step."""
+  from tts_jax.models.tokenizer import Tokenizer
+  from tts_jax.tasks.math import LLAMA3_TEMPLATE, ChatTurnFormat, read_problems
+  from tts_jax.tasks.math.prm_format import split_steps
+  tok = Tokenizer.from_directory(smoke["policy"])
+  tok.chat_template, tok._compiled = LLAMA3_TEMPLATE, None
+  fmt = ChatTurnFormat()
+  for problem in read_problems(SAMPLE_FILE):
+    steps = split_steps(problem.solution, "\n\n")
+    conversation = []
+    for k, step in enumerate(steps):
+      conversation += [{"role": "user", "content": f"{problem.problem} {step}" if k == 0 else step},
+                       {"role": "assistant", "content": "+"}]
+    text = tok.apply_chat_template(conversation, tokenize=False)
+    assert text.startswith("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date")
+    prompt, seq = fmt.encode(tok, problem.problem, problem.solution)
+    assert prompt + seq == tok.encode(text, add_special_tokens=False)
+    assert sum(fmt.read_mask(tok, seq)) == len(steps) >= 1
