@@ -150,6 +150,12 @@ def test_the_engine_reads_a_step_tag_prm_as_pool_scoring_does(smoke, tmp_path):
                               jnp.asarray([[False]]), jnp.asarray([[True]]))
   got, _, _ = want(problems[i], completion_text(task, seq[:first]))
   np.testing.assert_allclose(float(phi[0, 0]), got, atol=1e-4)
+  # Read one particle at a time (chunks of at most 8 ids per prompt): the same scores.
+  final = (models.prm_params, pot.init(models.prm_params, jnp.asarray(tokens), jnp.asarray(lengths), 3, 40),
+           p.tokens, p.length, p.done, jnp.ones(p.shape, bool))
+  whole, chunked = jax.jit(pot.score)(*final)[0], jax.jit(dataclasses.replace(pot, tokens_per_read=8).score)(*final)[0]
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(whole), np.asarray(p.log_potential), atol=1e-4)
   # More PRM ids than the potential allows: an error that names the bound, not a cut-off read.
   with pytest.raises(Exception, match="more than the 2 allowed"):
     jax.jit(dataclasses.replace(pot, max_tokens=2).score)(

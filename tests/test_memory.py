@@ -38,14 +38,17 @@ def test_byte_counts_of_the_puri_configuration():
 
 def test_a_step_tag_prm_is_planned_as_rereading():
   """A PRM that re-reads the particles' texts (a step-tag PRM in the engines) holds no suffix
-  KV but one layer's activations over N x (2 T + 16) ids: exact counts on the Puri shapes."""
+  KV but one layer's activations over a chunk of the N x (2 T + 16) ids: exact counts on the
+  Puri shapes."""
   plan = plan_memory(QWEN_1_5B, prompts=1, num_particles=32, prompt_len=256, max_new_tokens=1024,
                      rereading=[QWEN_7B])
   items = dict(plan.items)
   assert not any(k.startswith("verifier 0") for k in items)
   assert items["re-reading verifier 0 params (7.62B, bfloat16)"] == QWEN_7B.num_params() * 2
   assert items["re-reading verifier 0 prompt KV (1 x 256 tokens)"] == 256 * kv_bytes_per_token(QWEN_7B)
-  assert items["re-reading verifier 0 activations (1 x 32 x 2064 ids)"] == 32 * 2064 * (3 * 18944 + 2 * 3584) * 4
+  # Read 32768 ids at a time (REREAD_TOKENS), not all 32 x 2064 at once.
+  assert items["re-reading verifier 0 activations (32768 of 1 x 32 x 2064 ids at once)"] == \
+      32768 * (3 * 18944 + 2 * 3584) * 4
   plan_memory(QWEN_1_5B, prompts=1, num_particles=4, prompt_len=256, max_new_tokens=2048, rereading=[QWEN_7B])
   with pytest.raises(ValueError, match="re-reading verifier 0: prompt_len 2100 \\+ max_new_tokens 2048 exceeds"):
     plan_memory(dataclasses.replace(QWEN_1_5B, max_position_embeddings=8192), prompts=1, num_particles=4,

@@ -29,6 +29,9 @@ from tts_jax.kernels.reference import CAUSAL_BLOCK
 from tts_jax.models.config import ModelConfig
 
 GiB = 2**30
+# Ids a re-reading verifier (`tts_jax.verifiers.StepTagPotential`) runs through the model at
+# once: its particles are read in chunks of at most this many ids (at least one row per prompt).
+REREAD_TOKENS = 32768
 
 
 def kv_bytes_per_token(config: ModelConfig) -> int:
@@ -88,7 +91,8 @@ def plan_memory(policy: ModelConfig, verifiers: Sequence[ModelConfig] = (), *, p
   enough for no sharing). data_devices / model_devices: the mesh (prompts split over data,
   params and KV heads over model). rereading: verifiers that re-read every particle's text
   at each step end instead (a step-tag PRM, `tts_jax.verifiers.StepTagPotential`): no
-  suffix KV, but one layer's activations over N x (2 max_new_tokens + 16) ids per prompt."""
+  suffix KV, but one layer's activations over a chunk of the N x (2 max_new_tokens + 16) ids
+  per prompt it re-reads (`REREAD_TOKENS` at a time)."""
   for name, v in (("prompts", prompts), ("num_particles", num_particles), ("prompt_len", prompt_len),
                   ("max_new_tokens", max_new_tokens), ("data_devices", data_devices),
                   ("model_devices", model_devices)):
@@ -124,10 +128,12 @@ def plan_memory(policy: ModelConfig, verifiers: Sequence[ModelConfig] = (), *, p
                   cfg.num_params() * cfg.jnp_dtype.itemsize // model_devices))
     items.append((f"re-reading verifier {i} prompt KV ({b} x {prompt_len} tokens)",
                   b * prompt_len * (kv_bytes_per_token(cfg) // model_devices)))
-    # A re-read: every particle's ids at once; one layer's MLP activations, or the attention
-    # scores of one query block (`kernels.reference.CAUSAL_BLOCK` rows) over all its keys.
-    items.append((f"re-reading verifier {i} activations ({b} x {n} x {width} ids)",
-                  b * n * width * max(3 * f // model_devices + 2 * h, heads * CAUSAL_BLOCK) * 4))
+    # A re-read: the particles' ids a chunk at a time (`REREAD_TOKENS`, at least one row per
+    # prompt); one layer's MLP activations, or the attention scores of one query block
+    # (`kernels.reference.CAUSAL_BLOCK` rows) over all its keys.
+    chunk = min(b * n * width, max(REREAD_TOKENS, b * width))
+    items.append((f"re-reading verifier {i} activations ({chunk} of {b} x {n} x {width} ids at once)",
+                  chunk * max(3 * f // model_devices + 2 * h, heads * CAUSAL_BLOCK) * 4))
   v = policy.vocab_size
   items.append((f"particle state ({b} x {n}: logits over {v}, per-token log-probs)",
                 b * n * (v * 4 + max_new_tokens * (4 + 4 + 4))))

@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
+from tts_jax.models.memory import REREAD_TOKENS
 
 
 @struct.dataclass
@@ -69,7 +70,9 @@ class StepTagPotential:
   generated tokens, in at most `max_steps` steps); a longer one stops the run with an error
   that says so. Each score reads the narrowest of the widths 256, 1024, 4096, ... (up to that
   bound) that holds the longest re-read, so a step costs about its particles' current
-  length, not the bound (compiled programs hold the widest's buffers: keep the bound tight)."""
+  length, not the bound (compiled programs hold the widest's buffers: keep the bound tight).
+  tokens_per_read: the particles are read in chunks of at most this many ids (at least one
+  particle per prompt), so a read's activations stay bounded at any N."""
 
   model: CausalLM
   reader: object
@@ -77,6 +80,7 @@ class StepTagPotential:
   transform: Literal["log", "logit"] = "log"
   max_tokens: int = 0
   max_steps: int = 64
+  tokens_per_read: int = REREAD_TOKENS
 
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):
@@ -87,6 +91,8 @@ class StepTagPotential:
       raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
     if self.max_steps < 1:
       raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+    if self.tokens_per_read < 1:
+      raise ValueError(f"tokens_per_read must be >= 1, got {self.tokens_per_read}")
 
   def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> StepTagState:
     """prompt_tokens int32[B, Tp] (the policy's) -> the PRM's prompts prefilled."""
@@ -123,8 +129,15 @@ class StepTagPotential:
 
   def _phi(self, params, prefix, ids, tag, read):
     """log phi float32[B, N] of PRM ids int32[B, N, W] read at `tag` bool[B, N, W]."""
-    width = ids.shape[-1]
-    values = self.model.extend(params, prefix, ids, read).astype(jnp.float32)  # [B, N, W]
+    b, n, width = ids.shape
+    c = _divisor_at_most(n, self.tokens_per_read // (b * width))  # particles per chunk
+    if c == n:
+      values = self.model.extend(params, prefix, ids, read)
+    else:  # chunks of c particles one after another: [N/c, B, c, ...]
+      split = lambda x: jnp.swapaxes(x.reshape((b, n // c, c) + x.shape[2:]), 0, 1)
+      values = jax.lax.map(lambda a: self.model.extend(params, prefix, *a), (split(ids), split(read)))
+      values = jnp.swapaxes(values, 0, 1).reshape(b, n, width)
+    values = values.astype(jnp.float32)  # [B, N, W]
     r = jax.nn.log_sigmoid(values) if self.transform == "log" else values
     if self.aggregate == "last":
       last = jnp.max(jnp.where(tag, jnp.arange(width), -1), axis=-1)
@@ -171,3 +184,8 @@ def _buckets(width: int, first: int = 256, factor: int = 4) -> list[int]:
     out.append(first)
     first *= factor
   return out + [width]
+
+
+def _divisor_at_most(n: int, most: int) -> int:
+  """The largest divisor of n that is at most max(most, 1)."""
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(most, 1))
