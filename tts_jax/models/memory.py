@@ -50,8 +50,9 @@ class MemoryPlan:
     return sum(b for _, b in self.items)
 
   def format(self) -> str:
-    rows = [f"  {name:<44} {b / GiB:9.3f} GiB" for name, b in self.items]
-    return "\n".join(["device memory needed:", *rows, f"  {'total':<44} {self.total / GiB:9.3f} GiB"])
+    w = max([44] + [len(name) for name, _ in self.items])
+    rows = [f"  {name:<{w}} {b / GiB:9.3f} GiB" for name, b in self.items]
+    return "\n".join(["device memory needed:", *rows, f"  {'total':<{w}} {self.total / GiB:9.3f} GiB"])
 
   def check(self, device_bytes: int | None = None, headroom: float = 0.9) -> None:
     """Raises MemoryError, naming every item, if the total exceeds `headroom` x the device's
