@@ -68,7 +68,7 @@ class StepTagFormat:
 
   def read_mask(self, tokenizer, ids) -> list[bool]:
     """Where the steps' scores are read: at every tag."""
-    tag = self.tag_id(tokenizer)
+    tag = _tag_id(self, tokenizer)
     return [int(i) == tag for i in ids]
 
   def encode(self, tokenizer, problem: str, completion: str) -> tuple[list[int], list[int]]:
@@ -89,6 +89,12 @@ def _step_overhead(fmt, tokenizer) -> int:
   one = len(fmt.completion_ids(tokenizer, "x", "y"))
   two = len(fmt.completion_ids(tokenizer, "x" + fmt.separator + "x", "y"))
   return max(two - one - len(tokenizer.encode("x", add_special_tokens=False)), 0) + 2
+
+
+@functools.lru_cache(maxsize=64)
+def _tag_id(fmt: StepTagFormat, tokenizer) -> int:
+  """`fmt.tag_id(tokenizer)`, once per (format, tokenizer): the engines ask for every particle and step."""
+  return fmt.tag_id(tokenizer)
 
 
 def split_steps(completion: str, separator: str) -> list[str]:
