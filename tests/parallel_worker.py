@@ -67,6 +67,21 @@ def sample_mode():
   comps = complete(task, lm, params, task_prompts(task, problems), num_samples=4, key=jax.random.key(3),
                    max_new_tokens=16, batch_prompts=3, mesh=mesh_or_none())
   print("DIGEST", comps.tokens.shape, digest(comps.tokens, comps.lengths, comps.logprobs, comps.entropy))
+  # Pool scoring: on a mesh each device packs and scores its own prompts' completions (two of
+  # them repeated), as a one-device call on those prompts alone does; shapes fixed by the widths.
+  from tts_jax.models.value import init_value  # noqa: PLC0415
+  from tts_jax.verifiers import completion_outcome_probabilities  # noqa: PLC0415
+  vm, vparams = init_value(lm.config, seed=2)
+  prompts = task_prompts(task, problems)
+  toks = np.concatenate([np.asarray(comps.tokens), np.asarray(comps.tokens)[:, :2]], axis=1)
+  lens = np.concatenate([np.asarray(comps.lengths), np.asarray(comps.lengths)[:, :2]], axis=1)
+  kw = dict(prompt_width=64, width=16)
+  if jax.device_count() > 1:
+    orm = completion_outcome_probabilities(vm, vparams, prompts, toks, lens, mesh=make_mesh(), **kw)
+  else:
+    orm = np.concatenate([completion_outcome_probabilities(vm, vparams, prompts[i:i + 1], toks[i:i + 1],
+                                                           lens[i:i + 1], **kw) for i in range(len(prompts))])
+  print("SCORES", orm.shape, digest(orm))
   # The Pallas kernels (flash prefill, cascade decode; interpret mode on CPU) under shard_map.
   lm, params = tiny_lm(task, attention_impl="pallas")
   comps = complete(task, lm, params, task_prompts(task, problems[:3]), num_samples=2, key=jax.random.key(4),

@@ -48,7 +48,9 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
 
   Sampling: 7 prompts in batches of 3 (neither the batch nor the device count divides the
   other): every device runs whole batches, so tokens, lengths, log-probs and entropies are the
-  same bytes for every device count; nothing dropped or duplicated (shape [7, ...]). The same
+  same bytes for every device count; nothing dropped or duplicated (shape [7, ...]). A value
+  model's scores of those completions (two repeated) on 8 devices are the bytes of one-device
+  calls, one prompt each (each device packs its own prompt's completions). The same
   with the Pallas attention kernels (interpret mode) running under shard_map. Tensor parallel
   (data=4 x model=2): the same samples, log-probs and a value model's completion scores equal
   up to rounding.
@@ -60,6 +62,8 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
   digests = {n: r["sample:DIGEST"] for n, r in results.items()}
   assert "(7, 4, 16)" in digests[1]
   assert len(set(digests.values())) == 1, digests
+  scores = {n: r["sample:SCORES"] for n, r in results.items()}  # per-device pool scoring
+  assert "(7, 6)" in scores[1] and len(set(scores.values())) == 1, scores
   pallas = {n: r["sample:PALLAS"] for n, r in results.items()}  # the Pallas kernels under shard_map
   assert "(3, 2, 6)" in pallas[1] and len(set(pallas.values())) == 1, pallas
   _, same, diff = results[8]["sample:TP"].split()

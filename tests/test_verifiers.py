@@ -115,7 +115,8 @@ def test_extra_value_layers_start_as_the_policy_trunk():
 def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   """N completions of each prompt scored on one prefill of the prompt (LanguageModel.extend)
   give the full forward's ORM and PRM numbers; ragged prompts, an empty completion, a
-  completion ending on a delimiter (counted once)."""
+  completion ending on a delimiter (counted once), a repeated completion (packed once) and
+  one text under two prompts (packed twice)."""
   from tts_jax.verifiers import (completion_outcome_probabilities, completion_step_probabilities,
                                  outcome_probabilities, step_probabilities)
   cfg = qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -127,6 +128,8 @@ def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   lengths = rng.integers(1, 21, size=(3, 4)).astype(np.int32)
   lengths[0, 0] = 0
   tokens[1, 2, lengths[1, 2] - 1] = 5  # ends on the delimiter
+  tokens[2, 3], lengths[2, 3] = tokens[2, 1], lengths[2, 1]  # a repeated sample: scored once
+  tokens[1, 0], lengths[1, 0] = tokens[0, 1], lengths[0, 1]  # the same text under another prompt
   seqs = [prompts[i] + tokens[i, j, :lengths[i, j]].tolist() for i in range(3) for j in range(4)]
   orm = completion_outcome_probabilities(vm, params, prompts, tokens, lengths, prompt_width=32)
   np.testing.assert_allclose(orm.ravel(), outcome_probabilities(vm, params, seqs), atol=1e-5)
@@ -136,6 +139,55 @@ def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   assert steps.shape == (3, 4, 24) and not mask[..., s:].any()
   np.testing.assert_array_equal(mask[..., :s].reshape(12, s), want_mask)
   np.testing.assert_allclose(steps[..., :s].reshape(12, s), want, atol=1e-5)
+
+
+def test_packing_keeps_each_distinct_completion_of_a_prompt_once():
+  """`pack_completions`: one row per distinct non-empty (prompt, completion, positions), in
+  order; repeats and texts equal up to their length map to their first row; empty ones to
+  -1; each block of prompts packs into its own chunks with block-local prompt ids; chunks of
+  R = chunk_tokens // W rows, unused ones flagged."""
+  from tts_jax.verifiers.scoring import pack_completions
+  tokens = np.zeros((4, 3, 4), np.int32)
+  tokens[0] = [[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 3, 4]]  # rows 0 and 2 repeat; row 1 differs past length 3
+  lengths = np.array([[4, 3, 4], [2, 0, 2], [1, 1, 1], [3, 3, 0]], np.int32)
+  tokens[1, 0, :2] = tokens[1, 2, :2] = [5, 6]
+  tokens[2] = [[7, 0, 0, 0], [8, 0, 0, 0], [7, 1, 1, 1]]  # row 2 equals row 0 within its length
+  tokens[3, :2, :3] = [1, 2, 3]
+  pos = np.zeros((4, 3, 1), np.int32)
+  pos[3, 1] = 1  # same tokens as row 0, read elsewhere: its own row
+  packed = pack_completions(tokens, lengths, pos, blocks=2, chunk_tokens=8)
+  r = 2  # 8 // 4 rows per chunk; a block holds 2 prompts x 3 = 6 rows: 3 chunks
+  assert packed.tokens.shape == (6, r, 4) and packed.positions.shape == (6, r, 1)
+  np.testing.assert_array_equal(packed.row, [[0, 1, 0], [2, -1, 2], [6, 7, 6], [8, 9, -1]])
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+  np.testing.assert_array_equal(flat(packed.lengths), [4, 3, 2, 0, 0, 0, 1, 1, 3, 3, 0, 0])
+  np.testing.assert_array_equal(flat(packed.prompt)[[0, 1, 2, 6, 7, 8, 9]], [0, 0, 1, 0, 0, 1, 1])
+  np.testing.assert_array_equal(flat(packed.tokens)[[1, 8]], [[1, 2, 3, 9], [1, 2, 3, 0]])
+  np.testing.assert_array_equal(flat(packed.positions)[[8, 9], 0], [0, 1])
+  np.testing.assert_array_equal(packed.used, [True, True, False, True, True, False])
+  with pytest.raises(ValueError, match="4 prompts do not split into 3 equal blocks"):
+    pack_completions(tokens, lengths, blocks=3)
+
+
+def test_extend_with_prefix_rows_equals_extend_on_gathered_prompts():
+  """`extend(prefix_rows=...)`: rows of several prompts in one batch, each attending to its
+  own prompt's KV, give what `extend` on a prefix gathered row by row gives."""
+  from tts_jax.models import init
+  from tts_jax.models.lm import PrefixCache
+  cfg = qwen2_config(vocab_size=13, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_position_embeddings=64)
+  lm, params = init(cfg, seed=5)
+  rng = np.random.default_rng(6)
+  _, prefix = lm.prefill(params, jnp.asarray(rng.integers(0, 13, size=(3, 7)), jnp.int32), jnp.asarray([7, 2, 5]))
+  rows = jnp.asarray([2, 0, 2, 1, 0], jnp.int32)
+  tokens = jnp.asarray(rng.integers(0, 13, size=(5, 2, 6)), jnp.int32)
+  lengths = jnp.asarray(rng.integers(1, 7, size=(5, 2)), jnp.int32)
+  got = np.asarray(lm.extend(params, prefix, tokens, lengths, prefix_rows=rows))
+  gathered = PrefixCache(k=tuple(k[rows] for k in prefix.k), v=tuple(v[rows] for v in prefix.v),
+                         lengths=prefix.lengths[rows])
+  want = np.asarray(lm.extend(params, gathered, tokens, lengths))
+  keep = np.arange(6) < np.asarray(lengths)[..., None]
+  np.testing.assert_allclose(got[keep], want[keep], atol=1e-6)
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])

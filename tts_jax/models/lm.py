@@ -268,7 +268,7 @@ class LanguageModel:
 
   @_in_precision
   def extend(self, params, prefix: PrefixCache, tokens: jax.Array, lengths: jax.Array,
-             positions: jax.Array | None = None) -> jax.Array:
+             positions: jax.Array | None = None, prefix_rows: jax.Array | None = None) -> jax.Array:
     """Runs N suffixes of every prompt at once on top of its shared prompt KV (no cache
     kept): the outputs of a full forward over prompt + suffix, at the suffix positions,
     with the prompt computed once per prompt instead of once per suffix (e.g. a verifier
@@ -280,6 +280,9 @@ class LanguageModel:
       tokens: int32[B, N, L] right-padded suffixes; lengths: int32[B, N] their lengths.
       positions: optional int32[B, N, Q]: the outputs only at these suffix positions (each
         in [0, L)); the last layer then runs its queries and MLP there only.
+      prefix_rows: optional int32[B]: row b extends prompt prefix_rows[b] of `prefix` (which
+        then holds any number of prompts), e.g. completions of several prompts packed into
+        one batch; each layer gathers its rows' prompt KV when it attends.
 
     Returns:
       float32[B, N, L, ...] outputs (logits, or values for a value model) at each suffix
@@ -287,7 +290,9 @@ class LanguageModel:
     """
     chex.assert_rank(tokens, 3)
     b, n, length = tokens.shape
-    positions_all = prefix.lengths[:, None, None] + jnp.arange(length)[None, None, :]
+    prompt_kv = (lambda x: x) if prefix_rows is None else (lambda x: jnp.take(x, prefix_rows, axis=0))  # noqa: E731
+    prefix_lengths = prompt_kv(prefix.lengths)
+    positions_all = prefix_lengths[:, None, None] + jnp.arange(length)[None, None, :]
     cos, sin = rope_tables(self.config, positions_all)
     scale = self._scale()
     tp = prefix.k[0].shape[1]
@@ -303,9 +308,9 @@ class LanguageModel:
       # q: [B, N, Lq, Hkv, G, D] (Lq = L, or Q in the last layer with positions); k, v: [B, N, L, Hkv, D]
       hkv, g, d = q.shape[-3:]
       lq = q.shape[2]
-      prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n * lq, tp))
-      o_p, lse_p = attend_partial(q.reshape(b, n * lq, hkv, g, d), prefix.k[layer], prefix.v[layer],
-                                  prefix_mask, scale)
+      prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix_lengths[:, None])[:, None, :], (b, n * lq, tp))
+      o_p, lse_p = attend_partial(q.reshape(b, n * lq, hkv, g, d), prompt_kv(prefix.k[layer]),
+                                  prompt_kv(prefix.v[layer]), prefix_mask, scale)
       mask = query_mask if (positions is not None and layer == last) else suffix_mask
       suffix_attend = attend_partial if (positions is not None and layer == last) else attend_causal
       o_s, lse_s = suffix_attend(q.reshape(b * n, lq, hkv, g, d), k.reshape(b * n, length, hkv, d),

@@ -13,6 +13,7 @@ chunk of one shape, so one compilation serves a whole set.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from tts_jax.models import pad_prompts
 from tts_jax.models.value import ValueModel, value_logits
-from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, to_host, unpad
+from tts_jax.parallel import MODEL, data_size, padded_rows, per_device, place_params, shard_batch, to_host
 from tts_jax.verifiers.steps import step_ends
 
 
@@ -76,10 +77,90 @@ def step_probabilities(model: ValueModel, params, sequences: Sequence[Sequence[i
 
 
 
+# Completion tokens a packed scoring chunk runs through the model at once (`pack_completions`).
+SCORE_TOKENS = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedCompletions:
+  """The distinct non-empty completions of [P, N] rows, packed into C chunks of R rows
+  (`pack_completions`), in `blocks` equal blocks of prompts (one per device; a block's
+  chunks index its own prompts, so each device packs exactly what a one-device call on its
+  prompts packs).
+
+  tokens: int32[C, R, W]; lengths: int32[C, R] (0: an unused slot); prompt: int32[C, R]
+  the prompt (within its block) each row extends; positions: int32[C, R, Q] or None;
+  used: bool[C], chunks holding a row (the rest are skipped); row: int64[P, N], each
+  completion's packed row (flat over [C, R]), -1 for an empty one.
+  """
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  prompt: np.ndarray
+  positions: np.ndarray | None
+  used: np.ndarray
+  row: np.ndarray
+
+
+def pack_completions(tokens: np.ndarray, lengths: np.ndarray, positions: np.ndarray | None = None,
+                     blocks: int = 1, chunk_tokens: int = SCORE_TOKENS) -> PackedCompletions:
+  """Packs completions tokens int32[P, N, W] (lengths int32[P, N]) for scoring: each
+  distinct (prompt, completion, positions) once, empty ones not at all, R = chunk_tokens // W
+  rows per chunk (at least 1, at most a block's rows). P must be a multiple of `blocks`.
+  Sampled pools repeat themselves (a problem's 64 samples hold ~30 distinct texts in the
+  main experiment), and a chunk without rows is skipped, so the model's work follows the
+  distinct completions while the shapes, hence the compiled program, depend only on
+  [P, N, W]."""
+  p, n, w = tokens.shape
+  if p % blocks:
+    raise ValueError(f"{p} prompts do not split into {blocks} equal blocks")
+  per_block = (p // blocks) * n
+  r = max(1, min(per_block, chunk_tokens // max(w, 1)))
+  c = -(-per_block // r)
+  keys = np.concatenate([np.repeat(np.arange(p), n)[:, None], lengths.reshape(-1, 1),
+                         np.where(np.arange(w) < lengths[..., None], tokens, 0).reshape(-1, w)]
+                        + ([] if positions is None else [positions.reshape(p * n, -1)]), axis=1).astype(np.int32)
+  _, first, inverse = np.unique(np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1] * 4))).ravel(),
+                                return_index=True, return_inverse=True)
+  take = np.sort(first[lengths.reshape(-1)[first] > 0])  # the distinct non-empty rows, in order
+  slot = np.full(p * n, -1, np.int64)
+  out_tokens = np.zeros((blocks * c * r, w), np.int32)
+  out_lengths = np.zeros(blocks * c * r, np.int32)
+  out_prompt = np.zeros(blocks * c * r, np.int32)
+  out_positions = None if positions is None else np.zeros((blocks * c * r, positions.shape[-1]), np.int32)
+  block_of = take // per_block
+  for b in range(blocks):
+    mine = take[block_of == b]
+    at = b * c * r + np.arange(len(mine))
+    slot[mine] = at
+    out_tokens[at], out_lengths[at] = tokens.reshape(p * n, w)[mine], lengths.reshape(-1)[mine]
+    out_prompt[at] = mine // n - b * (p // blocks)
+    if positions is not None:
+      out_positions[at] = positions.reshape(p * n, -1)[mine]
+  row = np.where(lengths.reshape(-1) > 0, slot[first[inverse.ravel()]], -1).reshape(p, n)
+  shape = lambda x: None if x is None else x.reshape((blocks * c, r) + x.shape[1:])  # noqa: E731
+  return PackedCompletions(tokens=shape(out_tokens), lengths=shape(out_lengths), prompt=shape(out_prompt),
+                           positions=shape(out_positions), used=(out_lengths.reshape(blocks * c, r) > 0).any(-1),
+                           row=row)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tokens, lengths, positions=None):
+def _prompt_and_completion_values(lm, params, prompt_tokens, prompt_lengths, tokens, lengths, prompt, used,
+                                  positions=None):
+  """(value at each prompt's last token [P], values [C, R, W or Q]) of packed chunks: the
+  prompts prefilled once, each used chunk extending its rows' prompts, unused ones skipped."""
   last_prompt, prefix = lm.prefill(params, prompt_tokens, prompt_lengths)
-  return last_prompt, lm.extend(params, prefix, tokens, lengths, positions)
+
+  def chunk(args):
+    toks, lens, rows, use = args[:4]
+    pos = None if positions is None else args[4][:, None]
+    run = lambda _: lm.extend(params, prefix, toks[:, None], lens[:, None], pos, prefix_rows=rows)[:, 0]  # noqa: E731
+    skip = lambda _: jnp.zeros(out.shape, out.dtype)  # noqa: E731
+    out = jax.eval_shape(run, None)
+    return jax.lax.cond(use, run, skip, None)
+
+  chunks = (tokens, lengths, prompt, used) + (() if positions is None else (positions,))
+  return last_prompt, jax.lax.map(chunk, chunks)
 
 
 def completion_width(lengths) -> int:
@@ -100,7 +181,9 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
                       mesh=None, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Value logits of N completions of each prompt, the prompt computed once (its KV shared
   by its completions, `LanguageModel.extend`): the same numbers as a full forward over
-  each prompt + completion.
+  each prompt + completion. Each distinct non-empty completion of a prompt is run once,
+  packed with the others into chunks of `SCORE_TOKENS` tokens (`pack_completions`);
+  duplicates get their twin's values, empty completions zeros.
 
   prompts: P token lists; tokens: int32[P, N, T] completions, lengths: int32[P, N];
   prompt_width: pad prompts to this width (one width per run: one compilation); width: the
@@ -113,7 +196,7 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   runs its queries and MLP there only (`LanguageModel.extend`), e.g. an ORM's last token or
   a PRM's step ends.
   Returns (float32[P] value at each prompt's last token, float32[P, N, width] value at each
-  completion token, or float32[P, N, Q] at `positions`).
+  completion token (0 past its length), or float32[P, N, Q] at `positions`).
   """
   ptoks, plens = pad_prompts(prompts, width=prompt_width)
   width = completion_width(lengths) if width is None else width
@@ -123,21 +206,34 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   cut = min(width, tokens.shape[2])
   toks[..., :cut] = tokens[..., :cut]
   cut_lengths = np.minimum(lengths, width).astype(np.int32)
-  lm, args = model.as_lm(), (jnp.asarray(ptoks), jnp.asarray(plens), jnp.asarray(toks), jnp.asarray(cut_lengths))
   if positions is not None:
     positions = np.asarray(positions, np.int32)
     if positions.shape[:2] != tokens.shape[:2] or positions.ndim != 3:
       raise ValueError(f"positions must be int32[P, N, Q] with [P, N] = {tokens.shape[:2]}, got {positions.shape}")
     if positions.size and not 0 <= positions.min() <= positions.max() < width:
       raise ValueError(f"positions must lie in [0, {width}), got [{positions.min()}, {positions.max()}]")
-    args += (jnp.asarray(positions),)
+  p = len(prompts)
+  per_device_blocks = mesh is not None and mesh.shape[MODEL] == 1
+  blocks = data_size(mesh) if per_device_blocks else 1
+  rows = padded_rows(p, mesh) if per_device_blocks else p  # shard_batch's padding: empty prompts
+  pad = lambda x: np.concatenate([x, np.zeros((rows - p,) + x.shape[1:], x.dtype)])  # noqa: E731
+  packed = pack_completions(pad(toks), pad(cut_lengths), None if positions is None else pad(positions), blocks)
+  lm = model.as_lm()
+  args = tuple(jnp.asarray(x) for x in (ptoks, plens))
+  chunks = tuple(jnp.asarray(x) for x in (packed.tokens, packed.lengths, packed.prompt, packed.used)
+                 + (() if positions is None else (packed.positions,)))
   if mesh is None:
-    first, values = _prompt_and_completion_values(lm, params, *args)
+    first, values = _prompt_and_completion_values(lm, params, *args, *chunks)
   else:
-    params, args = place_params(mesh, params), shard_batch(mesh, *args)
-    run = _values_per_device if mesh.shape[MODEL] == 1 else _values_tensor_parallel
-    first, values = unpad(run(lm, mesh, params, *args), len(prompts))
-  return to_host((first, values))
+    params, args, chunks = place_params(mesh, params), shard_batch(mesh, *args), shard_batch(mesh, *chunks)
+    run = _values_per_device if per_device_blocks else _values_tensor_parallel
+    first, values = run(lm, mesh, params, *args, *chunks)
+    first = first[:p]
+  first, values = to_host((first, values))
+  flat = values.reshape((-1,) + values.shape[2:])
+  out = np.where((packed.row >= 0).reshape(packed.row.shape + (1,) * (flat.ndim - 1)),
+                 flat[np.maximum(packed.row, 0)], 0).astype(flat.dtype)
+  return first, out[:p]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
