@@ -141,6 +141,25 @@ def test_completions_on_a_shared_prompt_equal_full_sequence_scoring():
   np.testing.assert_allclose(steps[..., :s].reshape(12, s), want, atol=1e-5)
 
 
+def test_an_orm_and_a_prm_of_one_architecture_share_their_scoring_program():
+  """The ORM reads its last token in a query block of the PRM's multiple, so scoring a pool
+  with an ORM and then a PRM of the same architecture compiles one program, not two."""
+  from tts_jax.verifiers import completion_outcome_probabilities, completion_step_probabilities
+  from tts_jax.verifiers.scoring import _prompt_and_completion_values
+  cfg = qwen2_config(vocab_size=11, hidden_size=16, intermediate_size=24, num_layers=1, num_heads=2, num_kv_heads=1,
+                     head_dim=8, max_position_embeddings=64)
+  (orm, orm_params), (prm, prm_params) = init_value(cfg, seed=1), init_value(cfg, seed=2)
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(0, 11, size=n).tolist() for n in (4, 7)]
+  tokens, lengths = rng.integers(0, 11, size=(2, 3, 12)).astype(np.int32), np.array([[12, 5, 1], [9, 12, 3]], np.int32)
+  kw = dict(prompt_width=13, width=12)
+  completion_outcome_probabilities(orm, orm_params, prompts, tokens, lengths, **kw)
+  compiled = _prompt_and_completion_values._cache_size()
+  _, mask = completion_step_probabilities(prm, prm_params, prompts, tokens, lengths, (3,), **kw)
+  assert 1 <= mask.sum(-1).max() <= 8  # one query block for both
+  assert _prompt_and_completion_values._cache_size() == compiled
+
+
 def test_packing_keeps_each_distinct_completion_of_a_prompt_once():
   """`pack_completions`: one row per distinct non-empty (prompt, completion, positions), in
   order; repeats and texts equal up to their length map to their first row; empty ones to

@@ -253,7 +253,9 @@ def completion_outcome_probabilities(model: ValueModel, params, prompts, tokens,
   last token; at the prompt's last token for an empty completion). width, mesh: as in
   `completion_values` (width must cover the longest completion)."""
   _check_width(width, lengths)
-  at = np.maximum(np.asarray(lengths) - 1, 0)[..., None]
+  # Its last token, the query block padded (with copies) to a PRM's multiple: an ORM and a PRM
+  # of one architecture then score with the same compiled program.
+  at = np.repeat(np.maximum(np.asarray(lengths) - 1, 0)[..., None], STEP_QUERY_MULTIPLE, axis=-1)
   first, last = completion_values(model, params, prompts, tokens, lengths, prompt_width, width, mesh, positions=at)
   return sigmoid(np.where(lengths > 0, last[..., 0], first[:, None]))
 
