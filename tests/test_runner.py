@@ -178,3 +178,24 @@ def test_config_json_guards_the_results(models_dir, tmp_path):
     from tts_jax.sampling import SamplingParams
     run_experiment(experiment(models_dir, tmp_path / "new", sampling=SamplingParams(top_p=1.5)), quiet=True)
   assert not (tmp_path / "new").exists()
+
+
+def test_the_first_batch_finds_its_pool_programs_compiled(models_dir, tmp_path):
+  """`compile_pool_methods` (the runner's warm-up, on a stand-in pool) compiles every program
+  the pool methods then run on a real batch of those shapes: the real batch's methods compile
+  and load nothing. (Shapes no other test uses, so every program is new to this process.)"""
+  from tts_jax.eval.batch import Batch
+  from tts_jax.eval.runner import _load_models
+  from tts_jax.eval.timing import Timer
+  from tts_jax.eval.warmup import compile_pool_methods
+  exp = experiment(models_dir, tmp_path, budgets=(1, 3, 5), num_subsets=5, batch_problems=3, max_new_tokens=40)
+  models, problems = _load_models(exp), list(exp.task.split(exp.split)[:3])
+  with Timer() as warm:
+    compile_pool_methods(exp, models, problems, 0, None, warm)
+  assert warm.compilations + warm.cache_hits > 0
+  batch = Batch(experiment=exp, models=models, problems=problems, start=0)
+  batch.pool(("orm", "prm"))  # sampled and scored: not the warm-up's programs
+  with Timer() as real:
+    for i, m in enumerate(exp.methods):
+      m.evaluate(batch, i)
+  assert (real.compilations, real.cache_hits) == (0, 0)

@@ -13,8 +13,10 @@ scoring and search compile once per run; compiled code is kept in JAX's persiste
 compilation cache (`tts_jax.eval.compile_cache`), so a second run compiles nothing. The
 runner prints where the time went (`tts_jax.eval.timing`) and stores it in summary.json
 under "timing" (the invocation that wrote the summary). While a batch's methods run, the
-next batch's pool is sampled and scored on a worker thread (single-process runs); every
-computation is pure in its inputs, so the results do not depend on this overlap.
+next batch's pool is sampled and scored on a worker thread (single-process runs), and while
+the first pool is drawn another thread compiles the pool methods' programs on a stand-in
+pool of the run's shapes (`tts_jax.eval.warmup`); every computation is pure in its inputs,
+so the results do not depend on this overlap.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tts_jax.eval.pool_methods import PoolMethod
 from tts_jax.eval.results_file import ResultsFile, atomic_write
 from tts_jax.eval.summary import format_table, plot, plot_against, summarize
 from tts_jax.eval.timing import Timer
+from tts_jax.eval.warmup import WARM_UP, compile_pool_methods
 from tts_jax.models import pad_prompts
 from tts_jax.models.memory import plan_memory
 from tts_jax.parallel import data_size, describe, place_params
@@ -194,12 +197,19 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
                                 mesh=mesh, timer=timer)
   verifiers = _pool_verifiers(exp) if jax.process_count() == 1 else None
   last = len(groups) if stop_after_batches is None else min(len(groups), -(-stop_after_batches // d))
+  warm = None  # the pool methods' programs, compiled while the first pool is drawn
+  if todo and _pool_verifiers(exp) is not None:
+    warm = WARM_UP.submit(compile_pool_methods, exp, models, chunk(todo[0]), todo[0] * exp.batch_problems,
+                          prompt_width, timer)
   drawn = _drawn_ahead(make, groups[:last], verifiers)
   try:
     for group, ids in drawn:
       for slot, b in enumerate(ids):
         if stop_after_batches is not None and new >= stop_after_batches:
           break  # only in the last group drawn: the run stops below
+        if warm is not None:  # done before the first batch's methods: nothing compiles twice
+          warm.result()
+          warm = None
         before = timer.compilations
         batch = Batch(experiment=exp, models=models, problems=chunk(b), start=b * exp.batch_problems,
                       prompt_width=prompt_width, timer=timer, group=group, slot=slot)
@@ -212,6 +222,8 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
         new += 1
   finally:
     drawn.close()  # stopped early: waits for the worker
+    if warm is not None:
+      warm.result()
   bar.close()
   if new < len(todo) or not writer:  # stopped by stop_after_batches, or not the writing process
     return {}
