@@ -187,8 +187,12 @@ def test_the_first_batch_finds_its_pool_programs_compiled(models_dir, tmp_path):
   from tts_jax.eval.batch import Batch
   from tts_jax.eval.runner import _load_models
   from tts_jax.eval.timing import Timer
-  from tts_jax.eval.warmup import compile_pool_methods
+  from tts_jax.eval import ComputeOptimal, SlimSC
+  from tts_jax.eval.warmup import compile_pool_methods, compiles_on_stand_in
   exp = experiment(models_dir, tmp_path, budgets=(1, 3, 5), num_subsets=5, batch_problems=3, max_new_tokens=40)
+  assert all(compiles_on_stand_in(m) for m in exp.methods)
+  # Methods that read more than the pool never see a stand-in (the calibration keeps its batches).
+  assert not compiles_on_stand_in(ComputeOptimal()) and not compiles_on_stand_in(SlimSC())
   models, problems = _load_models(exp), list(exp.task.split(exp.split)[:3])
   with Timer() as warm:
     compile_pool_methods(exp, models, problems, 0, None, warm)

@@ -80,10 +80,11 @@ class Batch:
     with self.timer.phase("host: text and grading"):
       return build_pool(self.task, self.problems, self.prompts, comps)
 
-  def use_pool(self, pool: Pool, verifiers: tuple[str, ...]) -> None:
-    """Makes `pool`, which holds the scores of `verifiers`, this batch's pool instead of
-    the group's samples (a stand-in of the run's shapes: `tts_jax.eval.warmup`)."""
-    self.__dict__["_pool"] = pool  # the cached property's slot
+  def use_pool(self, pool: Pool, verifiers: tuple[str, ...], completions: Completions) -> None:
+    """Makes `pool` (built from `completions`, holding the scores of `verifiers`) this
+    batch's pool instead of the group's samples: a stand-in of the run's shapes
+    (`tts_jax.eval.warmup`); the group then draws nothing for this batch."""
+    self.__dict__.update(_pool=pool, completions=completions)  # the cached properties' slots
     self._scored.update(verifiers)
 
   def pool(self, verifiers: tuple[str, ...] = ()) -> Pool:

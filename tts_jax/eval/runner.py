@@ -41,7 +41,7 @@ from tts_jax.eval.pool_methods import PoolMethod
 from tts_jax.eval.results_file import ResultsFile, atomic_write
 from tts_jax.eval.summary import format_table, plot, plot_against, summarize
 from tts_jax.eval.timing import Timer
-from tts_jax.eval.warmup import WARM_UP, compile_pool_methods
+from tts_jax.eval.warmup import WARM_UP, compile_pool_methods, compiles_on_stand_in
 from tts_jax.models import pad_prompts
 from tts_jax.models.memory import plan_memory
 from tts_jax.parallel import data_size, describe, place_params
@@ -198,7 +198,7 @@ def _run(exp: Experiment, timer: Timer, mesh, stop_after_batches: int | None, qu
   verifiers = _pool_verifiers(exp) if jax.process_count() == 1 else None
   last = len(groups) if stop_after_batches is None else min(len(groups), -(-stop_after_batches // d))
   warm = None  # the pool methods' programs, compiled while the first pool is drawn
-  if todo and _pool_verifiers(exp) is not None:
+  if todo and _pool_verifiers(exp) is not None and any(compiles_on_stand_in(m) for m in exp.methods):
     warm = WARM_UP.submit(compile_pool_methods, exp, models, chunk(todo[0]), todo[0] * exp.batch_problems,
                           prompt_width, timer)
   drawn = _drawn_ahead(make, groups[:last], verifiers)

@@ -30,6 +30,14 @@ from tts_jax.tasks import Completions, task_prompts
 WARM_UP = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts_jax-warm-up")
 
 
+def compiles_on_stand_in(method) -> bool:
+  """Whether the warm-up runs `method`: a pool method evaluated by `PoolMethod.evaluate`,
+  which reads only the batch's pool, subset orders and pool costs. A method with its own
+  `evaluate` may read more (the samples' tokens, other batches, engine runs: `SlimSC`,
+  `ComputeOptimal`, whose calibration keeps the batches it sees), so it is left out."""
+  return isinstance(method, PoolMethod) and type(method).evaluate is PoolMethod.evaluate
+
+
 def stand_in_batch(exp: Experiment, models, problems: list, start: int, prompt_width: int | None,
                    timer: Timer) -> Batch:
   """Batch `start` of `exp` with a stand-in pool instead of sampled ones: max(budgets) empty
@@ -46,19 +54,19 @@ def stand_in_batch(exp: Experiment, models, problems: list, start: int, prompt_w
   pool.prm_mask = np.zeros((p, n, t), bool)
   pool.prm_mask[..., 0] = True
   batch = Batch(experiment=exp, models=models, problems=problems, start=start, prompt_width=prompt_width, timer=timer)
-  batch.use_pool(pool, ("orm", "prm"))
+  batch.use_pool(pool, ("orm", "prm"), comps)
   return batch
 
 
 def compile_pool_methods(exp: Experiment, models, problems: list, start: int, prompt_width: int | None,
                          timer: Timer) -> None:
-  """Evaluates every pool method of `exp` on `stand_in_batch` (batch `start`: `problems`) and
-  discards the numbers: their programs are compiled, or loaded from the persistent cache.
+  """Evaluates the pool methods of `exp` that read only the pool (`compiles_on_stand_in`) on
+  `stand_in_batch` (batch `start`: `problems`) and discards the numbers: their programs are compiled, or loaded from the persistent cache.
   An error here is left to the real batch, which runs the same code on real data and
   raises it there (this call only saves time)."""
   batch = stand_in_batch(exp, models, problems, start, prompt_width, timer)
   for i, m in enumerate(exp.methods):
-    if isinstance(m, PoolMethod):
+    if compiles_on_stand_in(m):
       with timer.phase(m.timing_phase):
         try:
           m.evaluate(batch, i)  # host numbers: it waits for the device
