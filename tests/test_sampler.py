@@ -164,3 +164,18 @@ def test_token_draws_are_jax_categorical_bit_for_bit(per_sample):
     want = (jax.vmap(jax.vmap(jax.random.categorical)) if per_sample
             else jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1)))(keys, logq)
     np.testing.assert_array_equal(np.asarray(jax.jit(_categorical)(keys, logq)), np.asarray(want))
+
+
+def test_first_argmax_is_argmax():
+  """`first_argmax` (the CPU draw's two plain reductions) is `jnp.argmax` on ties (the first),
+  whole -inf rows, +inf, NaN (the first NaN, as argmax counts NaN the largest) and constants."""
+  import jax.numpy as jnp
+  from tts_jax.sampling.token_step import first_argmax
+  x = np.random.default_rng(1).normal(size=(8, 3, 257)).astype(np.float32)
+  x[0, :, [5, 200]] = 9.0
+  x[1] = -np.inf
+  x[2, 0, [7, 9]] = np.nan
+  x[2, 1, 3], x[2, 1, 250] = np.inf, np.inf
+  x[3] = 1.5
+  x[4, :, -1] = 30.0
+  np.testing.assert_array_equal(np.asarray(jax.jit(first_argmax)(x)), np.asarray(jnp.argmax(x, axis=-1)))

@@ -43,8 +43,18 @@ def _gumbel_max(key: jax.Array, logits: jax.Array) -> jax.Array:
   to memory)."""
   noise = jax.random.gumbel(key, logits.shape, logits.dtype)
   if jax.default_backend() == "cpu":
-    noise = jax.lax.optimization_barrier(noise)
+    return first_argmax(jax.lax.optimization_barrier(noise) + logits)
   return jnp.argmax(noise + logits, axis=-1)
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+  """`jnp.argmax(x, axis=-1)` (the first index of the largest value; a NaN counts as the
+  largest) as two plain reductions, a max and a min of indices: XLA:CPU runs argmax's
+  (value, index) reduction unvectorised, ~3 ms for [16, 16384] against ~0.5 ms for these.
+  x: float[..., V] -> int32[...]."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  hit = (x == top) | jnp.isnan(x)
+  return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
 
 
 def _categorical(keys: jax.Array, logq: jax.Array) -> jax.Array:
