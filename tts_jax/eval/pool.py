@@ -75,9 +75,14 @@ class Pool:
 
 def build_pool(task, problems, prompts, comps: Completions) -> Pool:
   """Grades sampled completions (verifier scores are filled by `Batch.pool`, from `BatchGroup`)."""
-  p, n = comps.lengths.shape
   answers, _ = encode_answers([[task.extract_answer(t) for t in row] for row in comps.texts])
-  correct = np.array([[task.verify(pr, t) for t in row] for pr, row in zip(problems, comps.texts)])
+  correct = np.array([[task.verify(pr, t) for t in row] for pr, row in zip(problems, comps.texts)], bool)
+  return pool_of(answers, correct, prompts, comps)
+
+
+def pool_of(answers: np.ndarray, correct: np.ndarray, prompts, comps: Completions) -> Pool:
+  """The pool of graded completions: answers int32[P, n] (`encode_answers`), correct bool[P, n]."""
+  p, n = comps.lengths.shape
   lens = comps.lengths
   mask = np.arange(comps.tokens.shape[-1])[None, None] < lens[..., None]
   denom = np.maximum(lens, 1)

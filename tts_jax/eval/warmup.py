@@ -17,14 +17,16 @@ inputs, so the results do not depend on it.
 from __future__ import annotations
 
 import concurrent.futures
+import warnings
 
 import numpy as np
 
 from tts_jax.eval.batch import Batch
 from tts_jax.eval.experiment import Experiment
-from tts_jax.eval.pool import build_pool
+from tts_jax.eval.pool import pool_of
 from tts_jax.eval.pool_methods import PoolMethod
 from tts_jax.eval.timing import Timer
+from tts_jax.selection import encode_answers
 from tts_jax.tasks import Completions, task_prompts
 
 WARM_UP = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts_jax-warm-up")
@@ -41,14 +43,17 @@ def compiles_on_stand_in(method) -> bool:
 def stand_in_batch(exp: Experiment, models, problems: list, start: int, prompt_width: int | None,
                    timer: Timer) -> Batch:
   """Batch `start` of `exp` with a stand-in pool instead of sampled ones: max(budgets) empty
-  completions per problem (graded by the task, so the pool has its real dtypes), every
+  completions per problem, none with an answer or right (`pool_of`, so the pool has the
+  real one's dtypes), every
   verifier score 0.5 and one PRM step per sample over max_new_tokens step slots (the
   shapes pool scoring gives a PRM without its own format)."""
   p, n, t = len(problems), max(exp.budgets), exp.max_new_tokens
   comps = Completions(tokens=np.zeros((p, n, t), np.int32), lengths=np.zeros((p, n), np.int32),
                       texts=[[""] * n for _ in range(p)], logprobs=np.zeros((p, n, t), np.float32),
                       entropy=np.zeros((p, n, t), np.float32))
-  pool = build_pool(exp.task, problems, task_prompts(exp.task, problems), comps)
+  # Not graded by the task: a grader may need the main thread (math-verify's timeout uses signals).
+  answers, _ = encode_answers([[None] * n for _ in range(p)])
+  pool = pool_of(answers, np.zeros((p, n), bool), task_prompts(exp.task, problems), comps)
   pool.orm = np.full((p, n), 0.5, np.float32)
   pool.prm_steps = np.full((p, n, t), 0.5, np.float32)
   pool.prm_mask = np.zeros((p, n, t), bool)
@@ -64,7 +69,11 @@ def compile_pool_methods(exp: Experiment, models, problems: list, start: int, pr
   `stand_in_batch` (batch `start`: `problems`) and discards the numbers: their programs are compiled, or loaded from the persistent cache.
   An error here is left to the real batch, which runs the same code on real data and
   raises it there (this call only saves time)."""
-  batch = stand_in_batch(exp, models, problems, start, prompt_width, timer)
+  try:
+    batch = stand_in_batch(exp, models, problems, start, prompt_width, timer)
+  except Exception as e:  # noqa: BLE001  (only time is lost: the batches compile their own programs)
+    warnings.warn(f"the pool methods' warm-up was skipped: {e!r}", RuntimeWarning, stacklevel=1)
+    return
   for i, m in enumerate(exp.methods):
     if compiles_on_stand_in(m):
       with timer.phase(m.timing_phase):
