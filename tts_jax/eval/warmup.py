@@ -44,9 +44,8 @@ def stand_in_batch(exp: Experiment, models, problems: list, start: int, prompt_w
                    timer: Timer) -> Batch:
   """Batch `start` of `exp` with a stand-in pool instead of sampled ones: max(budgets) empty
   completions per problem, none with an answer or right (`pool_of`, so the pool has the
-  real one's dtypes), every
-  verifier score 0.5 and one PRM step per sample over max_new_tokens step slots (the
-  shapes pool scoring gives a PRM without its own format)."""
+  real one's dtypes), every verifier score 0.5 and one PRM step per sample over
+  max_new_tokens step slots (the shapes pool scoring gives a PRM without its own format)."""
   p, n, t = len(problems), max(exp.budgets), exp.max_new_tokens
   comps = Completions(tokens=np.zeros((p, n, t), np.int32), lengths=np.zeros((p, n), np.int32),
                       texts=[[""] * n for _ in range(p)], logprobs=np.zeros((p, n, t), np.float32),
@@ -66,9 +65,10 @@ def stand_in_batch(exp: Experiment, models, problems: list, start: int, prompt_w
 def compile_pool_methods(exp: Experiment, models, problems: list, start: int, prompt_width: int | None,
                          timer: Timer) -> None:
   """Evaluates the pool methods of `exp` that read only the pool (`compiles_on_stand_in`) on
-  `stand_in_batch` (batch `start`: `problems`) and discards the numbers: their programs are compiled, or loaded from the persistent cache.
-  An error here is left to the real batch, which runs the same code on real data and
-  raises it there (this call only saves time)."""
+  `stand_in_batch` (batch `start`: `problems`) and discards the numbers: their programs are
+  compiled, or loaded from the persistent cache. A method's error here is left to the real
+  batch, which runs the same code on real data and raises it there; a stand-in that cannot
+  be built is a warning (this call only saves time)."""
   try:
     batch = stand_in_batch(exp, models, problems, start, prompt_width, timer)
   except Exception as e:  # noqa: BLE001  (only time is lost: the batches compile their own programs)
