@@ -220,8 +220,12 @@ def completion_values(model: ValueModel, params, prompts: Sequence[Sequence[int]
   packed = pack_completions(pad(toks), pad(cut_lengths), None if positions is None else pad(positions), blocks)
   lm = model.as_lm()
   args = tuple(jnp.asarray(x) for x in (ptoks, plens))
-  chunks = tuple(jnp.asarray(x) for x in (packed.tokens, packed.lengths, packed.prompt, packed.used)
-                 + (() if positions is None else (packed.positions,)))
+  chunks = (packed.tokens, packed.lengths, packed.prompt, packed.used)
+  chunks += () if positions is None else (packed.positions,)
+  if mesh is not None and not per_device_blocks:  # unused chunks up to the data axis (not `shard_batch`'s copies)
+    more = padded_rows(len(packed.used), mesh) - len(packed.used)
+    chunks = tuple(np.concatenate([x, np.zeros((more,) + x.shape[1:], x.dtype)]) for x in chunks)
+  chunks = tuple(jnp.asarray(x) for x in chunks)
   if mesh is None:
     first, values = _prompt_and_completion_values(lm, params, *args, *chunks)
   else:
