@@ -7,6 +7,11 @@ parameters saved by transformers and loaded by `tts_jax.models.hf.load`) side by
 side in this process, with plain ancestral sampling (temperature 1, no filtering,
 no stop token, so every sample is exactly --new-tokens long). Compile time is
 reported apart; timed runs are medians over --repeats.
+
+It also prints the decode floor on this machine: a decode step reads every non-embedding
+weight once, so no float32 implementation using XLA's matmul decodes faster than one
+[N, H] product over all those weights per token; the floor and the best ratio it allows are
+printed beside the measured step.
 """
 
 from __future__ import annotations
@@ -44,6 +49,25 @@ def write_checkpoint(path: str) -> Qwen2ForCausalLM:
   with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
     json.dump({"eos_token": "t1"}, fh)
   return model
+
+
+def weight_streaming_floor(params, rows: int, repeats: int = 5) -> dict:
+  """The least time one decode step can take with XLA's matmul on this machine: one
+  [rows, H] x [H, all] product over every weight a step reads (all but the embedding table,
+  packed into one matrix of the same bytes), timed best of `repeats`. -> {"bytes", "seconds"}."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  count = sum(x.size for path, x in leaves if "embed_tokens" not in jax.tree_util.keystr(path))
+  hidden = CONFIG["hidden_size"]
+  w = jnp.ones((count // hidden, hidden), jnp.float32)
+  x = jnp.ones((rows, hidden), jnp.float32)
+  matmul = jax.jit(lambda x, w: jnp.einsum("rh,oh->ro", x, w))
+  jax.block_until_ready(matmul(x, w))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(x, w))
+    times.append(time.perf_counter() - t0)
+  return {"bytes": w.nbytes, "seconds": min(times)}
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -100,6 +124,8 @@ def main():
   total, pre = statistics.median(times), statistics.median(p_times)
   results["transformers generate"] = dict(total=total, prefill=pre, decode=total - pre, compile=0.0)
 
+  floor = weight_streaming_floor(params, n)
+
   base = results["transformers generate"]["total"]
   print(f"\n{'method':30s} {'tokens/s':>9s} {'total s':>8s} {'prefill s':>9s} {'decode s':>9s} "
         f"{'compile s':>9s} {'speedup vs HF':>13s}")
@@ -108,6 +134,11 @@ def main():
           f"{r['decode']:9.2f} {r['compile']:9.2f} {base / r['total']:12.2f}x")
   shared, unshared = results["tts_jax (shared prefix)"], results["tts_jax (no prefix sharing)"]
   print(f"\nprefix sharing speedup (end to end): {unshared['total'] / shared['total']:.2f}x")
+  best = shared["prefill"] + t_new * floor["seconds"]
+  print(f"decode floor: every decode step reads the {floor['bytes'] / 1e6:.0f} MB of non-embedding weights; one "
+        f"[{n}, H] x all-weights matmul takes {1e3 * floor['seconds']:.2f} ms here ({floor['bytes'] / floor['seconds'] / 1e9:.1f} GB/s), "
+        f"tts_jax's decode step {1e3 * shared['decode'] / t_new:.2f} ms.\nWith that floor and nothing else per step, "
+        f"shared prefix would take {best:.2f} s: at most {base / best:.2f}x transformers on this machine.")
 
 
 if __name__ == "__main__":
