@@ -5,10 +5,19 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from tts_jax.eval import BeamSearch, Experiment
 from tts_jax.eval.pool_methods import RPC, AdaptiveConsistency, BestOfN, MajorityVote, PassAtK, WeightedMajority
+from tts_jax.eval.timing import Timer
 from tts_jax.models import pad_prompts
+from tts_jax.search.ets import distinct_pages, page_keys
+from tts_jax.smc.engine import _check_finite
+from tts_jax.smc.particles import Particles
 from tts_jax.tasks import ModChain, task_prompts
 from tts_jax.tasks.shipped import DEFAULTS_DIR
 
@@ -50,3 +59,28 @@ def test_batches_after_the_first_compile_nothing_and_a_second_run_nothing(tmp_pa
   second = _run_in_subprocess(tmp_path / "b", tmp_path / "cache")
   assert second["batches_computed"] == 3
   assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second
+
+
+def test_a_finished_search_is_read_by_one_program_per_quantity():
+  """Reading an engine's finished particles on the host (final weights, KV pages held, the
+  NaN check) compiles or loads one program per quantity and shape, not one per operation (op
+  by op they were ~20 programs per budget of a search), with the op-by-op numbers bit for bit."""
+  rng = np.random.default_rng(0)
+  b, n, t = 3, 7, 40  # shapes no other test reads, so nothing is compiled already
+  log_weights = rng.normal(scale=5.0, size=(b, n)).astype(np.float32)
+  log_weights[0, :3] = -np.inf
+  p = SimpleNamespace(log_weights=log_weights, log_z=np.zeros(b, np.float32),
+                      log_potential=rng.normal(size=(b, n)).astype(np.float32))
+  tokens, lengths = rng.integers(0, 50, size=(b, n, t)), rng.integers(0, t + 1, size=(b, n))
+  read = lambda: (Particles.normalized_weights(p), distinct_pages(tokens, lengths, 16), _check_finite(p))  # noqa: E731
+  with Timer() as timer:
+    got = read()
+  assert timer.compilations + timer.cache_hits <= 2, (timer.compilations, timer.cache_hits)
+  # What was read before, eagerly, op by op (jax.nn's own functions as they dispatch outside jit).
+  want = (jax.nn.softmax(jnp.asarray(log_weights), axis=-1),
+          page_keys(jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32), 16))
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+  key, end = jax.device_get(want[1])
+  assert list(got[1]) == [len({(k, e, j) for k, e, j in zip(key[i].ravel(), end[i].ravel(),
+                                                          np.tile(np.arange(key.shape[-1]), n)) if e >= 0})
+                          for i in range(b)]

@@ -53,10 +53,13 @@ def page_keys(tokens, length, page_size: int) -> tuple[jax.Array, jax.Array]:
   return jnp.where(valid, key, 0), jnp.where(valid, end, -1).astype(jnp.int32)
 
 
+_page_keys = jax.jit(page_keys, static_argnums=2)  # one program per shape, not one per operation
+
+
 def distinct_pages(tokens, length, page_size: int) -> np.ndarray:
   """int[B]: KV pages held by the N sequences of each row together (tokens int[B, N, T],
   length int[B, N]), prefix-shared (host numpy)."""
-  key, end = jax.device_get(page_keys(jnp.asarray(tokens), jnp.asarray(length), page_size))
+  key, end = jax.device_get(_page_keys(tokens, length, page_size))
   return np.array([len({(k, e, j) for k, e, j in zip(key[b].ravel(), end[b].ravel(),
                                                       np.tile(np.arange(key.shape[-1]), key.shape[1]))
                         if e >= 0}) for b in range(key.shape[0])])

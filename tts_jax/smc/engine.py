@@ -51,6 +51,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
@@ -440,7 +441,7 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
     reference = None if reference is None else shard_batch(mesh, *reference)
     if mesh.shape[MODEL] == 1:
       p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
-      if bool(jnp.any(oom)):
+      if bool(np.any(jax.device_get(oom))):
         raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
                            "were dropped. Increase num_pages.")
       p = unpad(p, b)
@@ -457,8 +458,9 @@ def _check_finite(p: Particles) -> None:
   others have no meaning as weights."""
   if isinstance(p.log_weights, jax.core.Tracer):
     return  # under a caller's trace (e.g. twist training): nothing concrete to check
-  bad = [name for name, x in (("log_weights", p.log_weights), ("log_potential", p.log_potential), ("log Z", p.log_z))
-         if bool(jnp.any(jnp.isnan(x) | (x == jnp.inf)))]
+  names = ("log_weights", "log_potential", "log Z")
+  values = jax.device_get((p.log_weights, p.log_potential, p.log_z))  # checked on the host: no op-by-op programs
+  bad = [name for name, x in zip(names, values) if np.any(np.isnan(x) | (x == np.inf))]
   if bad:
     raise ValueError(f"the run produced NaN or +inf in {', '.join(bad)}: a potential (or twist) returned NaN or +inf "
                      f"for some particle. Return -inf for a zero weight; NaN and +inf are not weights.")

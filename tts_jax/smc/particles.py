@@ -73,7 +73,16 @@ class Particles:
 
   def normalized_weights(self) -> jax.Array:
     """float32[B, N] final importance weights, summing to 1 per prompt."""
-    return jax.nn.softmax(self.log_weights, axis=-1)
+    return _normalized_weights(self.log_weights)
+
+
+# One compiled program: called on a finished run's host arrays, op by op it would compile (or
+# load from the persistent cache) one small program per operation and shape; the same numbers
+# bit for bit (tests/test_compilation.py). `final_log_z` stays op by op: compiled as one program,
+# XLA rounds it differently in the last bit.
+@jax.jit
+def _normalized_weights(log_weights):
+  return jax.nn.softmax(log_weights, axis=-1)
 
 
 PER_PARTICLE = ("tokens", "length", "logp", "logq", "log_weights", "log_potential", "log_twist", "done", "steps",
