@@ -75,7 +75,7 @@ def test_a_finished_search_is_read_by_one_program_per_quantity():
   read = lambda: (Particles.normalized_weights(p), distinct_pages(tokens, lengths, 16), _check_finite(p))  # noqa: E731
   with Timer() as timer:
     got = read()
-  assert timer.compilations + timer.cache_hits <= 2, (timer.compilations, timer.cache_hits)
+  assert timer.compilations + timer.cache_hits <= 3, (timer.compilations, timer.cache_hits)
   # What was read before, eagerly, op by op (jax.nn's own functions as they dispatch outside jit).
   want = (jax.nn.softmax(jnp.asarray(log_weights), axis=-1),
           page_keys(jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32), 16))

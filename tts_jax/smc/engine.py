@@ -51,7 +51,6 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
@@ -441,7 +440,7 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
     reference = None if reference is None else shard_batch(mesh, *reference)
     if mesh.shape[MODEL] == 1:
       p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
-      if bool(np.any(jax.device_get(oom))):
+      if bool(jnp.any(oom)):
         raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
                            "were dropped. Increase num_pages.")
       p = unpad(p, b)
@@ -453,14 +452,20 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
   return p
 
 
+@jax.jit
+def _not_finite(arrays):
+  """Whether each array holds NaN or +inf: one compiled program, not one per operation."""
+  return tuple(jnp.any(jnp.isnan(x) | (x == jnp.inf)) for x in arrays)
+
+
 def _check_finite(p: Particles) -> None:
   """Raises if a potential (or twist) produced NaN or +inf: -inf is a zero weight, the
   others have no meaning as weights."""
   if isinstance(p.log_weights, jax.core.Tracer):
     return  # under a caller's trace (e.g. twist training): nothing concrete to check
   names = ("log_weights", "log_potential", "log Z")
-  values = jax.device_get((p.log_weights, p.log_potential, p.log_z))  # checked on the host: no op-by-op programs
-  bad = [name for name, x in zip(names, values) if np.any(np.isnan(x) | (x == np.inf))]
+  flags = _not_finite((p.log_weights, p.log_potential, p.log_z))  # global arrays too (a multi-process run)
+  bad = [name for name, flag in zip(names, flags) if bool(flag)]
   if bad:
     raise ValueError(f"the run produced NaN or +inf in {', '.join(bad)}: a potential (or twist) returned NaN or +inf "
                      f"for some particle. Return -inf for a zero weight; NaN and +inf are not weights.")
