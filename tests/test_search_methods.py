@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import modchain_right_and_wrong, policy_and_value, without_timing
 from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
 from tts_jax.models.value import value_logits
-from tts_jax.search import best_of_n, particle_filter
+from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
 from tts_jax.search import Beam
 from tts_jax.smc import Resample, SMCConfig, run_smc
 from tts_jax.tasks import ModChain, step_oracle
@@ -159,3 +159,21 @@ def test_particle_gibbs_method_runs_its_sweeps_and_counts_them():
     assert b.cost.flops > 2 * a.cost.flops
   with pytest.raises(ValueError, match="sweeps must be an int >= 1"):
     Experiment(name="x", task=task, methods=(ParticleGibbs(sweeps=0),), budgets=(4,))
+
+
+def test_dvts_with_one_subtree_is_beam_search_and_shares_its_program(models):
+  lm, params, vm, vparams = models
+  kw = dict(max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), max_step_tokens=4)
+  one_tree, beam = dvts(4, 4, **kw), beam_search(4, 4, **kw)
+  assert one_tree == beam and hash(one_tree) == hash(beam)
+  assert dvts(8, 4, **kw).select == Beam(width=1, group_size=4)  # several subtrees keep their groups
+  from tts_jax.smc.engine import _run_jit  # noqa: PLC0415
+  pot = ValuePotential(vm.as_lm())
+  runs = []
+  for cfg in (beam, one_tree):
+    before = _run_jit._cache_size()
+    p = run_smc(lm, params, jnp.asarray([[1, 2, 3]]), jnp.asarray([3]), jax.random.key(2), cfg=cfg,
+                potential=pot, potential_params=vparams)
+    runs.append((np.asarray(p.tokens), _run_jit._cache_size() - before))
+  np.testing.assert_array_equal(runs[0][0], runs[1][0])
+  assert runs[1][1] == 0  # the second config compiled nothing new
