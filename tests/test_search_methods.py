@@ -11,9 +11,9 @@ import pytest
 from tests.helpers import modchain_right_and_wrong, policy_and_value, without_timing
 from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
 from tts_jax.models.value import value_logits
-from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
-from tts_jax.search import Beam
+from tts_jax.search import Beam, beam_search, best_of_n, dvts, particle_filter
 from tts_jax.smc import Resample, SMCConfig, run_smc
+from tts_jax.smc.engine import _run_jit
 from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.tasks.shipped import DEFAULTS_DIR
 from tts_jax.verifiers import ValuePotential
@@ -167,7 +167,6 @@ def test_dvts_with_one_subtree_is_beam_search_and_shares_its_program(models):
   one_tree, beam = dvts(4, 4, **kw), beam_search(4, 4, **kw)
   assert one_tree == beam and hash(one_tree) == hash(beam)
   assert dvts(8, 4, **kw).select == Beam(width=1, group_size=4)  # several subtrees keep their groups
-  from tts_jax.smc.engine import _run_jit  # noqa: PLC0415
   pot = ValuePotential(vm.as_lm())
   runs = []
   for cfg in (beam, one_tree):
