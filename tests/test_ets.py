@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tts_jax.search.beam import _beam_group
+from tts_jax.search.beam import beam_ancestors
 from tts_jax.search.ets import _ets_group, distinct_pages, last_step_keys, page_keys
 
 STEP = 9
@@ -113,7 +113,8 @@ def test_zero_lambdas_are_beam_search(seed):
   key, end = page_keys(jnp.asarray(seqs), jnp.asarray(length), 4)
   cl, cl_len = last_step_keys(jnp.asarray(seqs), jnp.asarray(length), (STEP,))
   for width in (1, 3, g):
-    beam = _beam_group(jnp.asarray(score), jnp.asarray(done), hash_, jnp.asarray(length), width=width, dedup=True)
+    beam = beam_ancestors(jnp.asarray(score), jnp.asarray(done), hash_, jnp.asarray(length), width=width, group=g,
+                          dedup=True)
     ets = _ets_group(jnp.asarray(score), jnp.asarray(done), hash_, jnp.asarray(length), key, end, cl, cl_len,
                      width=width, lambda_kv=0.0, lambda_div=0.0)
     np.testing.assert_array_equal(np.asarray(ets), np.asarray(beam))

@@ -11,6 +11,7 @@ from tests.tabular_target import make_target
 from tts_jax.models.tabular import TabularLM
 from tts_jax.sampling import SamplingParams
 from tts_jax.search import beam_search, best_of_n, dvts
+from tts_jax.search.beam import beam_ancestors
 from tts_jax.smc import run_smc
 
 FLAT = SamplingParams(temperature=20.0)  # beam search ranks by potential only; a flat proposal covers all children
@@ -121,3 +122,51 @@ def test_toy_policy_closed_forms(q, k, n):
     acc = _accuracy(q, k, cfg, reps, seed=i)
     se = np.sqrt(exact * (1 - exact) / reps)
     assert abs(acc - exact) < 4 * se, (cfg.select, acc, exact, se)
+
+
+def _host_beam(score, done, seqs, width, group, dedup):
+  """Beam's selection for one prompt in plain Python, from the module docstring: in each group
+  of `group` consecutive particles, rank the distinct ones (identical token sequences count
+  once, the lowest index standing for them) by score (desc), then index; keep the first
+  `width`; finished survivors keep one slot each, in rank order; the other slots go
+  round-robin to the unfinished survivors (to all survivors if none is unfinished)."""
+  n = len(score)
+  out = []
+  for start in range(0, n, group):
+    members = range(start, start + group)
+    seen, distinct = set(), []
+    for i in members:
+      if not dedup or seqs[i] not in seen:
+        distinct.append(i)
+        seen.add(seqs[i])
+    top = sorted(distinct, key=lambda i: (-score[i], i))[:width]
+    fin, unf = [i for i in top if done[i]], [i for i in top if not done[i]]
+    rest = unf or top
+    out += fin + [rest[j % len(rest)] for j in range(group - len(fin))]
+  return out
+
+
+def test_beam_ancestors_equal_a_host_reference():
+  """`beam_ancestors` (one sort over all groups, width and group traced) against the plain
+  Python rule: ties, -inf scores, duplicates, finished particles, every divisor group size."""
+  rng = np.random.default_rng(0)
+  fn = jax.jit(jax.vmap(beam_ancestors, in_axes=(0, 0, 0, 0, None, None, None)), static_argnums=6)
+  checked = 0
+  for n in (1, 4, 6, 8, 12):
+    for group in [d for d in range(1, n + 1) if n % d == 0]:
+      for width in sorted({1, 2, group // 2 or 1, group} & set(range(1, group + 1))):
+        for dedup in (True, False):
+          b = 6
+          score = rng.choice([-np.inf, -1.0, 0.0, 0.5], (b, n)).astype(np.float32)  # many ties
+          score[: b // 2] = rng.normal(size=(b // 2, n))
+          done = rng.random((b, n)) < np.linspace(0, 1, b)[:, None]  # none finished ... all finished
+          seqs = rng.integers(0, 2, (b, n, 2))
+          length = rng.integers(1, 3, (b, n))
+          keys = [[tuple(s[:m]) for s, m in zip(seqs[r], length[r])] for r in range(b)]
+          hash_ = np.array([[[hash(k) % 2**31, len(k)] for k in row] for row in keys], np.uint32)
+          got = fn(jnp.asarray(score), jnp.asarray(done), jnp.asarray(hash_), jnp.asarray(length, jnp.int32),
+                   jnp.int32(width), jnp.int32(group), dedup)
+          want = [_host_beam(score[r], done[r], keys[r], width, group, dedup) for r in range(b)]
+          np.testing.assert_array_equal(np.asarray(got), np.array(want), err_msg=f"{n=} {group=} {width=} {dedup=}")
+          checked += b
+  assert checked > 300

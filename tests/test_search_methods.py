@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -176,3 +177,57 @@ def test_dvts_with_one_subtree_is_beam_search_and_shares_its_program(models):
     runs.append((np.asarray(p.tokens), _run_jit._cache_size() - before))
   np.testing.assert_array_equal(runs[0][0], runs[1][0])
   assert runs[1][1] == 0  # the second config compiled nothing new
+
+
+@dataclasses.dataclass(frozen=True)
+class _BakedBeam(Beam):
+  """Beam with width and group compiled in as constants: the reference for the traced ones."""
+
+  traced: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _BakedResample(Resample):
+  """Resample with its ESS threshold compiled in."""
+
+  traced: ClassVar[tuple[str, ...]] = ()
+
+
+SWEEPS = {  # configs that differ only in traced fields, and their strategy with those compiled in
+    "beam widths and DVTS": ((lambda kw: (beam_search(8, 4, **kw), dvts(8, 4, **kw), beam_search(8, 2, **kw))),
+                             _BakedBeam),
+    "ESS thresholds": ((lambda kw: tuple(particle_filter(8, "multinomial", t, **kw) for t in (1.0, 0.0, 0.5))),
+                       _BakedResample),
+}
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_traced_fields_share_one_program_with_their_own_results(models, sweep):
+  """Beam search at two widths and DVTS at one N, or particle filters at three ESS thresholds,
+  run one compiled engine program (those fields are traced), and each gives the particles of a
+  program with its values compiled in."""
+  lm, params, vm, vparams = models
+  kw = dict(max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), max_step_tokens=4)
+  pot = ValuePotential(vm.as_lm())
+  prompts = jnp.asarray([[1, 2, 3], [3, 2, 1]]), jnp.asarray([3, 3])
+  make, baked_type = SWEEPS[sweep]
+
+  def go(cfg):
+    before = _run_jit._cache_size()
+    p = run_smc(lm, params, *prompts, jax.random.key(5), cfg=cfg, potential=pot, potential_params=vparams)
+    return p, _run_jit._cache_size() - before
+
+  cfgs = make(kw)
+  runs = [go(cfg) for cfg in cfgs]
+  assert [new for _, new in runs[1:]] == [0, 0]  # one program for the three
+  seen = [(np.asarray(p.tokens).tobytes(), np.asarray(p.num_resamples).tobytes()) for p, _ in runs]
+  assert seen[1] != seen[0] and seen[2] != seen[0]  # the traced values were used
+  for cfg, (p, _) in zip(cfgs, runs):
+    baked = dataclasses.replace(cfg, select=baked_type(**dataclasses.asdict(cfg.select)))
+    q, new = go(baked)
+    assert new == 1
+    for name in ("tokens", "ancestors", "log_weights", "log_z"):
+      np.testing.assert_array_equal(np.asarray(getattr(q, name)), np.asarray(getattr(p, name)), err_msg=name)
+  if sweep == "beam widths and DVTS":
+    anc = np.asarray(runs[1][0].ancestors)  # DVTS: ancestors stay in their subtree of 4
+    assert np.all(anc // 4 == np.arange(8) // 4)

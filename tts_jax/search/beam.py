@@ -10,12 +10,16 @@ particles by potential and refills the group with copies of them:
 Finished survivors keep one slot each (they are complete answers and are never
 extended again); the remaining slots go round-robin to the unfinished survivors (to
 all survivors if none is unfinished).
+
+`width` and `group_size` are traced (`SelectionStrategy.traced`): beam search and DVTS
+at one N, and every width, run one compiled engine program.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +52,32 @@ def fill_slots(top, valid, done) -> jax.Array:
                    jnp.where(nu > 0, unf_first[(idx - nf) % jnp.maximum(nu, 1)], top[idx % jnp.maximum(nv, 1)]))
 
 
-def _beam_group(score, done, hash_, length, width: int, dedup: bool):
-  """Ancestors int32[G] for one group (see the module docstring)."""
-  g = score.shape[0]
-  idx = jnp.arange(g)
-  dup = duplicates(hash_, length) if dedup else jnp.zeros((g,), bool)
-  order = jnp.lexsort((idx, -score, dup))  # distinct first, then by score (desc), then index
-  top = order[:width]
-  return fill_slots(top, ~dup[top], done)
+def beam_ancestors(score, done, hash_, length, width, group, dedup: bool) -> jax.Array:
+  """Ancestors int32[N] of one prompt's N particles (score, done, length [N], hash_ [N, H]),
+  split into groups of `group` consecutive particles, each keeping its `width` best distinct
+  particles (see the module docstring). width and group may be traced (int32 scalars;
+  group divides N, 1 <= width <= group): one sort of all N by (group, duplicate, -score,
+  index) puts each group's survivors first in its own segment of the order."""
+  n = score.shape[0]
+  idx = jnp.arange(n)
+  gid, pos = idx // group, idx % group  # a particle's group; a slot's position in its group
+  same_group = gid[:, None] == gid[None, :]
+  if dedup:
+    same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
+    dup = jnp.any(same & same_group & (idx[None, :] < idx[:, None]), axis=1)
+  else:
+    dup = jnp.zeros((n,), bool)
+  order = jnp.lexsort((idx, -score, dup, gid))  # by group; distinct first, then score (desc), then index
+  valid = (pos < width) & ~dup[order]  # per group a prefix: its distinct survivors
+  fin, unf = valid & done[order], valid & ~done[order]
+  fin_first = order[jnp.lexsort((idx, ~fin, gid))]  # each group's finished survivors first, in rank order
+  unf_first = order[jnp.lexsort((idx, ~unf, gid))]
+  count = lambda m: jnp.sum(same_group & m[None, :], axis=1)  # noqa: E731  per slot: its group's count
+  nf, nu, nv = count(fin), count(unf), count(valid)
+  start = idx - pos  # the slot's group's first index
+  return jnp.where(pos < nf, fin_first[idx],
+                   jnp.where(nu > 0, unf_first[start + (pos - nf) % jnp.maximum(nu, 1)],
+                             order[start + pos % jnp.maximum(nv, 1)]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +88,8 @@ class Beam(SelectionStrategy):
   width: int = 1
   group_size: int = 0
   dedup: bool = True
+
+  traced: ClassVar[tuple[str, ...]] = ("width", "group_size")
 
   def group(self, num_particles: int) -> int:
     """Particles per group."""
@@ -79,8 +103,10 @@ class Beam(SelectionStrategy):
       raise ValueError(f"beam width must be in [1, group size {g}], got {self.width}")
 
   def select(self, keys: jax.Array, p: Particles) -> Selection:
-    one = functools.partial(_beam_group, width=self.width, dedup=self.dedup)
-    return copy_selected(p, per_group(one, self.group(p.shape[1]), p.log_potential, p.done, p.hash, p.length))
+    n = p.shape[1]
+    group = jnp.where(self.group_size == 0, n, self.group_size)  # traced in the engine
+    one = functools.partial(beam_ancestors, width=self.width, group=group, dedup=self.dedup)
+    return copy_selected(p, jax.vmap(one)(p.log_potential, p.done, p.hash, p.length))
 
 
 def per_group(fn, g: int, *arrays) -> jax.Array:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,8 @@ class KVAwareBeam(Beam):
   lambda_div: float = 0.0
   page_size: int = 16
   step_ids: tuple[int, ...] = ()
+
+  traced: ClassVar[tuple[str, ...]] = ()  # its greedy loop runs `width` times: static
 
   def validate(self, num_particles: int) -> None:
     super().validate(num_particles)

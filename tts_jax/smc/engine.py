@@ -110,6 +110,11 @@ class SMCConfig:
                        f"got {self.select!r}")
     self.select.validate(self.num_particles)
 
+  def program(self) -> tuple[SMCConfig, dict[str, jax.Array]]:
+    """(the config the engine's program is compiled for, its selection's traced values):
+    configs that differ only in the strategy's `traced` fields share one program."""
+    return dataclasses.replace(self, select=self.select.program()), self.select.knobs()
+
 
 @dataclasses.dataclass(frozen=True)
 class SMCModels:
@@ -325,10 +330,13 @@ def apply_selection(p: Particles, sel: Selection, conditional: bool = False) -> 
 
 
 def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
-        keys: jax.Array, cfg: SMCConfig, reference: tuple[jax.Array, jax.Array] | None = None) -> Particles:
+        keys: jax.Array, cfg: SMCConfig, reference: tuple[jax.Array, jax.Array] | None = None,
+        knobs: dict[str, jax.Array] | None = None) -> Particles:
   """The whole loop (traceable; `run_smc` is its jitted, checked entry point).
 
-  keys: [B] one PRNG key per prompt. Returns the final particles.
+  keys: [B] one PRNG key per prompt. knobs: values of the strategy's traced fields
+  (`SMCConfig.program`), bound into `cfg.select`; None: `cfg.select` as it is. Returns
+  the final particles.
 
   One `lax.while_loop` of token steps per cache capacity (`cache_schedule`): each iteration
   feeds one token to the particles still extending; once all have reached a boundary the
@@ -337,6 +345,7 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
   resumes the same step. Every draw depends on (prompt key, step, particle, position)
   only, so the capacities change no result.
   """
+  strategy = cfg.select if knobs is None else cfg.select.bind(knobs)
   schedule = cache_schedule(models, cfg)
   p = init_particles(models, params, prompt_tokens, prompt_lengths, cfg, capacity=schedule[0])
   conditional = reference is not None
@@ -350,7 +359,7 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
     started = p.length > step.start
     p = p.replace(steps=p.steps + started.astype(jnp.int32))
     p = reweight(models, params, cfg, p, step.logw, started, jnp.any(started, axis=1))
-    p = apply_selection(p, cfg.select.select(_step_keys(keys, s)[1], p), conditional=conditional)
+    p = apply_selection(p, strategy.select(_step_keys(keys, s)[1], p), conditional=conditional)
     return begin(p, s + 1)
 
   def body(c):
@@ -380,8 +389,8 @@ def _step_keys(keys: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg"))
-def _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg):
-  return run(models, params, prompt_tokens, prompt_lengths, keys, cfg, reference)
+def _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
+  return run(models, params, prompt_tokens, prompt_lengths, keys, cfg, reference, knobs)
 
 
 def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential,
@@ -431,22 +440,23 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
   models = SMCModels(policy=lm, potential=as_potential(potential), twist=twist)
   params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
   keys = prompt_keys(key, b)
+  cfg, knobs = cfg.program()  # configs differing only in the strategy's traced fields share a program
   if mesh is None:
-    p = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
+    p = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
   else:
     params = SMCParams(policy=place_params(mesh, params.policy), potential=place_params(mesh, params.potential),
                        twist=place_params(mesh, params.twist))
     prompt_tokens, prompt_lengths, keys = shard_batch(mesh, prompt_tokens, prompt_lengths, keys)
     reference = None if reference is None else shard_batch(mesh, *reference)
     if mesh.shape[MODEL] == 1:
-      p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg)
+      p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
       if bool(jnp.any(oom)):
         raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
                            "were dropped. Increase num_pages.")
       p = unpad(p, b)
       _check_finite(p)
       return p
-    p = unpad(_run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, cfg), b)
+    p = unpad(_run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg), b)
   check_pages(p.cache)
   _check_finite(p)
   return p
@@ -472,12 +482,12 @@ def _check_finite(p: Particles) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("models", "mesh", "cfg"))
-def _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, cfg):
+def _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
   """`run` on every device's prompts (split over "data"), each device its own loop.
   Returns the particles without their caches (device-local state, e.g. a decode slot
   counter per device) and bool[B] "a paged cache ran out of pages"."""
   def local(tokens, lengths, k, *ref):
-    p = run(models, params, tokens, lengths, k, cfg, tuple(ref) if ref else None)
+    p = run(models, params, tokens, lengths, k, cfg, tuple(ref) if ref else None, knobs)
     oom = getattr(p.cache, "oom", jnp.zeros(tokens.shape[:1], bool))
     return p.replace(cache=None, twist_cache=None, potential_state=None), oom
   return per_device(mesh, local, prompt_tokens, prompt_lengths, keys, *(reference or ()))

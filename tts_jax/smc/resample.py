@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,8 @@ class Resample(SelectionStrategy):
 
   scheme: str = "systematic"
   ess_threshold: float = 0.5
+
+  traced: ClassVar[tuple[str, ...]] = ("ess_threshold",)  # one program for every threshold
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:

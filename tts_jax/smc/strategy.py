@@ -11,12 +11,20 @@ Strategies here and elsewhere: `NoSelect` (best-of-N), `tts_jax.smc.Resample`
 (SMC / particle filtering), `tts_jax.search.Beam` (beam search, DVTS). Adding one
 is adding a file: subclass `SelectionStrategy`, implement `select` (see
 docs/ARCHITECTURE.md for a worked example).
+
+Fields a strategy names in `traced` are values in the engine's compiled program, not
+constants baked into it: configs that differ only in them (beam search and DVTS at one N,
+or a sweep of beam widths) share one compiled program. The engine compiles
+`program()` (those fields at their defaults) and passes `knobs()` as arguments, which
+`bind` puts back, as tracers, into the strategy whose `select` it calls.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +65,31 @@ def copy_selected(p: Particles, ancestors: jax.Array) -> Selection:
 
 class SelectionStrategy(abc.ABC):
   """Base of the selection strategies; subclasses are frozen dataclasses."""
+
+  traced: ClassVar[tuple[str, ...]] = ()  # fields traced in the engine's program (module docstring)
+
+  def program(self) -> SelectionStrategy:
+    """The strategy the engine's program is compiled (and cached) for: `traced` fields at
+    their defaults, the others as they are."""
+    fields = {f.name: f for f in dataclasses.fields(self)}
+    return dataclasses.replace(self, **{name: fields[name].default for name in self.traced})
+
+  def knobs(self) -> dict[str, jax.Array]:
+    """The `traced` fields' values as scalar arrays, the program's arguments: float32 for a
+    field whose default is a float, int32 otherwise (so 1 and 1.0 share a program)."""
+    fields = {f.name: f for f in dataclasses.fields(self)}
+    dtype = lambda name: jnp.float32 if isinstance(fields[name].default, float) else jnp.int32  # noqa: E731
+    return {name: jnp.asarray(getattr(self, name), dtype(name)) for name in self.traced}
+
+  def bind(self, knobs: dict[str, jax.Array]) -> SelectionStrategy:
+    """This strategy with its `traced` fields set to `knobs` (tracers inside the engine's
+    program; the values were validated on the host, in `SMCConfig`)."""
+    if set(knobs) != set(self.traced):
+      raise ValueError(f"{type(self).__name__} traces {sorted(self.traced)}, got knobs {sorted(knobs)}")
+    bound = copy.copy(self)
+    for name, value in knobs.items():
+      object.__setattr__(bound, name, value)  # a frozen dataclass: no __init__ (no host checks on tracers)
+    return bound
 
   @abc.abstractmethod
   def select(self, keys: jax.Array, particles: Particles) -> Selection:
