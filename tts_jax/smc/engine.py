@@ -51,6 +51,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
@@ -110,7 +111,7 @@ class SMCConfig:
                        f"got {self.select!r}")
     self.select.validate(self.num_particles)
 
-  def program(self) -> tuple[SMCConfig, dict[str, jax.Array]]:
+  def program(self) -> tuple[SMCConfig, dict[str, np.ndarray]]:
     """(the config the engine's program is compiled for, its selection's traced values):
     configs that differ only in the strategy's `traced` fields share one program."""
     return dataclasses.replace(self, select=self.select.program()), self.select.knobs()

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.smc.particles import Particles, take_particles
@@ -74,12 +75,12 @@ class SelectionStrategy(abc.ABC):
     fields = {f.name: f for f in dataclasses.fields(self)}
     return dataclasses.replace(self, **{name: fields[name].default for name in self.traced})
 
-  def knobs(self) -> dict[str, jax.Array]:
+  def knobs(self) -> dict[str, np.ndarray]:
     """The `traced` fields' values as scalar arrays, the program's arguments: float32 for a
     field whose default is a float, int32 otherwise (so 1 and 1.0 share a program)."""
     fields = {f.name: f for f in dataclasses.fields(self)}
-    dtype = lambda name: jnp.float32 if isinstance(fields[name].default, float) else jnp.int32  # noqa: E731
-    return {name: jnp.asarray(getattr(self, name), dtype(name)) for name in self.traced}
+    dtype = lambda name: np.float32 if isinstance(fields[name].default, float) else np.int32  # noqa: E731
+    return {name: np.asarray(getattr(self, name), dtype(name)) for name in self.traced}  # host: no program
 
   def bind(self, knobs: dict[str, jax.Array]) -> SelectionStrategy:
     """This strategy with its `traced` fields set to `knobs` (tracers inside the engine's
