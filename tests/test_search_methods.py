@@ -231,3 +231,20 @@ def test_traced_fields_share_one_program_with_their_own_results(models, sweep):
   if sweep == "beam widths and DVTS":
     anc = np.asarray(runs[1][0].ancestors)  # DVTS: ancestors stay in their subtree of 4
     assert np.all(anc // 4 == np.arange(8) // 4)
+
+
+def test_traced_fields_must_be_fields_with_defaults():
+  @dataclasses.dataclass(frozen=True)
+  class NoDefault(Beam):
+    temperature: float = dataclasses.field(default=1.0)
+    cut: int = dataclasses.field(kw_only=True)
+    traced: ClassVar[tuple[str, ...]] = ("width", "cut")
+
+  @dataclasses.dataclass(frozen=True)
+  class Misspelt(Beam):
+    traced: ClassVar[tuple[str, ...]] = ("widht",)
+
+  with pytest.raises(ValueError, match=r"\['cut'\] have no default"):
+    SMCConfig(num_particles=4, select=NoDefault(cut=2)).program()
+  with pytest.raises(ValueError, match=r"\['widht'\] are not fields"):
+    SMCConfig(num_particles=4, select=Misspelt()).program()

@@ -73,6 +73,11 @@ class SelectionStrategy(abc.ABC):
     """The strategy the engine's program is compiled (and cached) for: `traced` fields at
     their defaults, the others as they are."""
     fields = {f.name: f for f in dataclasses.fields(self)}
+    unknown = [name for name in self.traced if name not in fields]
+    missing = [name for name in self.traced if name in fields and fields[name].default is dataclasses.MISSING]
+    if unknown or missing:
+      raise ValueError(f"{type(self).__name__}.traced must name fields with a default (the compiled program's): "
+                       f"{unknown} are not fields, {missing} have no default")
     return dataclasses.replace(self, **{name: fields[name].default for name in self.traced})
 
   def knobs(self) -> dict[str, np.ndarray]:
