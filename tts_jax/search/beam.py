@@ -29,10 +29,13 @@ from tts_jax.smc.particles import Particles
 from tts_jax.smc.strategy import Selection, SelectionStrategy, copy_selected
 
 
-def duplicates(hash_, length) -> jax.Array:
-  """bool[G]: particles identical (same tokens: hash and length) to one of lower index."""
+def duplicates(hash_, length, among=None) -> jax.Array:
+  """bool[G]: particles identical (same tokens: hash and length) to one of lower index
+  (among bool[G, G]: only where among[i, j], e.g. the same group; None: all)."""
   idx = jnp.arange(length.shape[0])
   same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
+  if among is not None:
+    same = same & among
   return jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
 
 
@@ -62,11 +65,7 @@ def beam_ancestors(score, done, hash_, length, width, group, dedup: bool) -> jax
   idx = jnp.arange(n)
   gid, pos = idx // group, idx % group  # a particle's group; a slot's position in its group
   same_group = gid[:, None] == gid[None, :]
-  if dedup:
-    same = (length[:, None] == length[None, :]) & jnp.all(hash_[:, None] == hash_[None, :], axis=-1)
-    dup = jnp.any(same & same_group & (idx[None, :] < idx[:, None]), axis=1)
-  else:
-    dup = jnp.zeros((n,), bool)
+  dup = duplicates(hash_, length, among=same_group) if dedup else jnp.zeros((n,), bool)
   order = jnp.lexsort((idx, -score, dup, gid))  # by group; distinct first, then score (desc), then index
   valid = (pos < width) & ~dup[order]  # per group a prefix: its distinct survivors
   fin, unf = valid & done[order], valid & ~done[order]
