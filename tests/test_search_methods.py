@@ -236,7 +236,6 @@ def test_traced_fields_share_one_program_with_their_own_results(models, sweep):
 def test_traced_fields_must_be_fields_with_defaults():
   @dataclasses.dataclass(frozen=True)
   class NoDefault(Beam):
-    temperature: float = dataclasses.field(default=1.0)
     cut: int = dataclasses.field(kw_only=True)
     traced: ClassVar[tuple[str, ...]] = ("width", "cut")
 
