@@ -131,8 +131,7 @@ def beam_search(num_particles: int, expansions: int, dedup: bool = True, **kw) -
 
 def dvts(num_particles: int, expansions: int, dedup: bool = True, **kw) -> SMCConfig:
   """DVTS: N / M independent subtrees, each a width-1 beam search with M expansions; other
-  SMCConfig fields as keywords. With M = N (one subtree) this is `beam_search(N, N)`, and the
-  config is the same one, so the two share one compiled engine program."""
+  SMCConfig fields as keywords. With M = N (one subtree) this is `beam_search(N, N)`; like
+  beam search at any width, it runs the same compiled program (`Beam`'s traced fields)."""
   _check(num_particles, expansions)
-  group = expansions if expansions < num_particles else 0
-  return SMCConfig(num_particles=num_particles, select=Beam(width=1, group_size=group, dedup=dedup), **kw)
+  return SMCConfig(num_particles=num_particles, select=Beam(width=1, group_size=expansions, dedup=dedup), **kw)
