@@ -1,9 +1,14 @@
 """RPC selection on device vs the host reference (numpy + scipy per subset), side by side.
 
     python benchmarks/selection.py [--problems 25] [--subsets 64] [--k 4 8 16 32]
+    python benchmarks/selection.py --layouts [--subsets 16] [--k 4 8 16 32 64]
 
 The pool shape of the main experiment's batches (25 problems); each (problem, subset)
 needs one Weibull-mixture fit. Prints seconds per call (after compilation) and the ratio.
+--layouts times the fit alone in its two layouts: `fit_weibull_mixture` on all rows at
+once (batch-minor: fits on the minor axis, the library's) against the same function
+vmapped over the rows (one fit per lane, fits on the major axis: what a per-row function
+vmapped gives), compile and run, median of 5 runs, and their largest parameter difference.
 """
 
 from __future__ import annotations
@@ -19,7 +24,34 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.reference_rpc import rpc_select  # noqa: E402
-from tts_jax.selection import rpc_vote  # noqa: E402
+from tts_jax.selection import fit_weibull_mixture, rpc_vote  # noqa: E402
+
+
+def _timed(fn, *args, runs: int = 5):
+  """(compile s, median run s, output) of jax.jit(fn) on args."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  out = jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return compile_s, float(np.median(times)), np.asarray(out)
+
+
+def layouts(a) -> None:
+  rng = np.random.default_rng(0)
+  print(f"backend {jax.default_backend()}; {a.problems} problems x {a.subsets} subsets: one fit each")
+  print(f"{'k':>4s} {'vmapped compile s':>18s} {'batched compile s':>18s} {'vmapped run ms':>15s} "
+        f"{'batched run ms':>15s} {'run ratio':>9s} {'max param diff':>15s}")
+  for k in a.k:
+    x = jnp.asarray(rng.uniform(0.001, 1.0, (a.problems * a.subsets, k)), jnp.float32)
+    cv, rv, ov = _timed(jax.vmap(fit_weibull_mixture), x)
+    cb, rb, ob = _timed(fit_weibull_mixture, x)
+    print(f"{k:4d} {cv:18.2f} {cb:18.2f} {rv * 1e3:15.1f} {rb * 1e3:15.1f} {rv / rb:8.2f}x "
+          f"{np.max(np.abs(ov - ob) / np.maximum(np.abs(ov), 1e-6)):15.2e}")
 
 
 def main():
@@ -27,7 +59,10 @@ def main():
   ap.add_argument("--problems", type=int, default=25)
   ap.add_argument("--subsets", type=int, default=64)
   ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
+  ap.add_argument("--layouts", action="store_true", help="time the fit's two layouts (see the docstring)")
   a = ap.parse_args()
+  if a.layouts:
+    return layouts(a)
   rng = np.random.default_rng(0)
   vote = jax.jit(rpc_vote, static_argnames=("prune", "num_answers"))
   print(f"backend {jax.default_backend()}; {a.problems} problems x {a.subsets} subsets")

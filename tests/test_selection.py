@@ -115,14 +115,15 @@ def _random_prob_pools(rng, count, n):
 
 @pytest.mark.parametrize("n", [4, 16, 64])
 def test_rpc_weibull_fit_is_at_least_as_good_as_scipy(n):
-  """The batched EM fit (fixed iterations, 12 starts) against the host reference's scipy
-  L-BFGS-B (numerical gradients) from its single start, both judged in float64."""
+  """The batched EM fit (fixed iterations, 12 starts; one call fits every row) against the
+  host reference's scipy L-BFGS-B (numerical gradients) from its single start, both judged
+  in float64."""
   from scipy.optimize import minimize  # noqa: PLC0415
 
   from tests.reference_rpc import _mixture_nll  # noqa: PLC0415
   from tts_jax.selection import fit_weibull_mixture  # noqa: PLC0415
   xs = np.clip(_random_prob_pools(np.random.default_rng(n), 60, n), 1e-12, None)
-  ours = np.asarray(jax.jit(jax.vmap(fit_weibull_mixture))(jnp.asarray(xs, jnp.float32)), np.float64)
+  ours = np.asarray(jax.jit(fit_weibull_mixture)(jnp.asarray(xs, jnp.float32)), np.float64)  # [60, 5]
   gaps = []
   for x, theta in zip(xs, ours):
     ref = minimize(_mixture_nll, [0.5, 1.0, 1.0, 1.5, 2.0], args=(x,), bounds=[(0.2, 0.8)] + [(0.01, None)] * 4)
@@ -132,6 +133,24 @@ def test_rpc_weibull_fit_is_at_least_as_good_as_scipy(n):
   # and often better where the likelihood is degenerate (few points: spikes), from its
   # several starts; at n = 64 both mostly reach the same optimum.
   assert (gaps < -1e-3).sum() >= (2 if n == 64 else 20)
+
+
+def test_rpc_weibull_fit_of_masked_rows_is_the_fit_of_their_members():
+  """A row fitted with a 0/1 mask (how RPC fits a subset inside a pool), in a batch, reaches
+  the likelihood of fitting its members alone, one call per row; vmapped calls agree too."""
+  from tts_jax.selection import fit_weibull_mixture  # noqa: PLC0415
+  rng = np.random.default_rng(7)
+  xs = np.clip(_random_prob_pools(rng, 30, 16), 1e-12, None).astype(np.float32)
+  masks = rng.random(xs.shape) < 0.6
+  masks[:, :4] = True  # >= 4 members
+  fit = jax.jit(fit_weibull_mixture)
+  batched = np.asarray(fit(xs, masks.astype(np.float32)), np.float64)
+  vmapped = np.asarray(jax.jit(jax.vmap(fit_weibull_mixture))(xs, masks.astype(np.float32)), np.float64)
+  for x, m, theta, theta_v in zip(xs, masks, batched, vmapped):
+    alone = np.asarray(fit(x[m]), np.float64)
+    best = _stable_nll(alone, x[m].astype(np.float64))
+    for t in (theta, theta_v):
+      assert abs(_stable_nll(t, x[m].astype(np.float64)) - best) <= 1e-3 * max(1.0, abs(best))
 
 
 def test_rpc_on_device_equals_the_host_reference():

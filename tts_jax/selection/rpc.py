@@ -7,7 +7,7 @@ Perplexity Consistency scores each answer by the sum of p_i over its *distinct*
 remaining samples (identical completions count once, so the score estimates the
 answer's probability mass) and picks the highest.
 
-Everything is array code over [..., N] (vmapped over problems and subsets, jittable),
+Everything is array code over [..., N] (batched over problems and subsets, jittable),
 with an optional membership mask so that a subset of a pool is fitted and voted on
 without gathering it. The mixture is fitted by maximum likelihood with EM for a fixed
 number of iterations: the E-step is closed form; the M-step of each Weibull component
@@ -31,6 +31,8 @@ CLASSIC_START = (0.5, 1.0, 1.0, 1.5, 2.0)  # (w, k1, l1, k2, l2): the reference 
 W_BOUNDS = (0.2, 0.8)
 FLOOR = 0.01
 MAX_SHAPE = 1e6
+EM_NEWTON = 3  # Newton steps on each shape per EM iteration
+SPLITS = 11  # starts from hard splits of the sorted sample: nine cut points and two spikes
 
 
 def _weibull_logpdf(y, k, lam):
@@ -39,41 +41,54 @@ def _weibull_logpdf(y, k, lam):
   return jnp.log(k) - jnp.log(lam) + (k - 1) * z - jnp.exp(jnp.minimum(k * z, 80.0))
 
 
+# The fits below run batch-minor: points on axis 0 and independent fits on axis 1 ([N, R]
+# arrays, parameters [5, R]), so elementwise work vectorises over the fits and each
+# reduction over a fit's N points is a sum of rows. (vmapping a one-fit function puts the
+# fits first and reduces along the short minor axis: ~2x slower at N = 4-16.) The same
+# code also runs on one fit's [N] points with scalar parameters.
+
+
 def _component_logliks(theta, y):
-  """[2, N]: log(w pdf1(x)), log((1 - w) pdf2(x)) at y = log x."""
+  """[2, N, ...]: log(w pdf1(x)), log((1 - w) pdf2(x)) at y = log x (theta [5, ...])."""
   w, k1, l1, k2, l2 = theta
   return jnp.stack([jnp.log(w) + _weibull_logpdf(y, k1, l1), jnp.log1p(-w) + _weibull_logpdf(y, k2, l2)])
+
+
+def _nll(theta, x, m):
+  """Weighted NLL of the mixture theta [5, ...] at x [N, ...] (weights m): float[...]."""
+  return -jnp.sum(m * jax.nn.logsumexp(_component_logliks(theta, jnp.log(x)), axis=0), axis=0)
 
 
 def mixture_nll(theta, x, weights=None) -> jax.Array:
   """Negative log-likelihood of the mixture theta = (w, k1, l1, k2, l2) at x float[N] > 0
   (each point counted with its weight, default 1)."""
-  ll = jax.nn.logsumexp(_component_logliks(theta, jnp.log(x)), axis=0)
-  return -jnp.sum(ll if weights is None else weights * ll)
+  x = jnp.asarray(x, jnp.float32)
+  return _nll(jnp.asarray(theta), x, jnp.ones_like(x) if weights is None else weights)
 
 
 def _fit_component(y, r, k, newton: int):
-  """Weighted MLE of one Weibull (shape, scale) for log-points y with weights r >= 0,
-  Newton on the shape's profile likelihood from k. -> (k, lam)."""
-  s0 = jnp.maximum(jnp.sum(r), 1e-30)
+  """Weighted MLE of one Weibull (shape, scale) for log-points y [N, R] with weights r >= 0,
+  Newton on the shape's profile likelihood from k [R]. -> (k, lam), each [R]."""
+  s0 = jnp.maximum(jnp.sum(r, axis=0), 1e-30)
   log_r = jnp.where(r > 0, jnp.log(jnp.where(r > 0, r, 1.0)), -jnp.inf)
-  mean_y = jnp.sum(r * y) / s0
+  mean_y = jnp.sum(r * y, axis=0) / s0
 
   def log_b(k):  # log sum r x^k
-    return jax.nn.logsumexp(k * y + log_r)
+    return jax.nn.logsumexp(k * y + log_r, axis=0)
 
   def profile(k):  # the log-likelihood at the best scale for k, up to a constant
     return s0 * (jnp.log(k) - log_b(k) + jnp.log(s0)) + (k - 1) * mean_y * s0
 
   def step(k, _):
-    pi = jax.nn.softmax(k * y + log_r)
-    ey = jnp.sum(pi * y)
+    pi = jax.nn.softmax(k * y + log_r, axis=0)
+    ey = jnp.sum(pi * y, axis=0)
     g = 1 / k + mean_y - ey  # d profile / dk, over s0; decreasing in k
-    dg = -1 / k ** 2 - jnp.sum(pi * (y - ey) ** 2)
+    dg = -1 / k ** 2 - jnp.sum(pi * (y - ey) ** 2, axis=0)
     k_new = jnp.clip(k - g / dg, FLOOR, MAX_SHAPE)
     return jnp.where(jnp.isfinite(k_new), k_new, k), None
 
-  k_new, _ = jax.lax.scan(step, k, None, length=newton)
+  # The EM's 3 steps unrolled (a loop of 3 costs more to run and to compile than its body).
+  k_new, _ = jax.lax.scan(step, k, None, length=newton, unroll=newton <= EM_NEWTON)
   k_new = jnp.where(profile(k_new) >= profile(k), k_new, k)
   lam = jnp.maximum(jnp.exp((log_b(k_new) - jnp.log(s0)) / k_new), FLOOR)
   return k_new, lam
@@ -83,59 +98,56 @@ def _m_step(y, m, r1, k1, k2, newton):
   r1, r2 = r1 * m, (1 - r1) * m
   k1, l1 = _fit_component(y, r1, k1, newton)
   k2, l2 = _fit_component(y, r2, k2, newton)
-  w = jnp.clip(jnp.sum(r1) / jnp.maximum(jnp.sum(m), 1e-30), *W_BOUNDS)
+  w = jnp.clip(jnp.sum(r1, axis=0) / jnp.maximum(jnp.sum(m, axis=0), 1e-30), *W_BOUNDS)
   return jnp.stack([w, k1, l1, k2, l2])
 
 
 def _em(y, m, theta, iterations: int):
+  """`iterations` EM steps from theta [5, R] on log-points y [N, R] with weights m."""
   def step(theta, _):
     r1 = jax.nn.softmax(_component_logliks(theta, y), axis=0)[0]
-    new = _m_step(y, m, r1, theta[1], theta[3], newton=3)
-    return jnp.where(jnp.all(jnp.isfinite(new)), new, theta), None
+    new = _m_step(y, m, r1, theta[1], theta[3], newton=EM_NEWTON)
+    return jnp.where(jnp.all(jnp.isfinite(new), axis=0), new, theta), None
 
   theta, _ = jax.lax.scan(step, theta, None, length=iterations)
   return theta
 
 
+def _fit(x, m, iterations: int):
+  """The fits of points x [N, R] > 0 with weights m [N, R] (fit r: column r) -> [5, R]."""
+  n, r = x.shape
+  y = jnp.log(x)
+  count = jnp.sum(m > 0, axis=0).astype(jnp.int32)  # [R]
+  rank = jnp.argsort(jnp.argsort(jnp.where(m > 0, x, jnp.inf), axis=0), axis=0)  # rank among the weighted points
+  one = jnp.ones_like(count)
+  cuts = jnp.clip(jnp.stack([one, 2 * one, 3 * one, count // 4, count // 2, 3 * count // 4, count - 3, count - 2,
+                             count - 1]), 1, jnp.maximum(count - 1, 1))  # [9, R]
+  spikes = jnp.stack([one, jnp.maximum(count - 2, 0)])  # [2, R]
+  hard = jnp.concatenate([rank[None] < cuts[:, None], rank[None] == spikes[:, None]])  # [11, N, R]
+  wide = lambda a, s: jnp.tile(a, (1, s))  # noqa: E731  [N, R] -> [N, s R]: every start is one more fit
+  split = _m_step(wide(y, SPLITS), wide(m, SPLITS), jnp.moveaxis(hard, 0, 1).reshape(n, SPLITS * r).astype(jnp.float32),
+                  *[jnp.full((SPLITS * r,), 2.0, jnp.float32)] * 2, newton=20)  # [5, 11 R]
+  classic = jnp.broadcast_to(jnp.asarray(CLASSIC_START, jnp.float32)[:, None], (5, r))
+  starts = jnp.concatenate([classic, split], axis=1)  # [5, 12 R], start-major
+  thetas = _em(wide(y, SPLITS + 1), wide(m, SPLITS + 1), starts, iterations)
+  nll = _nll(thetas, wide(x, SPLITS + 1), wide(m, SPLITS + 1)).reshape(SPLITS + 1, r)
+  best = jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf), axis=0)  # [R]
+  return jnp.take_along_axis(thetas.reshape(5, SPLITS + 1, r), best[None, None, :], axis=1)[:, 0]
+
+
 def fit_weibull_mixture(x, weights=None, iterations: int = 30) -> jax.Array:
   """Maximum-likelihood (w, k1, l1, k2, l2) of a two-component Weibull mixture.
 
-  x: float[N] > 0; weights: float[N] >= 0 (e.g. a 0/1 membership mask; default all 1).
-  EM for `iterations` steps from 12 starts; returns the parameters with the lowest finite
-  weighted NLL (float32[5]).
+  x: float[..., N] > 0; weights: float[..., N] >= 0 (e.g. a 0/1 membership mask; default all
+  1). Every row is fitted on its own: EM for `iterations` steps from 12 starts; returns the
+  parameters with the lowest finite weighted NLL (float32[..., 5]).
   """
   x = jnp.asarray(x, jnp.float32)
   m = jnp.ones_like(x) if weights is None else jnp.asarray(weights, jnp.float32)
   chex.assert_equal_shape([x, m])
-  y = jnp.log(x)
-  count = jnp.sum(m > 0).astype(jnp.int32)
-  rank = jnp.argsort(jnp.argsort(jnp.where(m > 0, x, jnp.inf)))  # rank among the weighted points
-  two = jnp.float32(2.0)
-  from_split = jax.vmap(lambda sel: _m_step(y, m, sel.astype(jnp.float32), two, two, newton=20))
-  cuts = jnp.clip(jnp.stack([1, 2, 3, count // 4, count // 2, 3 * count // 4, count - 3, count - 2, count - 1]),
-                  1, jnp.maximum(count - 1, 1))
-  spikes = jnp.stack([1, jnp.maximum(count - 2, 0)])
-  starts = jnp.concatenate([jnp.asarray([CLASSIC_START], jnp.float32),
-                            from_split(rank[None, :] < cuts[:, None]), from_split(rank[None, :] == spikes[:, None])])
-  thetas = jax.vmap(lambda t: _em(y, m, t, iterations))(starts)
-  nll = jax.vmap(lambda t: mixture_nll(t, x, m))(thetas)
-  return thetas[jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))]
-
-
-def _prune_one(probs, member):
-  x = jnp.clip(probs, 1e-12, None)
-  m = member.astype(jnp.float32)
-  theta = fit_weibull_mixture(x, m)
-  w, k1, l1, k2, l2 = theta
-  mean = lambda k, lam: lam * jnp.exp(jax.scipy.special.gammaln(1 + 1 / k))  # noqa: E731
-  swap = mean(k1, l1) < mean(k2, l2)  # component 1 = the high-probability one
-  ll = _component_logliks(theta, jnp.log(x))
-  high, low = jnp.where(swap, ll[1], ll[0]), jnp.where(swap, ll[0], ll[1])
-  avg = jnp.sum(m * probs) / jnp.maximum(jnp.sum(m), 1.0)
-  keep = ~((high < low) & (probs < avg))
-  spread = jnp.max(jnp.where(member, probs, -jnp.inf)) - jnp.min(jnp.where(member, probs, jnp.inf))
-  trivial = (jnp.sum(member) < 4) | (spread <= 1e-12)
-  return jnp.where(trivial, True, keep) & member
+  n = x.shape[-1]
+  theta = _fit(x.reshape(-1, n).T, m.reshape(-1, n).T, iterations)  # [5, R]
+  return theta.T.reshape(x.shape[:-1] + (5,))
 
 
 def prune_mask(probs: jax.Array, member: jax.Array | None = None) -> jax.Array:
@@ -148,8 +160,20 @@ def prune_mask(probs: jax.Array, member: jax.Array | None = None) -> jax.Array:
   n = probs.shape[-1]
   if n < 4:
     return member
-  flat = jax.vmap(_prune_one)(probs.reshape(-1, n), member.reshape(-1, n))
-  return flat.reshape(probs.shape)
+  p, inside = probs.reshape(-1, n).T, member.reshape(-1, n).T  # [N, R]: one fit per column
+  x = jnp.clip(p, 1e-12, None)
+  m = inside.astype(jnp.float32)
+  theta = _fit(x, m, iterations=30)
+  w, k1, l1, k2, l2 = theta
+  mean = lambda k, lam: lam * jnp.exp(jax.scipy.special.gammaln(1 + 1 / k))  # noqa: E731
+  swap = mean(k1, l1) < mean(k2, l2)  # component 1 = the high-probability one
+  ll = _component_logliks(theta, jnp.log(x))
+  high, low = jnp.where(swap, ll[1], ll[0]), jnp.where(swap, ll[0], ll[1])
+  avg = jnp.sum(m * p, axis=0) / jnp.maximum(jnp.sum(m, axis=0), 1.0)
+  keep = ~((high < low) & (p < avg))
+  spread = jnp.max(jnp.where(inside, p, -jnp.inf), axis=0) - jnp.min(jnp.where(inside, p, jnp.inf), axis=0)
+  trivial = (jnp.sum(inside, axis=0) < 4) | (spread <= 1e-12)
+  return (jnp.where(trivial, True, keep) & inside).T.reshape(probs.shape)
 
 
 def rpc_vote(answers: jax.Array, mean_logprob: jax.Array, sample_ids: jax.Array | None = None, prune: bool = True,
