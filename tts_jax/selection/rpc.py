@@ -44,8 +44,9 @@ def _weibull_logpdf(y, k, lam):
 # The fits below run batch-minor: points on axis 0 and independent fits on axis 1 ([N, R]
 # arrays, parameters [5, R]), so elementwise work vectorises over the fits and each
 # reduction over a fit's N points is a sum of rows. (vmapping a one-fit function puts the
-# fits first and reduces along the short minor axis: ~2x slower at N = 4-16.) The same
-# code also runs on one fit's [N] points with scalar parameters.
+# fits first and reduces along the short minor axis: 1.2-1.7x slower to run at N = 4-16,
+# about as fast at 32-64, ~1.5x slower to compile; `benchmarks/selection.py --layouts`.)
+# The same code also runs on one fit's [N] points with scalar parameters.
 
 
 def _component_logliks(theta, y):
