@@ -13,7 +13,7 @@ answer; the outcome is the correctness of the first sample in the subset that ga
 All of it is array code: one jitted call per method and batch evaluates every budget
 (subsets are rank arrays of one shape for every k, `tts_jax.eval.subsets`), vmapped over
 budgets, problems and subsets. Only RPC, whose Weibull-mixture fit scales with the subset
-size, gathers its subsets and compiles once per budget.
+size, gathers each budget's subsets to its own width (still one program for all budgets).
 """
 
 from __future__ import annotations
@@ -284,8 +284,8 @@ class RPC(PoolMethod):
   """Perplexity consistency with reasoning pruning, on device (vmapped over problems and
   subsets; the Weibull-mixture fits run batched). max_subsets: a cap below the
   experiment's num_subsets for k > 1 (one fit per subset; None: no cap). Each budget's
-  subsets are gathered to [P, S, k] (the fit's cost grows with k), so RPC compiles once
-  per budget."""
+  subsets are gathered to [P, S, k] (the fit's cost grows with k); all budgets run in one
+  program."""
 
   prune: bool = True
   max_subsets: int | None = 16
@@ -295,19 +295,27 @@ class RPC(PoolMethod):
     arrays = _arrays(pool, self)
     num_subsets = ranks.shape[-2]
     ranks, weights, exact = _subset_ranks(True, budgets, ranks)
-    rows = []
+    caps = []
     for b, k in enumerate(budgets):
       if exact[b]:  # the C(n, k) real subsets only (the padding rows weigh 0)
-        cap = math.comb(pool.shape[1], k)
+        caps.append(math.comb(pool.shape[1], k))
       elif k == 1 or self.max_subsets is None:
-        cap = num_subsets
+        caps.append(num_subsets)
       else:
-        cap = min(num_subsets, self.max_subsets)
-      rows.append(_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k=k, prune=self.prune))
-    return tuple(jnp.stack(x) for x in zip(*rows))
+        caps.append(min(num_subsets, self.max_subsets))
+    return _rpc_budgets(arrays, ranks, jnp.asarray(weights), jnp.asarray(exact), ks=tuple(budgets), caps=tuple(caps),
+                        prune=self.prune)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "prune"))
+@functools.partial(jax.jit, static_argnames=("ks", "caps", "prune"))
+def _rpc_budgets(arrays, ranks, weights, exact, ks: tuple[int, ...], caps: tuple[int, ...], prune: bool):
+  """Every budget's RPC in one program (one compilation per run, not one per budget; each
+  budget's fits keep their own width k): ranks int32[K, P, S, n] -> 3 x float[K, P]."""
+  rows = [_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k, prune)
+          for b, (k, cap) in enumerate(zip(ks, caps))]
+  return tuple(jnp.stack(x) for x in zip(*rows))
+
+
 def _rpc_budget(arrays, rank, weights, exact, k: int, prune: bool):
   idx = inverse_permutation(rank)[..., :k]  # [P, S, k]: the subset in drawing order
   take = lambda x: jnp.take_along_axis(_per_subset(x, rank), idx, axis=-1)  # noqa: E731
