@@ -43,16 +43,28 @@ def fill_slots(top, valid, done) -> jax.Array:
   """Ancestors int32[G] of a group from its survivors: `top` int[W] particle indices in rank
   order, the first sum(valid) of them real (valid bool[W] a prefix mask), done bool[G].
   Finished survivors keep one slot each; the other slots go round-robin to the unfinished
-  survivors (to all survivors if none is unfinished)."""
+  survivors (to all survivors if none is unfinished). (`_fill_groups` with one group.)"""
   g, width = done.shape[0], top.shape[0]
-  idx = jnp.arange(g)
-  nv = jnp.sum(valid)
-  fin, unf = valid & done[top], valid & ~done[top]
-  nf, nu = jnp.sum(fin), jnp.sum(unf)
-  fin_first = top[jnp.argsort(~fin, stable=True)]
-  unf_first = top[jnp.argsort(~unf, stable=True)]
-  return jnp.where(idx < nf, fin_first[jnp.minimum(idx, width - 1)],
-                   jnp.where(nu > 0, unf_first[(idx - nf) % jnp.maximum(nu, 1)], top[idx % jnp.maximum(nv, 1)]))
+  order = jnp.concatenate([top, jnp.zeros((g - width,), top.dtype)]).astype(jnp.int32)
+  return _fill_groups(order, jnp.concatenate([valid, jnp.zeros((g - width,), bool)]), done, g)
+
+
+def _fill_groups(order, valid, done, group) -> jax.Array:
+  """`fill_slots` for every group of `group` consecutive slots at once (group may be traced):
+  order int32[N] each group's particles in rank order within its own segment, valid bool[N]
+  a prefix of each segment (its survivors), done bool[N] per particle -> ancestors int32[N]."""
+  idx = jnp.arange(order.shape[0])
+  gid, pos = idx // group, idx % group  # a slot's group and its position in it
+  same_group = gid[:, None] == gid[None, :]
+  fin, unf = valid & done[order], valid & ~done[order]
+  fin_first = order[jnp.lexsort((idx, ~fin, gid))]  # each group's finished survivors first, in rank order
+  unf_first = order[jnp.lexsort((idx, ~unf, gid))]
+  count = lambda m: jnp.sum(same_group & m[None, :], axis=1)  # noqa: E731  per slot: its group's count
+  nf, nu, nv = count(fin), count(unf), count(valid)
+  start = idx - pos  # the slot's group's first index
+  return jnp.where(pos < nf, fin_first[idx],
+                   jnp.where(nu > 0, unf_first[start + (pos - nf) % jnp.maximum(nu, 1)],
+                             order[start + pos % jnp.maximum(nv, 1)]))
 
 
 def beam_ancestors(score, done, hash_, length, width, group, dedup: bool) -> jax.Array:
@@ -67,16 +79,7 @@ def beam_ancestors(score, done, hash_, length, width, group, dedup: bool) -> jax
   same_group = gid[:, None] == gid[None, :]
   dup = duplicates(hash_, length, among=same_group) if dedup else jnp.zeros((n,), bool)
   order = jnp.lexsort((idx, -score, dup, gid))  # by group; distinct first, then score (desc), then index
-  valid = (pos < width) & ~dup[order]  # per group a prefix: its distinct survivors
-  fin, unf = valid & done[order], valid & ~done[order]
-  fin_first = order[jnp.lexsort((idx, ~fin, gid))]  # each group's finished survivors first, in rank order
-  unf_first = order[jnp.lexsort((idx, ~unf, gid))]
-  count = lambda m: jnp.sum(same_group & m[None, :], axis=1)  # noqa: E731  per slot: its group's count
-  nf, nu, nv = count(fin), count(unf), count(valid)
-  start = idx - pos  # the slot's group's first index
-  return jnp.where(pos < nf, fin_first[idx],
-                   jnp.where(nu > 0, unf_first[start + (pos - nf) % jnp.maximum(nu, 1)],
-                             order[start + pos % jnp.maximum(nv, 1)]))
+  return _fill_groups(order, (pos < width) & ~dup[order], done, group)  # survivors: distinct, the best `width`
 
 
 @dataclasses.dataclass(frozen=True)
