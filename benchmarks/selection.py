@@ -2,6 +2,7 @@
 
     python benchmarks/selection.py [--problems 25] [--subsets 64] [--k 4 8 16 32]
     python benchmarks/selection.py --layouts [--subsets 16] [--k 4 8 16 32 64]
+    python benchmarks/selection.py --fusions [--subsets 16] [--k 4 8 16 32 64]
 
 The pool shape of the main experiment's batches (25 problems); each (problem, subset)
 needs one Weibull-mixture fit. Prints seconds per call (after compilation) and the ratio.
@@ -24,13 +25,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.reference_rpc import rpc_select  # noqa: E402
-from tts_jax.selection import fit_weibull_mixture, rpc_vote  # noqa: E402
+from tts_jax.selection import fit_weibull_mixture, rpc_compiler_options, rpc_vote  # noqa: E402
 
 
-def _timed(fn, *args, runs: int = 5):
-  """(compile s, median run s, output) of jax.jit(fn) on args."""
+def _timed(fn, *args, runs: int = 5, options=None):
+  """(compile s, median run s, output) of jax.jit(fn) on args, compiled with XLA `options`."""
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
   compile_s = time.perf_counter() - t0
   out = jax.block_until_ready(compiled(*args))
   times = []
@@ -54,15 +55,34 @@ def layouts(a) -> None:
           f"{np.max(np.abs(ov - ob) / np.maximum(np.abs(ov), 1e-6)):15.2e}")
 
 
+def fusions(a) -> None:
+  rng = np.random.default_rng(0)
+  options = rpc_compiler_options()
+  print(f"backend {jax.default_backend()}; {a.problems} problems x {a.subsets} subsets; options {options}")
+  print(f"{'k':>4s} {'default compile s':>18s} {'options compile s':>18s} {'default run ms':>15s} "
+        f"{'options run ms':>15s} {'run ratio':>9s} {'same answer':>11s}")
+  for k in a.k:
+    shape = (a.problems, a.subsets, k)
+    args = (jnp.asarray(rng.integers(-1, 4, shape)), jnp.asarray(np.log(rng.uniform(0.001, 1.0, shape)), jnp.float32),
+            jnp.asarray(rng.integers(0, 10 ** 6, shape)))
+    vote = lambda answers, lp, seq: rpc_vote(answers, lp, seq, num_answers=k)  # noqa: E731
+    cd, rd, od = _timed(vote, *args)
+    co, ro, oo = _timed(vote, *args, options=options)
+    print(f"{k:4d} {cd:18.2f} {co:18.2f} {rd * 1e3:15.1f} {ro * 1e3:15.1f} {rd / ro:8.2f}x {np.mean(od == oo):11.4f}")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--problems", type=int, default=25)
   ap.add_argument("--subsets", type=int, default=64)
   ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
   ap.add_argument("--layouts", action="store_true", help="time the fit's two layouts (see the docstring)")
+  ap.add_argument("--fusions", action="store_true", help="time RPC with default and the library's XLA options")
   a = ap.parse_args()
   if a.layouts:
     return layouts(a)
+  if a.fusions:
+    return fusions(a)
   rng = np.random.default_rng(0)
   vote = jax.jit(rpc_vote, static_argnames=("prune", "num_answers"))
   print(f"backend {jax.default_backend()}; {a.problems} problems x {a.subsets} subsets")

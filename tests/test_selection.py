@@ -186,3 +186,37 @@ def test_rpc_on_device_equals_the_host_reference():
     else:
       np.testing.assert_array_equal(got, ref)
   assert got[0] == -1
+
+
+def test_rpc_programs_compile_with_ynnpack_kept_to_matmuls():
+  """On CPU the fits compile with XLA's own fusions for everything but matmuls
+  (`rpc_compiler_options`; YNNPACK's reduction fusions run the EM ~2.5x slower), and so does
+  the experiments' RPC program. The options change only the float order of the fit: both
+  compiles reach the same likelihood."""
+  from tests.test_metrics import pool_from  # noqa: PLC0415
+  from tts_jax.eval import pool_methods  # noqa: PLC0415
+  from tts_jax.eval.subsets import random_ranks  # noqa: PLC0415
+  from tts_jax.selection import fit_weibull_mixture, rpc_compiler_options  # noqa: PLC0415
+  if jax.default_backend() != "cpu":
+    assert rpc_compiler_options() == {}
+    return
+  options = rpc_compiler_options()
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+  xs = jnp.asarray(np.clip(_random_prob_pools(np.random.default_rng(5), 48, 8), 1e-12, None), jnp.float32)
+  default, ours = jax.jit(fit_weibull_mixture).lower(xs).compile(), jax.jit(
+      fit_weibull_mixture, compiler_options=options).lower(xs).compile()
+  assert "ynn_fusion" in default.as_text() and "ynn_fusion" not in ours.as_text()
+  for a, b, x in zip(np.asarray(default(xs), np.float64), np.asarray(ours(xs), np.float64), np.asarray(xs, np.float64)):
+    assert abs(_stable_nll(a, x) - _stable_nll(b, x)) <= 1e-3 * max(1.0, abs(_stable_nll(a, x)))
+  # The experiments' program (`RPC.evaluate_pool`: every budget, subsets gathered, voted).
+  rng = np.random.default_rng(6)
+  pool = pool_from(rng.integers(0, 3, (8, 16)))
+  pool.mean_logprob = np.log(rng.uniform(0.01, 1.0, (8, 16))).astype(np.float32)
+  budgets = (1, 8, 16)
+  ranks, weights, exact = pool_methods._subset_ranks(
+      True, budgets, random_ranks(jax.random.split(jax.random.key(0), 24).reshape(3, 8), 16, 8))
+  args = (pool_methods._arrays(pool, pool_methods.RPC()), ranks, jnp.asarray(weights), jnp.asarray(exact))
+  static = dict(ks=budgets, caps=(8, 8, 1), prune=True)
+  program = pool_methods._rpc_program().lower(*args, **static).compile().as_text()
+  plain = jax.jit(pool_methods._rpc_all_budgets, static_argnames=tuple(static)).lower(*args, **static).compile()
+  assert "ynn_fusion" in plain.as_text() and "ynn_fusion" not in program

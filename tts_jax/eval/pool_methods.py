@@ -34,8 +34,8 @@ from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
 from tts_jax.eval.subsets import enumerable, enumerated_ranks, inverse_permutation
 from tts_jax.verifiers.oracle import check_verifier_auc
-from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_vote, shortest_majority_scores,
-                               subset_vote_totals, winner)
+from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_compiler_options, rpc_vote,
+                               shortest_majority_scores, subset_vote_totals, winner)
 
 Verifier = Literal["orm", "prm", "oracle"]  # "oracle": the exact outcome checker, corrupted by verifier_auc < 1
 Aggregate = Literal["last", "min", "prod", "mean"]
@@ -307,10 +307,19 @@ class RPC(PoolMethod):
                         prune=self.prune)
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "caps", "prune"))
 def _rpc_budgets(arrays, ranks, weights, exact, ks: tuple[int, ...], caps: tuple[int, ...], prune: bool):
   """Every budget's RPC in one program (one compilation per run, not one per budget; each
-  budget's fits keep their own width k): ranks int32[K, P, S, n] -> 3 x float[K, P]."""
+  budget's fits keep their own width k): ranks int32[K, P, S, n] -> 3 x float[K, P]. Compiled
+  with the fit's XLA options (`rpc_compiler_options`)."""
+  return _rpc_program()(arrays, ranks, weights, exact, ks=ks, caps=caps, prune=prune)
+
+
+@functools.cache
+def _rpc_program():
+  return jax.jit(_rpc_all_budgets, static_argnames=("ks", "caps", "prune"), compiler_options=rpc_compiler_options())
+
+
+def _rpc_all_budgets(arrays, ranks, weights, exact, ks, caps, prune):
   rows = [_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k, prune)
           for b, (k, cap) in enumerate(zip(ks, caps))]
   return tuple(jnp.stack(x) for x in zip(*rows))

@@ -23,6 +23,8 @@ what float32 log-probabilities resolve.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,29 @@ FLOOR = 0.01
 MAX_SHAPE = 1e6
 EM_NEWTON = 3  # Newton steps on each shape per EM iteration
 SPLITS = 11  # starts from hard splits of the sorted sample: nine cut points and two spikes
+
+
+# XLA:CPU hands reductions and elementwise fusions to YNNPACK by default. The EM's many short
+# reductions run ~2.5x slower there than in XLA's own fusions (the main experiment's RPC
+# program: 364 -> 125 ms per batch; `benchmarks/selection.py --fusions`), so programs that run
+# the fits compile with YNNPACK kept to matmuls. The model's programs keep the default, which
+# is faster for them (the sampler ~20% slower without it).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+  """XLA options for a jitted program that runs these fits (`jax.jit(..., compiler_options=)`):
+  on CPU, YNNPACK for matmuls only; {} on other backends or where this XLA does not know the
+  option (checked once by compiling a trivial program). Only the float summation order of
+  the fit's reductions differs from a default compile."""
+  if jax.default_backend() != "cpu":
+    return {}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  except jax.errors.JaxRuntimeError:
+    return {}
+  return dict(_CPU_OPTIONS)
 
 
 def _weibull_logpdf(y, k, lam):
