@@ -166,7 +166,8 @@ def fit_weibull_mixture(x, weights=None, iterations: int = 30) -> jax.Array:
 
   x: float[..., N] > 0; weights: float[..., N] >= 0 (e.g. a 0/1 membership mask; default all
   1). Every row is fitted on its own: EM for `iterations` steps from 12 starts; returns the
-  parameters with the lowest finite weighted NLL (float32[..., 5]).
+  parameters with the lowest finite weighted NLL (float32[..., 5]). Under `jax.jit`, pass
+  `compiler_options=compiler_options()` (~2.3x faster on CPU).
   """
   x = jnp.asarray(x, jnp.float32)
   m = jnp.ones_like(x) if weights is None else jnp.asarray(weights, jnp.float32)
