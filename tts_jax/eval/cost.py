@@ -63,7 +63,7 @@ class Cost:
     return Cost(*(a * s for a in dataclasses.astuple(self)))
 
   def asdict(self) -> dict:
-    return dataclasses.asdict(self)
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # flat: no deep copies
 
 
 def sampling_cost(config: ModelConfig, prompt_len: int, completion_lens) -> Cost:

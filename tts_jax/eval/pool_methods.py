@@ -138,11 +138,20 @@ def _subset_ranks(order_free: bool, budgets, ranks):
   n, num_subsets = ranks.shape[-1], ranks.shape[-2]
   exact = np.array([(order_free or k == 1) and enumerable(n, k, num_subsets) for k in budgets])
   weights = np.ones((len(budgets), num_subsets), np.float32)
+  if not exact.any():
+    return ranks, weights, exact
+  table = np.zeros((len(budgets), num_subsets, n), np.int32)
   for b, k in enumerate(budgets):
     if exact[b]:
-      rows, weights[b] = enumerated_ranks(n, k, num_subsets)
-      ranks = ranks.at[b].set(jnp.broadcast_to(jnp.asarray(rows), ranks.shape[1:]))
-  return ranks, weights, exact
+      table[b], weights[b] = enumerated_ranks(n, k, num_subsets)
+  return _put_rows(ranks, table, exact), weights, exact
+
+
+@jax.jit
+def _put_rows(ranks, table, exact):
+  """ranks int32[K, P, S, n] with budget b's subsets replaced by table[b] int32[S, n] (for
+  every problem) where exact[b]: one program, not an eager update per budget."""
+  return jnp.where(exact[:, None, None, None], table[:, None], ranks)
 
 
 def _outcome(answers, correct, rank, member, chosen):
