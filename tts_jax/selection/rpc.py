@@ -39,7 +39,7 @@ SPLITS = 11  # starts from hard splits of the sorted sample: nine cut points and
 
 # XLA:CPU hands reductions and elementwise fusions to YNNPACK by default. The EM's many short
 # reductions run ~2.5x slower there than in XLA's own fusions (the main experiment's RPC
-# program: 364 -> 125 ms per batch; `benchmarks/selection.py --fusions`), so programs that run
+# program: ~300 -> ~130 ms per batch; `benchmarks/selection.py --fusions`), so programs that run
 # the fits compile with YNNPACK kept to matmuls. The model's programs keep the default, which
 # is faster for them (the sampler ~20% slower without it).
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
