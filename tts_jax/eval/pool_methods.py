@@ -312,23 +312,20 @@ class RPC(PoolMethod):
         caps.append(num_subsets)
       else:
         caps.append(min(num_subsets, self.max_subsets))
-    return _rpc_budgets(arrays, ranks, jnp.asarray(weights), jnp.asarray(exact), ks=tuple(budgets), caps=tuple(caps),
-                        prune=self.prune)
-
-
-def _rpc_budgets(arrays, ranks, weights, exact, ks: tuple[int, ...], caps: tuple[int, ...], prune: bool):
-  """Every budget's RPC in one program (one compilation per run, not one per budget; each
-  budget's fits keep their own width k): ranks int32[K, P, S, n] -> 3 x float[K, P]. Compiled
-  with the fit's XLA options (`rpc_compiler_options`)."""
-  return _rpc_program()(arrays, ranks, weights, exact, ks=ks, caps=caps, prune=prune)
+    return _rpc_program()(arrays, ranks, jnp.asarray(weights), jnp.asarray(exact), ks=tuple(budgets),
+                          caps=tuple(caps), prune=self.prune)
 
 
 @functools.cache
 def _rpc_program():
+  """`_rpc_all_budgets` jitted with the fit's XLA options (`rpc_compiler_options`), built at
+  first use, once the backend is known."""
   return jax.jit(_rpc_all_budgets, static_argnames=("ks", "caps", "prune"), compiler_options=rpc_compiler_options())
 
 
-def _rpc_all_budgets(arrays, ranks, weights, exact, ks, caps, prune):
+def _rpc_all_budgets(arrays, ranks, weights, exact, ks: tuple[int, ...], caps: tuple[int, ...], prune: bool):
+  """Every budget's RPC in one program (one compilation per run, not one per budget; each
+  budget's fits keep their own width k): ranks int32[K, P, S, n] -> 3 x float[K, P]."""
   rows = [_rpc_budget(arrays, ranks[b, :, :cap], weights[b, :cap], exact[b], k, prune)
           for b, (k, cap) in enumerate(zip(ks, caps))]
   return tuple(jnp.stack(x) for x in zip(*rows))
