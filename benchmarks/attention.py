@@ -29,8 +29,11 @@ HQ, HKV, D = 32, 8, 128
 
 
 def dense(q, pk, pv, plen, sk, sv, mask):
+  """Every particle's own copy of the prompt KV and one dense attention per particle (the
+  caches come head-major, [B, Hkv, Tp, D] and [B, N, Hkv, Ts, D], and are read token-major here)."""
   b, n, hkv, g, d = q.shape
-  tp = pk.shape[1]
+  tp = pk.shape[2]
+  pk, pv, sk, sv = (jnp.swapaxes(x, -3, -2) for x in (pk, pv, sk, sv))
   keys = jnp.concatenate([jnp.broadcast_to(pk[:, None], (b, n) + pk.shape[1:]), sk], axis=2)
   vals = jnp.concatenate([jnp.broadcast_to(pv[:, None], (b, n) + pv.shape[1:]), sv], axis=2)
   allowed = jnp.concatenate([jnp.broadcast_to((jnp.arange(tp) < plen[:, None])[:, None], (b, n, tp)), mask], axis=2)
@@ -62,8 +65,8 @@ def main():
     for n in a.particles:
       ks = jax.random.split(jax.random.key(n + tp), 5)
       q = jax.random.normal(ks[0], (1, n, HKV, HQ // HKV, D), dt)
-      pk, pv = (jax.random.normal(k, (1, tp, HKV, D), dt) for k in ks[1:3])
-      sk, sv = (jax.random.normal(k, (1, n, a.suffix, HKV, D), dt) for k in ks[3:5])
+      pk, pv = (jax.random.normal(k, (1, HKV, tp, D), dt) for k in ks[1:3])
+      sk, sv = (jax.random.normal(k, (1, n, HKV, a.suffix, D), dt) for k in ks[3:5])
       plen = jnp.asarray([tp], jnp.int32)
       mask = jnp.ones((1, n, a.suffix), bool)
       min_bytes = 2 * (tp + n * a.suffix) * HKV * D * dt.itemsize

@@ -68,8 +68,8 @@ def kernels(smoke: bool) -> None:
     r = lambda k, s: jax.random.normal(k, s, jnp.float32).astype(jnp.bfloat16)  # noqa: E731
     f32 = lambda *x: [jnp.asarray(y, jnp.float32) if y.dtype == jnp.bfloat16 else y for y in x]  # noqa: E731
     ts = 64
-    q, pk, pv = r(ks[0], (b, n, hkv, g, d)), r(ks[1], (b, tp, hkv, d)), r(ks[2], (b, tp, hkv, d))
-    sk, sv = r(ks[3], (b, n, ts, hkv, d)), r(ks[4], (b, n, ts, hkv, d))
+    q, pk, pv = r(ks[0], (b, n, hkv, g, d)), r(ks[1], (b, hkv, tp, d)), r(ks[2], (b, hkv, tp, d))
+    sk, sv = r(ks[3], (b, n, hkv, ts, d)), r(ks[4], (b, n, hkv, ts, d))  # head-major, as the caches
     plen = jnp.maximum(jnp.arange(b, dtype=jnp.int32) * -(tp // 3) + tp, 1)
     mask = jax.random.bernoulli(ks[5], 0.7, (b, n, ts))
     got = cascade_decode(q, pk, pv, plen, sk, sv, mask, interpret=_interpret())[0]
@@ -78,7 +78,7 @@ def kernels(smoke: bool) -> None:
     worst = max(worst, err)
     print(f"{'cascade_decode':15s} {str((b, n, hkv, g, d, tp)):24s} {err:9.2e}")
     t = min(tp, 64 if smoke else 2048)
-    qp, kp, vp = r(ks[6], (b, t, hkv, g, d)), r(ks[7], (b, t, hkv, d)), r(ks[1], (b, t, hkv, d))
+    qp, kp, vp = r(ks[6], (b, t, hkv, g, d)), r(ks[7], (b, hkv, t, d)), r(ks[1], (b, hkv, t, d))
     lens = jnp.maximum(jnp.arange(b, dtype=jnp.int32) * -(t // 3) + t, 1)
     got = flash_prefill(qp, kp, vp, lens, interpret=_interpret())[0]
     ref = flash_prefill_reference(*f32(qp, kp, vp, lens))[0]
@@ -101,8 +101,8 @@ def attention(smoke: bool, peak: float) -> None:
     for n in ((3,) if smoke else (16, 64, 256)):
       ks = jax.random.split(jax.random.key(n + tp), 5)
       q = jax.random.normal(ks[0], (1, n, hkv, hq // hkv, d), dt)
-      pk, pv = (jax.random.normal(k, (1, tp, hkv, d), dt) for k in ks[1:3])
-      sk, sv = (jax.random.normal(k, (1, n, suffix, hkv, d), dt) for k in ks[3:5])
+      pk, pv = (jax.random.normal(k, (1, hkv, tp, d), dt) for k in ks[1:3])
+      sk, sv = (jax.random.normal(k, (1, n, hkv, suffix, d), dt) for k in ks[3:5])
       args = (q, pk, pv, jnp.asarray([tp], jnp.int32), sk, sv, jnp.ones((1, n, suffix), bool))
       min_bytes = 2 * (tp + n * suffix) * hkv * d * 2
       times = {}

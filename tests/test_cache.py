@@ -69,13 +69,13 @@ def test_forward_right_padding_is_ignored(model):
 def test_merge_of_partials_is_exact_softmax():
   rng = np.random.RandomState(2)
   q = jnp.asarray(rng.randn(2, 3, 2, 2, 8), jnp.float32)
-  k = jnp.asarray(rng.randn(2, 11, 2, 8), jnp.float32)
-  v = jnp.asarray(rng.randn(2, 11, 2, 8), jnp.float32)
+  k = jnp.asarray(rng.randn(2, 2, 11, 8), jnp.float32)  # [B, Hkv, Tk, D]
+  v = jnp.asarray(rng.randn(2, 2, 11, 8), jnp.float32)
   mask = jnp.asarray(rng.rand(2, 3, 11) < 0.7).at[:, :, 0].set(True)
   full, lse = attend_partial(q, k, v, mask, 0.3)
   split = 5
-  o1, l1 = attend_partial(q, k[:, :split], v[:, :split], mask[..., :split], 0.3)
-  o2, l2 = attend_partial(q, k[:, split:], v[:, split:], mask[..., split:], 0.3)
+  o1, l1 = attend_partial(q, k[:, :, :split], v[:, :, :split], mask[..., :split], 0.3)
+  o2, l2 = attend_partial(q, k[:, :, split:], v[:, :, split:], mask[..., split:], 0.3)
   merged, lse_m = merge_partials(o1, l1, o2, l2)
   np.testing.assert_allclose(merged, full, atol=1e-6)
   np.testing.assert_allclose(lse_m, lse, atol=1e-6)
@@ -86,8 +86,8 @@ def test_merge_of_partials_is_exact_softmax():
   merged2, _ = merge_partials(full, lse, o3, l3)
   np.testing.assert_allclose(merged2, full, atol=1e-7)
   # Against jax.nn.dot_product_attention (query heads = Hkv * G).
-  ref = jax.nn.dot_product_attention(q.reshape(2, 3, 4, 8), jnp.repeat(k, 2, axis=2),
-                                     jnp.repeat(v, 2, axis=2), mask=mask[:, None], scale=0.3)
+  ref = jax.nn.dot_product_attention(q.reshape(2, 3, 4, 8), jnp.repeat(jnp.swapaxes(k, 1, 2), 2, axis=2),
+                                     jnp.repeat(jnp.swapaxes(v, 1, 2), 2, axis=2), mask=mask[:, None], scale=0.3)
   np.testing.assert_allclose(full.reshape(2, 3, 4, 8), ref, atol=1e-5)
 
 

@@ -12,7 +12,7 @@ import pytest
 from jax import export
 
 from tts_jax.kernels import (H100, TPU, UnsupportedShape, attention_path, cascade_decode, cascade_decode_reference,
-                             flash_prefill, flash_prefill_reference, plan_decode, plan_prefill)
+                             flash_prefill, flash_prefill_reference, heads_major, plan_decode, plan_prefill)
 from tts_jax.kernels.dispatch import MEASURED_FASTER, lowering_platform
 from tts_jax.kernels.plan import _program_bytes
 from tts_jax.models import init, qwen2_config
@@ -42,8 +42,8 @@ def test_flash_prefill(dtype, d, hkv, g, t, lengths, target):
   ks = jax.random.split(jax.random.key(t + d), 3)
   q, k, v = _rand(ks[0], (b, t, hkv, g, d), dtype), _rand(ks[1], (b, t, hkv, d), dtype), _rand(ks[2], (b, t, hkv, d), dtype)
   lens = jnp.asarray(lengths, jnp.int32)
-  out, lse = flash_prefill(q, k, v, lens, interpret=True, target=target)
-  ref, ref_lse = flash_prefill_reference(q, k, v, lens)
+  out, lse = flash_prefill(q, heads_major(k), heads_major(v), lens, interpret=True, target=target)
+  ref, ref_lse = flash_prefill_reference(q, heads_major(k), heads_major(v), lens)
   valid = np.arange(t)[None, :] < np.asarray(lens)[:, None]
   np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=TOL[dtype], rtol=TOL[dtype])
   np.testing.assert_allclose(np.asarray(lse)[valid], np.asarray(ref_lse)[valid], atol=TOL[dtype], rtol=TOL[dtype])
@@ -69,8 +69,9 @@ def test_cascade_decode(dtype, d, hkv, g, n, tp, ts, plens, target):
   sk, sv = _rand(ks[3], (b, n, ts, hkv, d), dtype), _rand(ks[4], (b, n, ts, hkv, d), dtype)
   mask = jax.random.bernoulli(ks[5], 0.6, (b, n, ts)).at[0, 0].set(False)  # one particle with an empty suffix
   plen = jnp.asarray(plens, jnp.int32)
-  out, m, l = cascade_decode(q, pk, pv, plen, sk, sv, mask, interpret=True, target=target)
-  ref, rm, rl = cascade_decode_reference(q, pk, pv, plen, sk, sv, mask)
+  cache = [heads_major(x) for x in (pk, pv, sk, sv)]  # the caches' layout; the peer below reads token-major
+  out, m, l = cascade_decode(q, *cache[:2], plen, *cache[2:], mask, interpret=True, target=target)
+  ref, rm, rl = cascade_decode_reference(q, *cache[:2], plen, *cache[2:], mask)
   tol = TOL[dtype]
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=tol, rtol=tol)
   np.testing.assert_allclose(np.asarray(m + jnp.log(l)), np.asarray(rm + jnp.log(rl)), atol=tol, rtol=tol)
@@ -181,10 +182,10 @@ def test_model_with_pallas_attention_matches_xla():
 def _args(kernel, b, n, hkv, g, d, tp, ts=64, dtype=jnp.bfloat16):
   sds = jax.ShapeDtypeStruct
   if kernel == "flash_prefill":
-    return (sds((b, tp, hkv, g, d), dtype), sds((b, tp, hkv, d), dtype), sds((b, tp, hkv, d), dtype),
+    return (sds((b, tp, hkv, g, d), dtype), sds((b, hkv, tp, d), dtype), sds((b, hkv, tp, d), dtype),
             sds((b,), jnp.int32))
-  return (sds((b, n, hkv, g, d), dtype), sds((b, tp, hkv, d), dtype), sds((b, tp, hkv, d), dtype),
-          sds((b,), jnp.int32), sds((b, n, ts, hkv, d), dtype), sds((b, n, ts, hkv, d), dtype),
+  return (sds((b, n, hkv, g, d), dtype), sds((b, hkv, tp, d), dtype), sds((b, hkv, tp, d), dtype),
+          sds((b,), jnp.int32), sds((b, n, hkv, ts, d), dtype), sds((b, n, hkv, ts, d), dtype),
           sds((b, n, ts), jnp.bool_))
 
 
@@ -270,8 +271,8 @@ def test_block_causal_attention_equals_masked_attention(t, block):
   from tts_jax.kernels import attend_causal, attend_partial, causal_mask
   ks = jax.random.split(jax.random.key(t), 3)
   lens = jnp.asarray([t, 1, t // 2], jnp.int32)
-  q, k, v = _rand(ks[0], (3, t, 2, 3, 16), jnp.float32), _rand(ks[1], (3, t, 2, 16), jnp.float32), \
-      _rand(ks[2], (3, t, 2, 16), jnp.float32)
+  q, k, v = _rand(ks[0], (3, t, 2, 3, 16), jnp.float32), _rand(ks[1], (3, 2, t, 16), jnp.float32), \
+      _rand(ks[2], (3, 2, t, 16), jnp.float32)
   mask = causal_mask(lens, t)
   out, lse = attend_causal(q, k, v, mask, 0.25, block=block)
   ref, ref_lse = attend_partial(q, k, v, mask, 0.25)

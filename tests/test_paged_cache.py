@@ -62,7 +62,7 @@ def test_thousand_random_resamplings_leak_no_page_and_keep_contents():
     return cache.replace(k=(k,), v=(v,), lengths=cache.lengths + active.astype(jnp.int32))
 
   gather = jax.jit(lambda c, a: c.gather(a))
-  view = jax.jit(lambda c: c.view(c.k[0], c.v[0])[0][..., 0, 0])
+  view = jax.jit(lambda c: c.view(c.k[0], c.v[0])[0][:, :, 0, :, 0])  # [B, N, Hkv, slots, D] -> [B, N, slots]
   mirror = [[[] for _ in range(n)] for _ in range(b)]
   rng = np.random.default_rng(1)
   for step in range(1000):
@@ -110,7 +110,7 @@ def test_running_out_of_pages_is_a_clear_error_not_corruption():
   with pytest.raises(RuntimeError, match="ran out of pages"):
     check_pages(cache)
   # The three particles that got pages hold exactly their own values.
-  got = np.asarray(cache.view(cache.k[0], cache.v[0])[0][0, :, :2, 0, 0])
+  got = np.asarray(cache.view(cache.k[0], cache.v[0])[0][0, :, 0, :2, 0])
   np.testing.assert_array_equal(got[:3], np.array([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]]))
 
 

@@ -13,15 +13,15 @@ the two exactly. `tts_jax.kernels.plan` picks the tiles and padding per backend.
     out, m, l = cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, suffix_mask)
     out, m, l = cascade_decode_reference(...)  # pure jnp, same contract
 
-Shapes: q [B, N, Hkv, G, D]; prefix_k / prefix_v [B, Tp, Hkv, D]; prefix_lengths
-int32[B]; suffix_k / suffix_v [B, N, Ts, Hkv, D]; suffix_mask bool[B, N, Ts].
+Shapes: q [B, N, Hkv, G, D]; prefix_k / prefix_v [B, Hkv, Tp, D]; prefix_lengths
+int32[B]; suffix_k / suffix_v [B, N, Hkv, Ts, D]; suffix_mask bool[B, N, Ts].
 Returns out float32[B, N, Hkv, G, D] and the residuals m, l float32[B, N, Hkv, G]
 (log-sum-exp = m + log l; l = 0 where a query sees no key). Any N, G, D, Tp, Ts >= 1.
 
-Layouts: on GPU (Triton) and in interpret mode the caches are read in their native
-layouts (a block is a pointer; no copies when Tp and Ts are multiples of the key block,
-which `LanguageModel` keeps them). On TPU (Mosaic) a block's last two dims must be
-(keys, D), so the caches are transposed to head-major first (one copy per call).
+Layouts: the caches are head-major (`tts_jax.kernels.reference`), so a block is one (KV head,
+key range) slab whose last two dims are (keys, D), as Mosaic requires on TPU and as Triton
+reads it on GPU: no copies when Tp and Ts are multiples of the key block, which
+`LanguageModel` keeps them.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def cascade_decode_reference(q, prefix_k, prefix_v, prefix_lengths, suffix_k, su
   """Pure jnp: `attend_partial` over the prefix and over each suffix, merged by log-sum-exp."""
   b, n, hkv, g, d = q.shape
   scale = d ** -0.5 if scale is None else scale
-  tp = prefix_k.shape[1]
+  tp = prefix_k.shape[2]
   pmask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix_lengths[:, None])[:, None, :], (b, n, tp))
   o_p, lse_p = attend_partial(q, prefix_k, prefix_v, pmask, scale)
-  ts = suffix_k.shape[2]
-  o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), suffix_k.reshape(b * n, ts, hkv, d),
-                              suffix_v.reshape(b * n, ts, hkv, d), suffix_mask.reshape(b * n, 1, ts), scale)
+  ts = suffix_k.shape[3]
+  o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), suffix_k.reshape(b * n, hkv, ts, d),
+                              suffix_v.reshape(b * n, hkv, ts, d), suffix_mask.reshape(b * n, 1, ts), scale)
   o, lse = merge_partials(o_p, lse_p, o_s.reshape(b, n, hkv, g, d), lse_s.reshape(b, n, hkv, g))
   m = jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
   return o, m, jnp.where(jnp.isfinite(lse), 1.0, 0.0)  # residuals normalised to m = lse, l = 1
@@ -113,13 +113,10 @@ def _prefix_phase(q_rows, prefix_k, prefix_v, lengths, plan: DecodePlan, scale, 
   """q_rows [B, Hkv, R, D'] (padded) over the prompt KV -> merged (o, m, l) over chunks."""
   b, hkv, r, d = q_rows.shape
   tpu = plan.target.name == "tpu"
-  pk, pv = (pad_axis(pad_axis(x, 1, plan.prompt_len), 3, d) for x in (prefix_k, prefix_v))
-  if tpu:  # Mosaic blocks end in (keys, D): head-major
-    pk, pv = pk.transpose(0, 2, 1, 3), pv.transpose(0, 2, 1, 3)
-    kv_spec = pl.BlockSpec((None, None, plan.chunk, d), lambda i, h, t, s: (i, h, s, 0),
-                           pipeline_mode=pl.Buffered(1))
-  else:
-    kv_spec = pl.BlockSpec((None, plan.chunk, None, d), lambda i, h, t, s: (i, s, h, 0))
+  pk, pv = (pad_axis(pad_axis(x, 2, plan.prompt_len), 3, d) for x in (prefix_k, prefix_v))
+  # One (KV head, chunk) slab per program, single-buffered in VMEM on TPU (the plan's bytes).
+  buffering = {"pipeline_mode": pl.Buffered(1)} if tpu else {}
+  kv_spec = pl.BlockSpec((None, None, plan.chunk, d), lambda i, h, t, s: (i, h, s, 0), **buffering)
   splits, tiles = plan.splits, r // plan.rows
   out_block = lambda last: pl.BlockSpec((None, None, None, plan.rows, last), lambda i, h, t, s: (i, h, s, t, 0))
   o, m, l = pl.pallas_call(
@@ -150,7 +147,7 @@ def prefix_attention(q, prefix_k, prefix_v, prefix_lengths, scale: float | None 
   (prompt, KV head). Returns (out, m, l) as `cascade_decode` for the prefix keys only."""
   b, n, hkv, g, d = q.shape
   scale = d ** -0.5 if scale is None else scale
-  plan = _plan(q, prefix_k.shape[1], 1, platform, target)
+  plan = _plan(q, prefix_k.shape[2], 1, platform, target)
   o, m, l = _prefix_phase(_rows(q, plan), prefix_k, prefix_v, prefix_lengths.astype(jnp.int32), plan, scale,
                           interpret, platform)
   unrow = lambda x: x[:, :, :n * g].reshape(b, hkv, n, g, -1).transpose(0, 2, 1, 3, 4)
@@ -176,13 +173,14 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
   `tts_jax.kernels.UnsupportedShape` when no tiling fits the target.
   """
   b, n, hkv, g, d = q.shape
-  if prefix_k.shape[0] != b or prefix_k.shape[2:] != (hkv, d) or suffix_k.shape[:2] != (b, n) \
-      or suffix_k.shape[3:] != (hkv, d) or suffix_mask.shape != suffix_k.shape[:3] \
+  if prefix_k.shape[0] != b or prefix_k.shape[1] != hkv or prefix_k.shape[3] != d \
+      or suffix_k.shape[:3] != (b, n, hkv) or suffix_k.shape[4] != d \
+      or suffix_mask.shape != (b, n, suffix_k.shape[3]) \
       or prefix_v.shape != prefix_k.shape or suffix_v.shape != suffix_k.shape:
     raise ValueError(f"shape mismatch: q {q.shape}, prefix_k {prefix_k.shape}, prefix_v {prefix_v.shape}, "
                      f"suffix_k {suffix_k.shape}, suffix_v {suffix_v.shape}, suffix_mask {suffix_mask.shape}")
   scale = d ** -0.5 if scale is None else scale
-  plan = _plan(q, prefix_k.shape[1], suffix_k.shape[2], platform, target)
+  plan = _plan(q, prefix_k.shape[2], suffix_k.shape[3], platform, target)
   dp, gp, ts = plan.head_dim, plan.groups, plan.suffix_len
   o_p, m_p, l_p = _prefix_phase(_rows(q, plan), prefix_k, prefix_v, prefix_lengths.astype(jnp.int32), plan, scale,
                                 interpret, platform)
@@ -190,16 +188,12 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
   per_particle = lambda x: pad_axis(x[:, :, :n * g].reshape(b, hkv, n, g, -1).transpose(0, 2, 1, 3, 4), 3, gp)
   o_p, m_p, l_p = per_particle(o_p), per_particle(m_p), per_particle(l_p)
   qg = pad_axis(pad_axis(q, 3, gp), 4, dp)
-  sk, sv = (pad_axis(pad_axis(x, 2, ts), 4, dp) for x in (suffix_k, suffix_v))
+  sk, sv = (pad_axis(pad_axis(x, 3, ts), 4, dp) for x in (suffix_k, suffix_v))
   mask = pad_axis(suffix_mask.astype(jnp.int32), 2, ts)[:, :, None, :]  # [B, N, 1, Ts]
   last = jnp.max(jnp.where(suffix_mask, jnp.arange(suffix_mask.shape[2]) + 1, 0), axis=2).astype(jnp.int32)
   tpu = plan.target.name == "tpu"
-  if tpu:
-    sk, sv = sk.transpose(0, 1, 3, 2, 4), sv.transpose(0, 1, 3, 2, 4)
-    kv_spec = pl.BlockSpec((None, None, None, ts, dp), lambda i, j, h: (i, j, h, 0, 0),
-                           pipeline_mode=pl.Buffered(1))
-  else:
-    kv_spec = pl.BlockSpec((None, None, ts, None, dp), lambda i, j, h: (i, j, 0, h, 0))
+  buffering = {"pipeline_mode": pl.Buffered(1)} if tpu else {}
+  kv_spec = pl.BlockSpec((None, None, None, ts, dp), lambda i, j, h: (i, j, h, 0, 0), **buffering)
   head = lambda last_dim: pl.BlockSpec((None, None, None, gp, last_dim), lambda i, j, h: (i, j, h, 0, 0))
   o, m, l = pl.pallas_call(
       functools.partial(_suffix_kernel, scale=scale, block=plan.block_suffix),

@@ -10,7 +10,7 @@ to what the backend needs and picks block sizes that fit on chip.
     out, lse = flash_prefill(q, k, v, lengths)          # Pallas (interpret=True on CPU)
     out, lse = flash_prefill_reference(q, k, v, lengths) # pure jnp, same contract
 
-Shapes follow `tts_jax.kernels.reference`: q [B, T, Hkv, G, D], k / v [B, T, Hkv, D];
+Shapes follow `tts_jax.kernels.reference`: q [B, T, Hkv, G, D], k / v [B, Hkv, T, D] (head-major);
 out float32[B, T, Hkv, G, D], lse float32[B, T, Hkv, G].
 """
 
@@ -63,7 +63,7 @@ def flash_prefill(q, k, v, lengths, scale: float | None = None, interpret: bool 
   """Causal flash attention over right-padded rows.
 
   Args:
-    q: [B, T, Hkv, G, D]; k, v: [B, T, Hkv, D]; lengths: int32[B] real tokens per row.
+    q: [B, T, Hkv, G, D]; k, v: [B, Hkv, T, D] (head-major); lengths: int32[B] real tokens per row.
     scale: q.k multiplier (default D ** -0.5).
     interpret: run the Pallas kernel in interpret mode (required on CPU).
     platform: the lowering target ("gpu"/"cuda": Triton, "tpu": Mosaic; default: the
@@ -77,14 +77,15 @@ def flash_prefill(q, k, v, lengths, scale: float | None = None, interpret: bool 
     `tts_jax.kernels.UnsupportedShape` when no tiling fits the target.
   """
   b, t, hkv, g, d = q.shape
-  if k.shape != (b, t, hkv, d) or v.shape != k.shape:
-    raise ValueError(f"k and v must be [B, T, Hkv, D] = {(b, t, hkv, d)}, got {k.shape} and {v.shape}")
+  if k.shape != (b, hkv, t, d) or v.shape != k.shape:
+    raise ValueError(f"k and v must be [B, Hkv, T, D] = {(b, hkv, t, d)}, got {k.shape} and {v.shape}")
   scale = d ** -0.5 if scale is None else scale
   target = target or target_for(platform or jax.default_backend())
   plan = plan_prefill(t, d, q.dtype, target)
   tp, dp, bq = plan.seq_len, plan.head_dim, plan.block_q
-  head_major = lambda x, h: pad_axis(pad_axis(x.reshape(b, t, h, d).transpose(0, 2, 1, 3), 2, tp), 3, dp)
-  qh, kh, vh = head_major(q, hkv * g), head_major(k, hkv), head_major(v, hkv)  # [B, H, Tp, D']
+  pad = lambda x: pad_axis(pad_axis(x, 2, tp), 3, dp)  # noqa: E731
+  qh = pad(q.reshape(b, t, hkv * g, d).transpose(0, 2, 1, 3))  # [B, H, Tp, D']
+  kh, vh = pad(k), pad(v)  # [B, Hkv, Tp, D']
   # The head's whole K and V: a pointer on GPU; on TPU one VMEM buffer each (its block only
   # changes with the head, so double-buffering would just double the VMEM).
   buffering = {"pipeline_mode": pl.Buffered(1)} if target.name == "tpu" else {}

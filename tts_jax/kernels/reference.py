@@ -7,6 +7,12 @@ subset of keys, each returning its normalised output and its log-sum-exp, and
 attends over the prompt KV once per prompt (all N samples of a prompt are the
 query rows of one matmul) and over each sample's private suffix KV, then merges.
 The Pallas kernels of `tts_jax.kernels` implement the same two functions.
+
+Keys and values are head-major, [B, Hkv, Tk, D], the layout of every KV cache of the
+library: each (row, KV head) reads its keys as one contiguous [Tk, D] block, which is what a
+matmul over the keys wants. A model's projections give [B, T, Hkv, D] (`heads_major` moves
+them once, when they are cached); with keys token-major, XLA transposed every layer's cache
+at every decode step (BENCHMARKS.md, "Head-major KV caches").
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ import jax.numpy as jnp
 ONE_QUERY_MIN_ROWS = 32
 
 
+def heads_major(x: jax.Array) -> jax.Array:
+  """[B, T, Hkv, D] (a projection's output) -> [B, Hkv, T, D] (the caches' layout)."""
+  return jnp.swapaxes(x, -3, -2)
+
+
 def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                    scale: float) -> tuple[jax.Array, jax.Array]:
   """Softmax attention restricted to the keys where mask is True.
 
   Args:
     q: [B, Tq, Hkv, G, D] queries (G query heads share each key/value head).
-    k: [B, Tk, Hkv, D] keys.
-    v: [B, Tk, Hkv, D] values.
+    k: [B, Hkv, Tk, D] keys (head-major).
+    v: [B, Hkv, Tk, D] values.
     mask: bool[B, Tq, Tk], True where query i may attend key j.
     scale: multiplier of q.k (usually D ** -0.5).
 
@@ -43,15 +54,14 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   # as a free dim plus transposes ~1.3x slower (scoring 1,600 rows x 64 tokens).
   b, tq, hkv, g, d = q.shape
   qh = jnp.transpose(q, (0, 2, 1, 3, 4)).reshape(b, hkv, tq * g, d)
-  kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, Tk, D]
-  s = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("bhqd,bhkd->bhqk", qh, k, preferred_element_type=jnp.float32) * scale
   allowed = jnp.broadcast_to(mask[:, None, :, None, :], (b, 1, tq, g, mask.shape[-1])).reshape(b, 1, tq * g, -1)
   s = jnp.where(allowed, s, -jnp.inf)
   s_max = jnp.max(s, axis=-1)  # [B, Hkv, Tq * G]
   s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
   p = jnp.exp(s - s_max[..., None])
   l = jnp.sum(p, axis=-1)
-  o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+  o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   o = o / jnp.where(l > 0, l, 1.0)[..., None]
   lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + s_max, -jnp.inf)
   o = jnp.transpose(o.reshape(b, hkv, tq, g, d), (0, 2, 1, 3, 4))
@@ -67,13 +77,13 @@ def _attend_one(q, k, v, mask, scale):
   slots this form is ~4.5x faster (16 vs 75 ms per layer). It reads K and V once.
   """
   qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
-  s = jnp.sum(qf[:, None] * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, Tk, Hkv, G]
-  s = jnp.where(mask[:, 0, :, None, None], s, -jnp.inf)
-  s_max = jnp.max(s, axis=1)  # [B, Hkv, G]
+  s = jnp.sum(qf[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.float32), axis=-1) * scale  # [B, Hkv, G, Tk]
+  s = jnp.where(mask[:, 0, None, None, :], s, -jnp.inf)
+  s_max = jnp.max(s, axis=-1)  # [B, Hkv, G]
   s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
-  p = jnp.exp(s - s_max[:, None])
-  l = jnp.sum(p, axis=1)
-  o = jnp.sum(p[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, Hkv, G, D]
+  p = jnp.exp(s - s_max[..., None])
+  l = jnp.sum(p, axis=-1)
+  o = jnp.sum(p[..., None] * v[:, :, None, :, :].astype(jnp.float32), axis=-2)  # [B, Hkv, G, D]
   o = o / jnp.where(l > 0, l, 1.0)[..., None]
   lse = jnp.where(l > 0, jnp.log(jnp.where(l > 0, l, 1.0)) + s_max, -jnp.inf)
   return o[:, None], lse[:, None]
@@ -106,13 +116,13 @@ CAUSAL_BLOCK = 32
 def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
                   block: int = CAUSAL_BLOCK) -> tuple[jax.Array, jax.Array]:
   """`attend_partial` for self-attention under a causal mask (mask[:, i, j] False for j > i,
-  e.g. `causal_mask`): q [B, T, Hkv, G, D], k, v [B, T, Hkv, D], mask bool[B, T, T]. The
+  e.g. `causal_mask`): q [B, T, Hkv, G, D], k, v [B, Hkv, T, D], mask bool[B, T, T]. The
   same numbers; query block i only reads the keys before its end."""
   t = q.shape[1]
-  if t <= block or k.shape[1] != t:
+  if t <= block or k.shape[2] != t:
     return attend_partial(q, k, v, mask, scale)
-  parts = [attend_partial(q[:, i:i + block], k[:, :i + block], v[:, :i + block], mask[:, i:i + block, :i + block],
-                          scale) for i in range(0, t, block)]
+  parts = [attend_partial(q[:, i:i + block], k[:, :, :i + block], v[:, :, :i + block],
+                          mask[:, i:i + block, :i + block], scale) for i in range(0, t, block)]
   return tuple(jnp.concatenate(x, axis=1) for x in zip(*parts))
 
 

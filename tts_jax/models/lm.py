@@ -26,6 +26,7 @@ from flax import nnx, struct
 from tts_jax.kernels import (attend_causal, attend_partial, attention_path, cascade_decode, causal_mask, flash_prefill,
                              merge_partials)
 from tts_jax.kernels.blocks import pad_axis
+from tts_jax.kernels.reference import heads_major
 from tts_jax.models.config import ModelConfig
 from tts_jax.models.paged import PagedKVCache, init_paged_cache
 from tts_jax.models.rope import rope_tables
@@ -36,8 +37,9 @@ from tts_jax.models.transformer import Decoder
 class PrefixCache:
   """Prompt KV, one copy per prompt.
 
-  k, v: tuples over layers of [B, Tp, Hkv, D]; lengths: int32[B] valid prompt tokens
-  (prompts are right-padded to Tp).
+  k, v: tuples over layers of [B, Hkv, Tp, D] (head-major, as every cache:
+  `tts_jax.kernels.reference`); lengths: int32[B] valid prompt tokens (prompts are
+  right-padded to Tp).
   """
 
   k: tuple
@@ -50,13 +52,14 @@ class KVCache:
   """Shared prompt KV plus N private suffixes per prompt.
 
   prefix: the prompts' `PrefixCache` (batch B).
-  k, v: tuples over layers of [B, N, Ts, Hkv, D] suffix keys/values.
+  k, v: tuples over layers of [B, N, Hkv, Ts, D] suffix keys/values (head-major).
   mask: bool[B, N, Ts], True at slots that hold a real token.
   lengths: int32[B, N] real suffix tokens so far (position offset after the prompt).
   step: int32[] next slot to write (shared by all samples).
-  compact: static; False: every decode writes slot `step` (an in-place slice write, for
-    samples that advance together); True: each sample writes its own slot `lengths`
-    (a masked write, for particles that advance unevenly: capacity = tokens per sample).
+  compact: static; False: every decode writes slot `step` (for samples that advance
+    together); True: each sample writes its own slot `lengths` (inactive samples write
+    nothing; for particles that advance unevenly: capacity = tokens per sample). Both are
+    one in-place scatter per layer.
   """
 
   prefix: PrefixCache
@@ -78,8 +81,9 @@ class KVCache:
     extra = capacity - self.capacity
     if extra < 0:
       raise ValueError(f"a cache of {self.capacity} slots cannot shrink to {capacity}")
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 3))
-    return self.replace(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)), mask=pad(self.mask))
+    pad = lambda x, axis: jnp.pad(x, [(0, extra) if i == axis else (0, 0) for i in range(x.ndim)])  # noqa: E731
+    kv = lambda xs: tuple(pad(x, 3) for x in xs)  # noqa: E731
+    return self.replace(k=kv(self.k), v=kv(self.v), mask=pad(self.mask, 2))
 
   def gather(self, ancestors: jax.Array) -> "KVCache":
     """The cache of particles `ancestors` int32[B, N'] (indices into each prompt's own N
@@ -137,7 +141,7 @@ class LanguageModel:
     path = attention_path(self.config.attention_impl, "prefill")
     scale = self._scale()
 
-    def attend(layer, q, k, v):
+    def attend(layer, q, k, v):  # k, v: [B, Hkv, T, D]
       if path.pallas:
         return flash_prefill(q, k, v, lengths, scale=scale, interpret=path.interpret, platform=path.platform)[0]
       return attend_causal(q, k, v, mask, scale)[0]
@@ -161,7 +165,8 @@ class LanguageModel:
     mask = causal_mask(lengths, t)
     cos, sin = rope_tables(self.config, jnp.broadcast_to(jnp.arange(t), (b, t)))
 
-    attend = self._causal_attend(mask, lengths)
+    causal = self._causal_attend(mask, lengths)
+    attend = lambda layer, q, k, v: causal(layer, q, heads_major(k), heads_major(v))  # noqa: E731
     model = self._module(params)
     return model.output(model.hidden(tokens, cos, sin, attend))
 
@@ -186,6 +191,7 @@ class LanguageModel:
     causal = self._causal_attend(mask, lengths)
 
     def attend(layer, q, k, v):
+      k, v = heads_major(k), heads_major(v)  # [B, Hkv, T, D], the cache's layout
       ks.append(k)
       vs.append(v)
       return causal(layer, q, k, v)
@@ -197,7 +203,7 @@ class LanguageModel:
       # Keep the prompt KV a whole number of the decode kernel's key blocks, so that
       # decoding never pads (copies) it.
       size = -(-t // PREFIX_ALIGN) * PREFIX_ALIGN
-      ks, vs = [pad_axis(x, 1, size) for x in ks], [pad_axis(x, 1, size) for x in vs]
+      ks, vs = [pad_axis(x, 2, size) for x in ks], [pad_axis(x, 2, size) for x in vs]
     return model.output(last), PrefixCache(k=tuple(ks), v=tuple(vs), lengths=lengths.astype(jnp.int32))
 
   def init_cache(self, prefix: PrefixCache, num_samples: int, max_len: int, compact: bool = False) -> KVCache:
@@ -205,7 +211,7 @@ class LanguageModel:
     (see `KVCache.compact`)."""
     c = self.config
     b = prefix.lengths.shape[0]
-    shape = (b, num_samples, max_len, c.num_kv_heads, c.head_dim)
+    shape = (b, num_samples, c.num_kv_heads, max_len, c.head_dim)
     zeros = tuple(jnp.zeros(shape, c.jnp_dtype) for _ in range(c.num_layers))
     return KVCache(prefix=prefix, k=zeros, v=tuple(jnp.zeros_like(x) for x in zeros),
                    mask=jnp.zeros((b, num_samples, max_len), bool),
@@ -238,23 +244,27 @@ class LanguageModel:
     if isinstance(cache, PagedKVCache):
       return self._decode_paged(params, tokens, cache, active, cos, sin)
     step = cache.step
+    rows, cols = jnp.arange(b)[:, None], jnp.arange(n)[None, :]
     if cache.compact:
       here = jax.nn.one_hot(cache.lengths, cache.capacity, dtype=bool) & active[..., None]  # [B, N, Ts]
       mask = cache.mask | here
-      rows, cols = jnp.arange(b)[:, None], jnp.arange(n)[None, :]
       slots = jnp.where(active, cache.lengths, cache.capacity)  # out of range: not written
     else:
       mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, active[..., None], step, axis=2)
+      slots = jnp.broadcast_to(step, (b, n))
     new_k, new_v = [], []
 
+    def write(c, x):
+      """x [B, N, 1, Hkv, D] into slot slots[b, n] of c [B, N, Hkv, Ts, D]. A scatter even where
+      every sample writes slot `step`: XLA:CPU fuses a dynamic-update-slice into each of its
+      consumers (the new cache, the attention's reshape of it), and each copy needs its own
+      copy of the whole cache (4 per layer per step; a decode step at benchmarks/sampling.py's
+      shapes 16.7-17.1 ms against 14.3-14.5 ms with the scatter, which is updated in place)."""
+      return c.at[rows, cols, :, slots].set(x[:, :, 0].astype(c.dtype), mode="drop")
+
     def attend(layer, q, k, v):
-      # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]
-      if cache.compact:  # scatter each active sample's row to its own slot (inactive rows are dropped)
-        sk = cache.k[layer].at[rows, cols, slots].set(k[:, :, 0].astype(cache.k[layer].dtype), mode="drop")
-        sv = cache.v[layer].at[rows, cols, slots].set(v[:, :, 0].astype(cache.v[layer].dtype), mode="drop")
-      else:
-        sk = jax.lax.dynamic_update_slice_in_dim(cache.k[layer], k.astype(cache.k[layer].dtype), step, axis=2)
-        sv = jax.lax.dynamic_update_slice_in_dim(cache.v[layer], v.astype(cache.v[layer].dtype), step, axis=2)
+      # q: [B, N, 1, Hkv, G, D]; k, v: [B, N, 1, Hkv, D]; inactive compact rows are dropped
+      sk, sv = write(cache.k[layer], k), write(cache.v[layer], v)
       new_k.append(sk)
       new_v.append(sv)
       return self._shared_prefix_attend(q, prefix, layer, sk, sv, mask)
@@ -295,7 +305,7 @@ class LanguageModel:
     positions_all = prefix_lengths[:, None, None] + jnp.arange(length)[None, None, :]
     cos, sin = rope_tables(self.config, positions_all)
     scale = self._scale()
-    tp = prefix.k[0].shape[1]
+    tp = prefix.k[0].shape[2]
     suffix_mask = causal_mask(lengths.reshape(-1), length)
     last = self.config.num_layers - 1
     if positions is not None:
@@ -313,8 +323,8 @@ class LanguageModel:
                                   prompt_kv(prefix.v[layer]), prefix_mask, scale)
       mask = query_mask if (positions is not None and layer == last) else suffix_mask
       suffix_attend = attend_partial if (positions is not None and layer == last) else attend_causal
-      o_s, lse_s = suffix_attend(q.reshape(b * n, lq, hkv, g, d), k.reshape(b * n, length, hkv, d),
-                                 v.reshape(b * n, length, hkv, d), mask, scale)
+      o_s, lse_s = suffix_attend(q.reshape(b * n, lq, hkv, g, d), heads_major(k.reshape(b * n, length, hkv, d)),
+                                 heads_major(v.reshape(b * n, length, hkv, d)), mask, scale)
       o, _ = merge_partials(o_p.reshape(q.shape), lse_p.reshape(q.shape[:-1]), o_s.reshape(q.shape),
                             lse_s.reshape(q.shape[:-1]))
       return o
@@ -324,7 +334,7 @@ class LanguageModel:
 
   def _shared_prefix_attend(self, q, prefix, layer, sk, sv, mask):
     """q [B, N, 1, Hkv, G, D] over the shared prompt KV and each sample's suffix sk, sv
-    [B, N, Ts, Hkv, D] (valid slots: mask bool[B, N, Ts]), merged by log-sum-exp."""
+    [B, N, Hkv, Ts, D] (valid slots: mask bool[B, N, Ts]), merged by log-sum-exp."""
     b, n, _, hkv, g, d = q.shape
     scale = self._scale()
     path = attention_path(self.config.attention_impl, "decode")
@@ -332,11 +342,11 @@ class LanguageModel:
       o = cascade_decode(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix.lengths, sk, sv, mask,
                          scale=scale, interpret=path.interpret, platform=path.platform)[0]
       return o[:, :, None]
-    tp = prefix.k[0].shape[1]
+    tp = prefix.k[0].shape[2]
     prefix_mask = jnp.broadcast_to((jnp.arange(tp)[None, :] < prefix.lengths[:, None])[:, None, :], (b, n, tp))
     o_p, lse_p = attend_partial(q[:, :, 0], prefix.k[layer], prefix.v[layer], prefix_mask, scale)
-    o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, -1, hkv, d),
-                                sv.reshape(b * n, -1, hkv, d), mask.reshape(b * n, 1, -1), scale)
+    o_s, lse_s = attend_partial(q.reshape(b * n, 1, hkv, g, d), sk.reshape(b * n, hkv, -1, d),
+                                sv.reshape(b * n, hkv, -1, d), mask.reshape(b * n, 1, -1), scale)
     o, _ = merge_partials(o_p, lse_p, o_s.reshape(b, n, hkv, g, d), lse_s.reshape(b, n, hkv, g))
     return o[:, :, None]
 

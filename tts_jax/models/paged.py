@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from tts_jax.kernels.reference import heads_major
+
 
 @struct.dataclass
 class PagedKVCache:
@@ -112,11 +114,12 @@ class PagedKVCache:
     return k, v
 
   def view(self, k_pages, v_pages):
-    """The contiguous suffix view of one layer: [B, N, M * page_size, Hkv, D] (k, v)."""
+    """The contiguous suffix view of one layer, head-major like `KVCache`'s suffix:
+    [B, N, Hkv, M * page_size, D] (k, v). One gather of the particles' pages."""
     b, n, m = self.table.shape
     take = lambda x: jax.vmap(lambda xb, tb: xb[jnp.clip(tb, 0, self.num_pages - 1)])(x, self.table)
     shape = (b, n, m * self.page_size) + k_pages.shape[3:]
-    return take(k_pages).reshape(shape), take(v_pages).reshape(shape)
+    return tuple(heads_major(take(x).reshape(shape)) for x in (k_pages, v_pages))
 
   def mask(self, lengths=None) -> jax.Array:
     """bool[B, N, capacity]: slots that hold a token."""
