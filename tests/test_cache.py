@@ -1,5 +1,7 @@
 """Decoding with the shared-prefix cache equals a full forward pass from scratch."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,24 @@ def test_gathered_cache_decodes_like_its_ancestors(model):
     for j in range(n):
       ref = np.asarray(forward(lm, params, np.array([hist[i][j] + [toks[i, j]]])))[0, -1]
       np.testing.assert_allclose(np.asarray(logits[i, j]), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,n", [(1, 4), (2, 32)])  # attention as matmuls / as one-query multiply-reduce
+@pytest.mark.parametrize("compact", [False, True])
+def test_decode_step_neither_copies_nor_transposes_its_caches(model, b, n, compact):
+  """The caches are head-major, as attention reads them, and each decode writes its token in
+  place: the optimised step has no copy or transpose of a prompt or suffix cache (token-major
+  caches were transposed at every step; a dynamic-update-slice write was fused into each of
+  its consumers by XLA:CPU, each with its own copy of the cache)."""
+  lm, params = model
+  tp, ts = 40, 24  # sizes no other array of the step has
+  _, prefix = lm.prefill(params, jnp.ones((b, tp), jnp.int32), jnp.full((b,), tp, jnp.int32))
+  cache = lm.init_cache(prefix, n, ts, compact=compact)
+  assert cache.k[0].shape == (b, n, 2, ts, 8) and prefix.k[0].shape == (b, 2, tp, 8)
+  step = jax.jit(lm.decode, donate_argnums=2)
+  text = step.lower(params, jnp.ones((b, n), jnp.int32), cache).compile().as_text()
+  moves = [line.strip() for line in text.splitlines()
+           if re.search(r"= f32\[([\d,]*\b(40|24)\b[\d,]*)\]\{[^}]*\} (copy|transpose)\(", line)]
+  assert not moves, "\n".join(moves)
+  out, new = step(params, jnp.ones((b, n), jnp.int32), cache)
+  assert out.shape == (b, n, 97) and new.k[0].shape == (b, n, 2, ts, 8)
