@@ -257,9 +257,10 @@ class LanguageModel:
     def write(c, x):
       """x [B, N, 1, Hkv, D] into slot slots[b, n] of c [B, N, Hkv, Ts, D]. A scatter even where
       every sample writes slot `step`: XLA:CPU fuses a dynamic-update-slice into each of its
-      consumers (the new cache, the attention's reshape of it), and each copy needs its own
-      copy of the whole cache (4 per layer per step; a decode step at benchmarks/sampling.py's
-      shapes 16.7-17.1 ms against 14.3-14.5 ms with the scatter, which is updated in place)."""
+      consumers (the new cache, the attention's reshape of it), and each fused update works on
+      its own copy of the whole cache (4 copies per layer per step; a decode step at
+      benchmarks/sampling.py's shapes took 16.7-17.1 ms against 14.3-14.5 ms with the scatter,
+      which XLA updates in place)."""
       return c.at[rows, cols, :, slots].set(x[:, :, 0].astype(c.dtype), mode="drop")
 
     def attend(layer, q, k, v):
