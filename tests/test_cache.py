@@ -122,7 +122,7 @@ def test_gathered_cache_decodes_like_its_ancestors(model):
       np.testing.assert_allclose(np.asarray(logits[i, j]), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("b,n", [(1, 4), (2, 32)])  # attention as matmuls / as one-query multiply-reduce
+@pytest.mark.parametrize("b,n", [(1, 4), (2, 32)])
 @pytest.mark.parametrize("compact", [False, True])
 def test_decode_step_neither_copies_nor_transposes_its_caches(model, b, n, compact):
   """The caches are head-major, as attention reads them, and each decode writes its token in

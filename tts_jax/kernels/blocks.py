@@ -44,3 +44,11 @@ def scalar_spec(shape: tuple[int, ...], tpu: bool) -> pl.BlockSpec:
     from jax.experimental.pallas import tpu as pltpu  # noqa: PLC0415 (TPU only)
     return pl.BlockSpec(memory_space=pltpu.SMEM)
   return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
+
+
+def kv_spec(block_shape: tuple, index_map, tpu: bool) -> pl.BlockSpec:
+  """The BlockSpec of a K or V block: single-buffered in VMEM on TPU (the plans size the
+  on-chip bytes for one buffer: `tts_jax.kernels.plan`), the backend's default elsewhere."""
+  if tpu:
+    return pl.BlockSpec(block_shape, index_map, pipeline_mode=pl.Buffered(1))
+  return pl.BlockSpec(block_shape, index_map)

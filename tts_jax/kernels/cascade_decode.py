@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from tts_jax.kernels.blocks import online_softmax_step, pad_axis, scalar_spec
+from tts_jax.kernels.blocks import kv_spec, online_softmax_step, pad_axis, scalar_spec
 from tts_jax.kernels.dispatch import compiler_params
 from tts_jax.kernels.plan import DecodePlan, Target, plan_decode, target_for
 from tts_jax.kernels.reference import attend_partial, merge_partials
@@ -114,9 +114,7 @@ def _prefix_phase(q_rows, prefix_k, prefix_v, lengths, plan: DecodePlan, scale, 
   b, hkv, r, d = q_rows.shape
   tpu = plan.target.name == "tpu"
   pk, pv = (pad_axis(pad_axis(x, 2, plan.prompt_len), 3, d) for x in (prefix_k, prefix_v))
-  # One (KV head, chunk) slab per program, single-buffered in VMEM on TPU (the plan's bytes).
-  buffering = {"pipeline_mode": pl.Buffered(1)} if tpu else {}
-  kv_spec = pl.BlockSpec((None, None, plan.chunk, d), lambda i, h, t, s: (i, h, s, 0), **buffering)
+  kv = kv_spec((None, None, plan.chunk, d), lambda i, h, t, s: (i, h, s, 0), tpu)  # one (KV head, chunk) slab
   splits, tiles = plan.splits, r // plan.rows
   out_block = lambda last: pl.BlockSpec((None, None, None, plan.rows, last), lambda i, h, t, s: (i, h, s, t, 0))
   o, m, l = pl.pallas_call(
@@ -124,7 +122,7 @@ def _prefix_phase(q_rows, prefix_k, prefix_v, lengths, plan: DecodePlan, scale, 
       grid=(b, hkv, tiles, splits),
       in_specs=[scalar_spec(lengths.shape, tpu),
                 pl.BlockSpec((None, None, plan.rows, d), lambda i, h, t, s: (i, h, t, 0)),
-                kv_spec, kv_spec],
+                kv, kv],
       out_specs=[out_block(d), out_block(1), out_block(1)],
       out_shape=_partial_shapes((b, hkv, splits, r), d),
       interpret=interpret,
@@ -192,13 +190,12 @@ def cascade_decode(q, prefix_k, prefix_v, prefix_lengths, suffix_k, suffix_v, su
   mask = pad_axis(suffix_mask.astype(jnp.int32), 2, ts)[:, :, None, :]  # [B, N, 1, Ts]
   last = jnp.max(jnp.where(suffix_mask, jnp.arange(suffix_mask.shape[2]) + 1, 0), axis=2).astype(jnp.int32)
   tpu = plan.target.name == "tpu"
-  buffering = {"pipeline_mode": pl.Buffered(1)} if tpu else {}
-  kv_spec = pl.BlockSpec((None, None, None, ts, dp), lambda i, j, h: (i, j, h, 0, 0), **buffering)
+  kv = kv_spec((None, None, None, ts, dp), lambda i, j, h: (i, j, h, 0, 0), tpu)
   head = lambda last_dim: pl.BlockSpec((None, None, None, gp, last_dim), lambda i, j, h: (i, j, h, 0, 0))
   o, m, l = pl.pallas_call(
       functools.partial(_suffix_kernel, scale=scale, block=plan.block_suffix),
       grid=(b, n, hkv),
-      in_specs=[scalar_spec(last.shape, tpu), head(dp), kv_spec, kv_spec,
+      in_specs=[scalar_spec(last.shape, tpu), head(dp), kv, kv,
                 pl.BlockSpec((None, None, 1, ts), lambda i, j, h: (i, j, 0, 0)),
                 head(dp), head(1), head(1)],
       out_specs=[head(dp), head(1), head(1)],

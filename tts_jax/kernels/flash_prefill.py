@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from tts_jax.kernels.blocks import online_softmax_step, pad_axis, scalar_spec
+from tts_jax.kernels.blocks import kv_spec, online_softmax_step, pad_axis, scalar_spec
 from tts_jax.kernels.dispatch import compiler_params
 from tts_jax.kernels.plan import Target, plan_prefill, target_for
 from tts_jax.kernels.reference import attend_partial, causal_mask
@@ -88,15 +88,14 @@ def flash_prefill(q, k, v, lengths, scale: float | None = None, interpret: bool 
   kh, vh = pad(k), pad(v)  # [B, Hkv, Tp, D']
   # The head's whole K and V: a pointer on GPU; on TPU one VMEM buffer each (its block only
   # changes with the head, so double-buffering would just double the VMEM).
-  buffering = {"pipeline_mode": pl.Buffered(1)} if target.name == "tpu" else {}
-  kv_spec = pl.BlockSpec((None, None, tp, dp), lambda i, h, j: (i, h // g, 0, 0), **buffering)
+  kv = kv_spec((None, None, tp, dp), lambda i, h, j: (i, h // g, 0, 0), target.name == "tpu")
   out, lse = pl.pallas_call(
       functools.partial(_kernel, scale=scale, block_q=bq, block_k=plan.block_k),
       grid=(b, hkv * g, tp // bq),
       in_specs=[
           scalar_spec(lengths.shape, target.name == "tpu"),
           pl.BlockSpec((None, None, bq, dp), lambda i, h, j: (i, h, j, 0)),
-          kv_spec, kv_spec,
+          kv, kv,
       ],
       out_specs=[pl.BlockSpec((None, None, bq, dp), lambda i, h, j: (i, h, j, 0)),
                  pl.BlockSpec((None, None, bq, 1), lambda i, h, j: (i, h, j, 0))],

@@ -21,12 +21,6 @@ import jax
 import jax.numpy as jnp
 
 
-# From this many rows on, one-query attention (decoding) runs as multiply-and-reduce: XLA:CPU
-# runs the einsum form as one tiny matmul per (row, head), ~4x slower at 1,600 rows; below
-# ~32 rows the einsum is ~20% faster inside a decode step (measured: BENCHMARKS.md).
-ONE_QUERY_MIN_ROWS = 32
-
-
 def heads_major(x: jax.Array) -> jax.Array:
   """[B, T, Hkv, D] (a projection's output) -> [B, Hkv, T, D] (the caches' layout)."""
   return jnp.swapaxes(x, -3, -2)
@@ -47,7 +41,7 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     out: float32[B, Tq, Hkv, G, D], normalised over the allowed keys (0 where none).
     lse: float32[B, Tq, Hkv, G], log-sum-exp of the scaled scores (-inf where none).
   """
-  if q.shape[1] == 1 and q.shape[0] >= ONE_QUERY_MIN_ROWS:
+  if q.shape[1] == 1:  # one query per row (decoding): multiply-and-reduce, whatever the row count
     return _attend_one(q, k, v, mask, scale)
   # Heads first and the G query heads of a key head folded into the query rows: one
   # [Tq * G, D] x [D, Tk] matmul per (row, key head). XLA:CPU runs the 5-D form with G
@@ -72,9 +66,12 @@ def attend_partial(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 def _attend_one(q, k, v, mask, scale):
   """`attend_partial` for one query per row (decoding), as multiply-and-reduce over the keys.
 
-  The same numbers as the einsum form, but XLA:CPU runs a batched dot whose batch dims are
-  (row, head) as many tiny matmuls plus transposes of K and V: for 1,600 samples x 96 suffix
-  slots this form is ~4.5x faster (16 vs 75 ms per layer). It reads K and V once.
+  The same numbers as the einsum form up to float order, but XLA:CPU runs a batched dot whose
+  batch dims are (row, head) as many tiny matmuls: for 1,600 samples x 96 suffix slots this
+  form is ~4.5x faster (16 vs 75 ms per layer), and with head-major caches it is as fast at 16
+  rows (a decode step of benchmarks/sampling.py: 13.1-13.4 against 13.4-15.7 ms), so decoding
+  uses it at every row count and its numbers do not depend on how many rows a batch has.
+  It reads K and V once.
   """
   qf = q[:, 0].astype(jnp.float32)  # [B, Hkv, G, D]
   s = jnp.sum(qf[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.float32), axis=-1) * scale  # [B, Hkv, G, Tk]
