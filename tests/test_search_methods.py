@@ -11,10 +11,12 @@ import pytest
 
 from tests.helpers import modchain_right_and_wrong, policy_and_value, without_timing
 from tts_jax.eval import DVTS, BeamSearch, Experiment, ParticleFiltering, PassAtK, run_experiment
+from tts_jax.eval.search_methods import shared_selection
 from tts_jax.models.value import value_logits
 from tts_jax.search import Beam, beam_search, best_of_n, dvts, particle_filter
 from tts_jax.smc import Resample, SMCConfig, run_smc
 from tts_jax.smc.engine import _run_jit
+from tts_jax.smc.one_of import OneOf
 from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.tasks.shipped import DEFAULTS_DIR
 from tts_jax.verifiers import ValuePotential
@@ -100,6 +102,26 @@ def test_oracle_potential_checks_steps_and_answer():
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 1.0, 1.0]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("auc", [1.0, 0.8])  # on device (ModChain's array checker); the host callback
+def test_oracle_reads_its_traced_transform_as_the_constant(auc):
+  """Inside the engine's program an oracle's transform is a traced index (`tts_jax.traced`):
+  each value gives the scores of the potential with that transform compiled in."""
+  task = ModChain()
+  prompt, tokens, lengths, done, _ = modchain_right_and_wrong(task, task.split("test")[0])
+  args = jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done)
+  scores = {}
+  for transform in ("log", "logit"):
+    pot = step_oracle(task, transform, eps=0.01, auc=auc)
+    state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, tokens.shape[-1])
+    baked = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None)[0])(state, *args)
+    program = pot.program()
+    assert program == step_oracle(task, "log", eps=0.01, auc=auc)  # one program for both transforms
+    traced = jax.jit(lambda k, s, x, l, d: program.bind(k).score(None, s, x, l, d, None)[0])(pot.knobs(), state, *args)
+    np.testing.assert_array_equal(np.asarray(traced), np.asarray(baked))
+    scores[transform] = np.asarray(baked)
+  np.testing.assert_allclose(scores["logit"], scores["log"] - np.log1p(-np.exp(scores["log"])), rtol=1e-5)
+
+
 def test_bad_search_configs_are_named():
   with pytest.raises(ValueError, match="expansions M=4 must divide the number of particles N=6"):
     Experiment(name="x", task=ModChain(), methods=(BeamSearch(expansions=4),), budgets=(4, 6))
@@ -166,7 +188,7 @@ def test_dvts_with_one_subtree_is_beam_search_and_shares_its_program(models):
   lm, params, vm, vparams = models
   kw = dict(max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), max_step_tokens=4)
   one_tree, beam = dvts(4, 4, **kw), beam_search(4, 4, **kw)
-  assert one_tree.program()[0] == beam.program()[0]  # one compiled program (traced width and group)
+  assert one_tree.program() == beam.program()  # one compiled program (traced width and group)
   pot = ValuePotential(vm.as_lm())
   runs = []
   for cfg in (beam, one_tree):
@@ -230,6 +252,93 @@ def test_traced_fields_share_one_program_with_their_own_results(models, sweep):
   if sweep == "beam widths and DVTS":
     anc = np.asarray(runs[1][0].ancestors)  # DVTS: ancestors stay in their subtree of 4
     assert np.all(anc // 4 == np.arange(8) // 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BakedConfig(SMCConfig):
+  """SMCConfig with `incremental` compiled in."""
+
+  traced: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _BakedValuePotential(ValuePotential):
+  """ValuePotential with its transform compiled in."""
+
+  traced: ClassVar[tuple[str, ...]] = ()
+
+
+def _baked(cfg: SMCConfig) -> SMCConfig:
+  """`cfg` with nothing traced: its strategy, `incremental`, all constants of its own program."""
+  sel = cfg.select
+  baked_sel = {Beam: _BakedBeam, Resample: _BakedResample}[type(sel)](**dataclasses.asdict(sel))
+  return _BakedConfig(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, "select": baked_sel})
+
+
+def test_one_of_shares_one_program_among_strategies_weightings_and_transforms(models):
+  """Beam search, Puri et al.'s particle filter (current logit weights) and SMC (ratios of
+  log potentials, systematic, ESS 0.5) at one N, each as a member of one `OneOf`: one
+  compiled engine program, and each run equals its own program with every choice compiled in."""
+  lm, params, vm, vparams = models
+  kw = dict(max_new_tokens=T, delimiters=(DELIM,), stop_tokens=(EOS,), max_step_tokens=4)
+  prompts = jnp.asarray([[1, 2, 3], [3, 2, 1]]), jnp.asarray([3, 3])
+  runs = [(beam_search(8, 4, **kw), "log"),
+          (particle_filter(8, "multinomial", 1.0, incremental=False, **kw), "logit"),
+          (particle_filter(8, "systematic", 0.5, **kw), "log")]
+  programs = [cfg.select.program() for cfg, _ in runs]
+
+  def go(cfg, potential):
+    before = _run_jit._cache_size()
+    p = run_smc(lm, params, *prompts, jax.random.key(5), cfg=cfg, potential=potential, potential_params=vparams)
+    return p, _run_jit._cache_size() - before
+
+  shared = []
+  for cfg, transform in runs:
+    one = dataclasses.replace(cfg, select=OneOf.among(programs, cfg.select))
+    assert one.program() == dataclasses.replace(runs[0][0], select=OneOf.among(programs, runs[0][0].select)).program()
+    shared.append(go(one, ValuePotential(vm.as_lm(), transform=transform)))
+  assert [new for _, new in shared[1:]] == [0, 0]  # one program for the three
+  seen = {(np.asarray(p.ancestors).tobytes(), np.asarray(p.log_weights).tobytes()) for p, _ in shared}
+  assert len(seen) == 3  # each ran its own branch
+  for (cfg, transform), (p, _) in zip(runs, shared):
+    q, new = go(_baked(cfg), _BakedValuePotential(vm.as_lm(), transform=transform))
+    assert new == 1
+    for name in ("tokens", "ancestors", "log_weights", "log_potential", "log_z", "num_resamples"):
+      np.testing.assert_array_equal(np.asarray(getattr(q, name)), np.asarray(getattr(p, name)), err_msg=name)
+
+
+def test_one_of_checks_its_members():
+  with pytest.raises(ValueError, match="non-empty tuple of SelectionStrategy"):
+    OneOf(strategies=())
+  with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
+    OneOf(strategies=(Beam(), Resample()), index=2)
+  with pytest.raises(ValueError, match="is not one of"):
+    OneOf.among([Beam()], Resample())
+  one = OneOf.among([Beam(), Resample("multinomial")], Beam(width=2, group_size=4))
+  assert one.index == 0 and one.chosen == Beam(width=2, group_size=4)
+  with pytest.raises(ValueError, match="beam width must be in"):  # the chosen member is validated
+    SMCConfig(num_particles=8, select=OneOf.among([Beam(), Resample()], Beam(width=9)))
+  assert one.knobs() == {"index": 0, "strategies": [{"width": 2, "group_size": 4}, {"ess_threshold": 0.5}]}
+  with pytest.raises(ValueError, match=r"OneOf traces \['index', 'strategies'\], got knobs \['index'\]"):
+    one.bind({"index": 0})
+
+
+def test_an_experiment_shares_engine_programs_among_its_search_methods():
+  """Search methods of one experiment whose runs differ only in their strategy, weighting
+  and transform share a program (`shared_selection`); a different potential does not."""
+  from tts_jax.tasks import load_default
+  task = ModChain()
+  beam, pf = BeamSearch(expansions=4), ParticleFiltering()
+  smc = ParticleFiltering(incremental=True, transform="log", resampler="systematic", ess_threshold=0.5, name="smc")
+  oracle = BeamSearch(expansions=4, verifier="oracle", name="beam (oracle)")
+  exp = Experiment(name="x", task=task, methods=(beam, pf, smc, oracle), budgets=(4, 8), max_new_tokens=32)
+  models = load_default("modchain")
+  for n in exp.budgets:
+    cfgs = [shared_selection(m, models, exp, n) for m in exp.methods]
+    assert len({c.program() for c in cfgs[:3]}) == 1  # PRM-guided: one program
+    assert [c.select.chosen for c in cfgs[:3]] == [m.engine_config(models, exp, n).select for m in (beam, pf, smc)]
+    assert cfgs[3] == oracle.engine_config(models, exp, n)  # alone in its group: unchanged
+    assert cfgs[1].incremental is False and cfgs[2].incremental is True  # traced, not dropped
 
 
 def test_traced_fields_must_be_fields_with_defaults():

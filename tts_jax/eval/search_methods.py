@@ -22,10 +22,11 @@ from tts_jax.eval.method import Outcome
 from tts_jax.sampling import SamplingParams
 from tts_jax.search import beam_search, best_of_n, dvts, particle_filter
 from tts_jax.search.ets import distinct_pages, ets_beam_search
-from tts_jax.smc import Particles, SMCConfig, run_smc
+from tts_jax.smc import NoSelect, OneOf, Particles, SMCConfig, run_smc
 from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
-from tts_jax.verifiers import StepTagPotential, ValuePotential
+from tts_jax.traced import program_of
+from tts_jax.verifiers import StepTagPotential, ValuePotential, as_potential
 from tts_jax.verifiers.oracle import check_verifier_auc
 
 Final = Literal["argmax", "weighted_majority"]
@@ -97,15 +98,20 @@ class SearchMethod(abc.ABC):
     run itself is shared by the batch's group, `Batch.search`)."""
     return self._outcomes(batch, batch.search(self, index, budget), budget)
 
+  def engine_config(self, models, exp, budget: int) -> SMCConfig:
+    """The engine config of a run at budget N, on the task's delimiters and stop tokens."""
+    ids = task_tokens(exp.task)
+    return self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
+                           max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
+
   def run_engine(self, models, exp, tokens, lengths, keys, budget: int, mesh=None) -> Particles:
     """The particle engine at budget N from prompts int32[B, Tp] (lengths int32[B]) with one
-    key per prompt ([B]); prompts split over `mesh`'s data axis when given."""
-    task = exp.task
-    ids = task_tokens(task)
-    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
-                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
-    potential, pparams = self.potential(models, task)
+    key per prompt ([B]); prompts split over `mesh`'s data axis when given. Its strategy is
+    one of those of the experiment's runs that differ from it only there (`shared_selection`):
+    they share one compiled program."""
+    potential, pparams = self.potential(models, exp.task)
     twist, twist_params = self.twist_of(models)
+    cfg = shared_selection(self, models, exp, budget)
     return run_smc(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
                    potential_params=pparams, twist=twist, twist_params=twist_params, mesh=mesh)
 
@@ -159,6 +165,33 @@ class SearchMethod(abc.ABC):
     particles; `verified`: the ids the verifier re-read (`Particles.verified`; 0 when it reads
     the policy's tokens incrementally)."""
     return search_cost(policy, verifier, prompt_len, decoded / self.runs, n, verified / self.runs).scale(self.runs)
+
+
+def _program_key(method: SearchMethod, models, exp, budget: int):
+  """What an engine run's compiled program depends on besides its selection strategy: the
+  config and potential in program form (`tts_jax.traced`) and the twist. None for a method
+  that runs the engine its own way (its own `run_engine`)."""
+  if type(method).run_engine is not SearchMethod.run_engine:
+    return None
+  cfg = method.engine_config(models, exp, budget).program()
+  potential = program_of(as_potential(method.potential(models, exp.task)[0]))
+  return dataclasses.replace(cfg, select=NoSelect()), potential, method.twist_of(models)[0]
+
+
+def shared_selection(method: SearchMethod, models, exp, budget: int) -> SMCConfig:
+  """`method`'s engine config at `budget`, its strategy made one of the strategies of every
+  search method of `exp` whose run differs from it only in its strategy (`OneOf`): those
+  runs (e.g. beam search, particle filtering and SMC with one PRM at one N) compile one
+  engine program, whose switch runs each method's own selection. Alone, the config as it is."""
+  cfg = method.engine_config(models, exp, budget)
+  key = _program_key(method, models, exp, budget)
+  if key is None:
+    return cfg
+  group = [m.engine_config(models, exp, budget).select.program() for m in exp.methods
+           if isinstance(m, SearchMethod) and _program_key(m, models, exp, budget) == key]
+  if len(set(group)) < 2:
+    return cfg
+  return dataclasses.replace(cfg, select=OneOf.among(group, cfg.select))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,9 +287,7 @@ class ParticleGibbs(SearchMethod):
     return particle_filter(n, scheme="multinomial", ess_threshold=1.0, incremental=True, **kw)
 
   def run_engine(self, models, exp, tokens, lengths, keys, budget: int, mesh=None) -> Particles:
-    ids = task_tokens(exp.task)
-    cfg = self.smc_config(budget, max_new_tokens=exp.max_new_tokens, delimiters=ids.steps, stop_tokens=ids.stop,
-                          max_step_tokens=self.max_step_tokens, proposal=exp.sampling, pad_id=ids.pad)
+    cfg = self.engine_config(models, exp, budget)
     potential, pparams = self.potential(models, exp.task)
     return particle_gibbs(models.policy, models.policy_params, tokens, lengths, keys, cfg=cfg, potential=potential,
                           potential_params=pparams, sweeps=self.sweeps, mesh=mesh).particles

@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
@@ -63,14 +62,17 @@ from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_
 from tts_jax.smc.particles import Particles, move
 from tts_jax.smc.resample import Resample
 from tts_jax.smc.strategy import Selection, SelectionStrategy
+from tts_jax.traced import Traced, bind_of, knobs_of, program_of
 from tts_jax.verifiers import Potential, as_potential
 
 _HASH_MULT = (jnp.uint32(1000003), jnp.uint32(2654435761))
 
 
 @dataclasses.dataclass(frozen=True)
-class SMCConfig:
-  """How the engine runs (hashable: a static argument of `run_smc`).
+class SMCConfig(Traced):
+  """How the engine runs (hashable: a static argument of `run_smc`). `incremental` and the
+  strategy's traced fields are arguments of the compiled program (`tts_jax.traced`):
+  configs differing only in them share one program.
 
   num_particles: N per prompt. max_new_tokens: T, the longest generation.
   delimiters: token ids that end a step; max_step_tokens: also end a step after this
@@ -99,6 +101,8 @@ class SMCConfig:
   num_pages: int = 0
   grow_cache: bool = True
 
+  traced: ClassVar[tuple[str, ...]] = ("incremental",)
+
   def __post_init__(self):
     for name in ("num_particles", "max_new_tokens"):
       v = getattr(self, name)
@@ -110,11 +114,6 @@ class SMCConfig:
       raise ValueError(f"select must be a SelectionStrategy (e.g. Resample(), NoSelect(), Beam(...)), "
                        f"got {self.select!r}")
     self.select.validate(self.num_particles)
-
-  def program(self) -> tuple[SMCConfig, dict[str, np.ndarray]]:
-    """(the config the engine's program is compiled for, its selection's traced values):
-    configs that differ only in the strategy's `traced` fields share one program."""
-    return dataclasses.replace(self, select=self.select.program()), self.select.knobs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,13 +300,13 @@ def reweight(models: SMCModels, params: SMCParams, cfg: SMCConfig, p: Particles,
     raise ValueError(f"the potential returned shape {log_phi.shape}; it must return log phi float32{list(p.shape)} "
                      f"(one value per prompt and particle)")
   log_phi = jnp.where(extended, log_phi, p.log_potential)
-  if cfg.incremental:
-    # A zero potential (log -inf), now or before, is a zero weight for good (never -inf - -inf).
-    zero = (log_phi == -jnp.inf) | (p.log_potential == -jnp.inf)
-    ratio = jnp.where(zero, -jnp.inf, log_phi - jnp.where(zero, 0.0, p.log_potential))
-    log_weights = p.log_weights + jnp.where(extended, token_log_weights + ratio, 0.0)
-  else:  # the current potential (Puri et al.); a prompt finished before this step keeps its weights
-    log_weights = jnp.where(live[:, None], log_phi, p.log_weights)
+  # SMC: a zero potential (log -inf), now or before, is a zero weight for good (never -inf - -inf).
+  zero = (log_phi == -jnp.inf) | (p.log_potential == -jnp.inf)
+  ratio = jnp.where(zero, -jnp.inf, log_phi - jnp.where(zero, 0.0, p.log_potential))
+  smc = p.log_weights + jnp.where(extended, token_log_weights + ratio, 0.0)
+  # Puri et al.: the current potential; a prompt finished before this step keeps its weights.
+  current = jnp.where(live[:, None], log_phi, p.log_weights)
+  log_weights = jnp.where(cfg.incremental, smc, current)  # incremental may be traced
   return p.replace(log_weights=log_weights, log_potential=log_phi, potential_state=pot_state,
                    verified=_read(pot_state, p.verified))
 
@@ -335,9 +334,9 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
         knobs: dict[str, jax.Array] | None = None) -> Particles:
   """The whole loop (traceable; `run_smc` is its jitted, checked entry point).
 
-  keys: [B] one PRNG key per prompt. knobs: values of the strategy's traced fields
-  (`SMCConfig.program`), bound into `cfg.select`; None: `cfg.select` as it is. Returns
-  the final particles.
+  keys: [B] one PRNG key per prompt. knobs: the program's arguments, {"cfg": cfg.knobs(),
+  "potential": the potential's knobs} (`tts_jax.traced`), bound into `cfg` and
+  `models.potential`; None: both as they are. Returns the final particles.
 
   One `lax.while_loop` of token steps per cache capacity (`cache_schedule`): each iteration
   feeds one token to the particles still extending; once all have reached a boundary the
@@ -346,7 +345,10 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
   resumes the same step. Every draw depends on (prompt key, step, particle, position)
   only, so the capacities change no result.
   """
-  strategy = cfg.select if knobs is None else cfg.select.bind(knobs)
+  bound = cfg
+  if knobs is not None:
+    bound = cfg.bind(knobs["cfg"])
+    models = dataclasses.replace(models, potential=bind_of(models.potential, knobs["potential"]))
   schedule = cache_schedule(models, cfg)
   p = init_particles(models, params, prompt_tokens, prompt_lengths, cfg, capacity=schedule[0])
   conditional = reference is not None
@@ -359,8 +361,8 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
     # The particles unfinished at the step's start: each took at least one token.
     started = p.length > step.start
     p = p.replace(steps=p.steps + started.astype(jnp.int32))
-    p = reweight(models, params, cfg, p, step.logw, started, jnp.any(started, axis=1))
-    p = apply_selection(p, strategy.select(_step_keys(keys, s)[1], p), conditional=conditional)
+    p = reweight(models, params, bound, p, step.logw, started, jnp.any(started, axis=1))
+    p = apply_selection(p, bound.select.select(_step_keys(keys, s)[1], p), conditional=conditional)
     return begin(p, s + 1)
 
   def body(c):
@@ -438,10 +440,13 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
       raise ValueError(f"reference_tokens must be int32[{b}, {cfg.max_new_tokens}] with reference_lengths "
                        f"int32[{b}], got {tuple(reference_tokens.shape)}")
     reference = (jnp.asarray(reference_tokens, jnp.int32), jnp.asarray(reference_lengths, jnp.int32))
-  models = SMCModels(policy=lm, potential=as_potential(potential), twist=twist)
+  potential = as_potential(potential)
+  # Configs and potentials differing only in traced fields share a program (`tts_jax.traced`).
+  knobs = {"cfg": cfg.knobs(), "potential": knobs_of(potential)}
+  cfg = cfg.program()
+  models = SMCModels(policy=lm, potential=program_of(potential), twist=twist)
   params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
   keys = prompt_keys(key, b)
-  cfg, knobs = cfg.program()  # configs differing only in the strategy's traced fields share a program
   if mesh is None:
     p = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
   else:

@@ -13,25 +13,24 @@ is adding a file: subclass `SelectionStrategy`, implement `select` (see
 docs/ARCHITECTURE.md for a worked example).
 
 Fields a strategy names in `traced` are values in the engine's compiled program, not
-constants baked into it: configs that differ only in them (beam search and DVTS at one N,
-or a sweep of beam widths) share one compiled program. The engine compiles
-`program()` (those fields at their defaults) and passes `knobs()` as arguments, which
-`bind` puts back, as tracers, into the strategy whose `select` it calls.
+constants baked into it (`tts_jax.traced.Traced`): configs that differ only in them (beam
+search and DVTS at one N, or a sweep of beam widths) share one compiled program. The engine
+compiles `program()` (those fields at their defaults) and passes `knobs()` as arguments,
+which `bind` puts back, as tracers, into the strategy whose `select` it calls. Different
+strategies share a program as the members of one `OneOf` (`tts_jax.smc.one_of`).
 """
 
 from __future__ import annotations
 
 import abc
-import copy
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from tts_jax.smc.particles import Particles, take_particles
+from tts_jax.traced import Traced
 
 
 @struct.dataclass
@@ -64,38 +63,9 @@ def copy_selected(p: Particles, ancestors: jax.Array) -> Selection:
                    log_z_increment=jnp.zeros((b,), jnp.float32), selected=jnp.ones((b,), bool))
 
 
-class SelectionStrategy(abc.ABC):
-  """Base of the selection strategies; subclasses are frozen dataclasses."""
-
-  traced: ClassVar[tuple[str, ...]] = ()  # fields traced in the engine's program (module docstring)
-
-  def program(self) -> SelectionStrategy:
-    """The strategy the engine's program is compiled (and cached) for: `traced` fields at
-    their defaults, the others as they are."""
-    fields = {f.name: f for f in dataclasses.fields(self)}
-    unknown = [name for name in self.traced if name not in fields]
-    missing = [name for name in self.traced if name in fields and fields[name].default is dataclasses.MISSING]
-    if unknown or missing:
-      raise ValueError(f"{type(self).__name__}.traced must name fields with a default (the compiled program's): "
-                       f"{unknown} are not fields, {missing} have no default")
-    return dataclasses.replace(self, **{name: fields[name].default for name in self.traced})
-
-  def knobs(self) -> dict[str, np.ndarray]:
-    """The `traced` fields' values as scalar arrays, the program's arguments: float32 for a
-    field whose default is a float, int32 otherwise (so 1 and 1.0 share a program)."""
-    fields = {f.name: f for f in dataclasses.fields(self)}
-    dtype = lambda name: np.float32 if isinstance(fields[name].default, float) else np.int32  # noqa: E731
-    return {name: np.asarray(getattr(self, name), dtype(name)) for name in self.traced}  # host: no program
-
-  def bind(self, knobs: dict[str, jax.Array]) -> SelectionStrategy:
-    """This strategy with its `traced` fields set to `knobs` (tracers inside the engine's
-    program; the values were validated on the host, in `SMCConfig`)."""
-    if set(knobs) != set(self.traced):
-      raise ValueError(f"{type(self).__name__} traces {sorted(self.traced)}, got knobs {sorted(knobs)}")
-    bound = copy.copy(self)
-    for name, value in knobs.items():
-      object.__setattr__(bound, name, value)  # a frozen dataclass: no __init__ (no host checks on tracers)
-    return bound
+class SelectionStrategy(Traced, abc.ABC):
+  """Base of the selection strategies; subclasses are frozen dataclasses. Fields named in
+  `traced` are arguments of the engine's program (module docstring; `tts_jax.traced`)."""
 
   @abc.abstractmethod
   def select(self, keys: jax.Array, particles: Particles) -> Selection:

@@ -21,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from statistics import NormalDist
-from typing import Literal, Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from tts_jax.traced import Traced, choice_index
+from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_probabilities
 
 
 class StepChecker(Protocol):
@@ -85,19 +88,21 @@ def corrupted_scores(ok, noise, auc: float, eps: float = 0.01) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class OraclePotential:
+class OraclePotential(Traced):
   """`checker` as a potential (see the module docstring); params are unused (None)."""
 
   checker: StepChecker
-  transform: Literal["log", "logit"] = "log"
+  transform: Transform = "log"
   eps: float = 0.01
   auc: float = 1.0  # < 1: the checker corrupted to this ROC AUC (module docstring)
   seed: int = 0  # of the corruption noise
   outcome_only: bool = False  # score only finished particles (log 0 / logit 0 before)
 
+  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
+
   def __post_init__(self):
-    if self.transform not in ("log", "logit"):
-      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+    check_transform(self.transform)
     if not 0 < self.eps < 0.5:
       raise ValueError(f"eps must be in (0, 0.5), got {self.eps}")
     if self.auc != 1:
@@ -111,20 +116,19 @@ class OraclePotential:
 
   def score(self, params, state: PromptState, tokens, lengths, done, extended):
     on_device = getattr(self.checker, "on_device", lambda: None)()
+    transform = choice_index(self, "transform")  # an int32 tracer in the engine's program
     if on_device is not None and self.auc == 1:  # the exact checker as array code: no callback
       ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
-      wrong, right = self._transform(np.asarray([self.eps, 1 - self.eps]))
+      r = np.asarray([self.eps, 1 - self.eps])
+      wrong, right = jnp.asarray([read_probabilities(r, t) for t in range(len(TRANSFORMS))])[transform]
       score = jnp.where(ok, right, wrong)
     else:
       out = jax.ShapeDtypeStruct(lengths.shape, jnp.float32)
-      score = jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done)
+      score = jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done,
+                                jnp.asarray(transform, jnp.int32))
     return (jnp.where(done, score, 0.0) if self.outcome_only else score), state
 
-  def _transform(self, r: np.ndarray) -> np.ndarray:
-    """float32 log r or logit r of float64 probabilities r."""
-    return (np.log(r) if self.transform == "log" else np.log(r / (1 - r))).astype(np.float32)
-
-  def _host(self, prompt_tokens, prompt_lengths, tokens, lengths, done) -> np.ndarray:
+  def _host(self, prompt_tokens, prompt_lengths, tokens, lengths, done, transform) -> np.ndarray:
     prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
     tokens, lengths, done = np.asarray(tokens), np.asarray(lengths), np.asarray(done)
     ok = np.zeros(lengths.shape, bool)
@@ -136,4 +140,4 @@ class OraclePotential:
         ok[b, n] = self.checker(prompt, completion, bool(done[b, n]))
         if self.auc < 1:
           noise[b, n] = checker_noise(self.seed, prompt, completion, bool(done[b, n]))
-    return self._transform(corrupted_scores(ok, noise, self.auc, self.eps))
+    return read_probabilities(corrupted_scores(ok, noise, self.auc, self.eps), int(transform))

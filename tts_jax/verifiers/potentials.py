@@ -9,15 +9,17 @@ only; it never re-reads the prefix as text. See `tts_jax.verifiers.base` for the
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from tts_jax.models import CausalLM
+from tts_jax.traced import Traced
 from tts_jax.verifiers.base import PotentialFn
 from tts_jax.verifiers.steps import accumulate_step
+from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,7 @@ class ValueState:
 
 
 @dataclasses.dataclass(frozen=True)
-class ValuePotential:
+class ValuePotential(Traced):
   """A PRM/ORM value model as a potential, scored incrementally.
 
   At each step end the value logit v at the step's last token (the delimiter, or the final
@@ -66,13 +68,15 @@ class ValuePotential:
 
   model: CausalLM
   aggregate: Literal["last", "prod", "min"] = "last"
-  transform: Literal["log", "logit"] = "log"
+  transform: Transform = "log"
+
+  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):
       raise ValueError(f"aggregate must be 'last', 'prod' or 'min', got {self.aggregate!r}")
-    if self.transform not in ("log", "logit"):
-      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+    check_transform(self.transform)
 
   def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> ValueState:
     last, prefix = self.model.prefill(params, prompt_tokens, prompt_lengths)
@@ -91,7 +95,7 @@ class ValuePotential:
     return state.replace(cache=cache, last=jnp.where(active, v, state.last))
 
   def score(self, params, state: ValueState, tokens, lengths, done, extended):
-    r = jax.nn.log_sigmoid(state.last) if self.transform == "log" else state.last
+    r = read_logits(state.last, self.transform)
     agg = jnp.where(extended, accumulate_step(self.aggregate, state.agg, r, state.scored), state.agg)
     return agg, state.replace(agg=agg, scored=state.scored + extended.astype(jnp.int32))
 
@@ -108,7 +112,7 @@ class OutcomeState:
 
 
 @dataclasses.dataclass(frozen=True)
-class OutcomePotential:
+class OutcomePotential(Traced):
   """A value model (an ORM) scored on whole sequences: log phi = log sigmoid(v) (`"log"`) or
   v (`"logit"`) of the value logit v at each completion's last token (the prompt's last token
   for an empty completion). `init` prefills the prompts once; `score` runs the completions on
@@ -119,11 +123,13 @@ class OutcomePotential:
   """
 
   model: CausalLM
-  transform: Literal["log", "logit"] = "log"
+  transform: Transform = "log"
+
+  traced: ClassVar[tuple[str, ...]] = ("transform",)
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
-    if self.transform not in ("log", "logit"):
-      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+    check_transform(self.transform)
 
   def init(self, params, prompt_tokens, prompt_lengths, num_particles: int, max_new_tokens: int) -> OutcomeState:
     first, prefix = self.model.prefill(params, prompt_tokens, prompt_lengths)
@@ -137,7 +143,7 @@ class OutcomePotential:
     values = self.model.extend(params, state.prefix, tokens, lengths).astype(jnp.float32)  # [B, N, T]
     last = jnp.take_along_axis(values, jnp.maximum(lengths - 1, 0)[..., None], axis=-1)[..., 0]
     v = jnp.where(lengths > 0, last, state.first[:, None])
-    return (jax.nn.log_sigmoid(v) if self.transform == "log" else v), state
+    return read_logits(v, self.transform), state
 
 
 def as_potential(potential):

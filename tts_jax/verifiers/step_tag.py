@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,8 @@ from flax import struct
 
 from tts_jax.models import CausalLM
 from tts_jax.models.memory import REREAD_TOKENS
+from tts_jax.traced import Traced
+from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_logits
 
 
 @struct.dataclass
@@ -61,7 +63,7 @@ class StepTagState:
 
 
 @dataclasses.dataclass(frozen=True)
-class StepTagPotential:
+class StepTagPotential(Traced):
   """A step-tag PRM as a potential (module docstring). A step score r = sigmoid(v) of the
   value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
   particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
@@ -77,16 +79,18 @@ class StepTagPotential:
   model: CausalLM
   reader: object
   aggregate: Literal["last", "prod", "min"] = "last"
-  transform: Literal["log", "logit"] = "log"
+  transform: Transform = "log"
   max_tokens: int = 0
   max_steps: int = 64
   tokens_per_read: int = REREAD_TOKENS
 
+  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
+
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):
       raise ValueError(f"aggregate must be 'last', 'prod' or 'min', got {self.aggregate!r}")
-    if self.transform not in ("log", "logit"):
-      raise ValueError(f"transform must be 'log' or 'logit', got {self.transform!r}")
+    check_transform(self.transform)
     if self.max_tokens < 0:
       raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
     if self.max_steps < 1:
@@ -138,7 +142,7 @@ class StepTagPotential:
       values = jax.lax.map(lambda a: self.model.extend(params, prefix, *a), (split(ids), split(read)))
       values = jnp.swapaxes(values, 0, 1).reshape(b, n, width)
     values = values.astype(jnp.float32)  # [B, N, W]
-    r = jax.nn.log_sigmoid(values) if self.transform == "log" else values
+    r = read_logits(values, self.transform)
     if self.aggregate == "last":
       last = jnp.max(jnp.where(tag, jnp.arange(width), -1), axis=-1)
       phi = jnp.take_along_axis(r, jnp.maximum(last, 0)[..., None], axis=-1)[..., 0]
