@@ -200,18 +200,13 @@ def test_dvts_with_one_subtree_is_beam_search_and_shares_its_program(models):
   assert runs[1][1] == 0  # the second config compiled nothing new
 
 
-@dataclasses.dataclass(frozen=True)
-class _BakedBeam(Beam):
-  """Beam with width and group compiled in as constants: the reference for the traced ones."""
+def _baked_type(cls: type) -> type:
+  """`cls` with nothing traced: every field a constant of the compiled program (the
+  reference for the traced ones)."""
+  return dataclasses.dataclass(frozen=True)(type(f"_Baked{cls.__name__}", (cls,), {"traced": ()}))
 
-  traced: ClassVar[tuple[str, ...]] = ()
 
-
-@dataclasses.dataclass(frozen=True)
-class _BakedResample(Resample):
-  """Resample with its ESS threshold compiled in."""
-
-  traced: ClassVar[tuple[str, ...]] = ()
+_BakedBeam, _BakedResample = _baked_type(Beam), _baked_type(Resample)
 
 
 SWEEPS = {  # configs that differ only in traced fields, and their strategy with those compiled in
@@ -254,18 +249,7 @@ def test_traced_fields_share_one_program_with_their_own_results(models, sweep):
     assert np.all(anc // 4 == np.arange(8) // 4)
 
 
-@dataclasses.dataclass(frozen=True)
-class _BakedConfig(SMCConfig):
-  """SMCConfig with `incremental` compiled in."""
-
-  traced: ClassVar[tuple[str, ...]] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class _BakedValuePotential(ValuePotential):
-  """ValuePotential with its transform compiled in."""
-
-  traced: ClassVar[tuple[str, ...]] = ()
+_BakedConfig, _BakedValuePotential = _baked_type(SMCConfig), _baked_type(ValuePotential)
 
 
 def _baked(cfg: SMCConfig) -> SMCConfig:
