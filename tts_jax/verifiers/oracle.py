@@ -21,15 +21,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from statistics import NormalDist
-from typing import ClassVar, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tts_jax.traced import Traced, choice_index
-from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_probabilities
+from tts_jax.traced import choice_index
+from tts_jax.verifiers.transforms import TRANSFORMS, Transform, TracedTransform, check_transform, read_probabilities
 
 
 class StepChecker(Protocol):
@@ -88,7 +88,7 @@ def corrupted_scores(ok, noise, auc: float, eps: float = 0.01) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class OraclePotential(Traced):
+class OraclePotential(TracedTransform):
   """`checker` as a potential (see the module docstring); params are unused (None)."""
 
   checker: StepChecker
@@ -97,9 +97,6 @@ class OraclePotential(Traced):
   auc: float = 1.0  # < 1: the checker corrupted to this ROC AUC (module docstring)
   seed: int = 0  # of the corruption noise
   outcome_only: bool = False  # score only finished particles (log 0 / logit 0 before)
-
-  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
-  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
     check_transform(self.transform)

@@ -9,17 +9,16 @@ only; it never re-reads the prefix as text. See `tts_jax.verifiers.base` for the
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from tts_jax.models import CausalLM
-from tts_jax.traced import Traced
 from tts_jax.verifiers.base import PotentialFn
 from tts_jax.verifiers.steps import accumulate_step
-from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_logits
+from tts_jax.verifiers.transforms import Transform, TracedTransform, check_transform, read_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +54,7 @@ class ValueState:
 
 
 @dataclasses.dataclass(frozen=True)
-class ValuePotential(Traced):
+class ValuePotential(TracedTransform):
   """A PRM/ORM value model as a potential, scored incrementally.
 
   At each step end the value logit v at the step's last token (the delimiter, or the final
@@ -69,9 +68,6 @@ class ValuePotential(Traced):
   model: CausalLM
   aggregate: Literal["last", "prod", "min"] = "last"
   transform: Transform = "log"
-
-  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
-  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):
@@ -112,7 +108,7 @@ class OutcomeState:
 
 
 @dataclasses.dataclass(frozen=True)
-class OutcomePotential(Traced):
+class OutcomePotential(TracedTransform):
   """A value model (an ORM) scored on whole sequences: log phi = log sigmoid(v) (`"log"`) or
   v (`"logit"`) of the value logit v at each completion's last token (the prompt's last token
   for an empty completion). `init` prefills the prompts once; `score` runs the completions on
@@ -124,9 +120,6 @@ class OutcomePotential(Traced):
 
   model: CausalLM
   transform: Transform = "log"
-
-  traced: ClassVar[tuple[str, ...]] = ("transform",)
-  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
     check_transform(self.transform)

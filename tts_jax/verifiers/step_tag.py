@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import ClassVar, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,7 @@ from flax import struct
 
 from tts_jax.models import CausalLM
 from tts_jax.models.memory import REREAD_TOKENS
-from tts_jax.traced import Traced
-from tts_jax.verifiers.transforms import TRANSFORMS, Transform, check_transform, read_logits
+from tts_jax.verifiers.transforms import Transform, TracedTransform, check_transform, read_logits
 
 
 @struct.dataclass
@@ -63,7 +62,7 @@ class StepTagState:
 
 
 @dataclasses.dataclass(frozen=True)
-class StepTagPotential(Traced):
+class StepTagPotential(TracedTransform):
   """A step-tag PRM as a potential (module docstring). A step score r = sigmoid(v) of the
   value logit v at a tag is read as log r (`transform="log"`) or v (`"logit"`); a
   particle's score combines its steps' by `aggregate`: "last", "prod" (sum of the read
@@ -83,9 +82,6 @@ class StepTagPotential(Traced):
   max_tokens: int = 0
   max_steps: int = 64
   tokens_per_read: int = REREAD_TOKENS
-
-  traced: ClassVar[tuple[str, ...]] = ("transform",)  # "log" and "logit" runs share a program
-  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
   def __post_init__(self):
     if self.aggregate not in ("last", "prod", "min"):

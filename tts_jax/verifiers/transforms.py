@@ -9,14 +9,24 @@ one compiled program.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tts_jax.traced import Traced
+
 Transform = Literal["log", "logit"]
 TRANSFORMS = ("log", "logit")
+
+
+class TracedTransform(Traced):
+  """Mixin of potentials with a `transform` field: traced, passed as its index in
+  `TRANSFORMS`, so runs reading log r and logit r share one program."""
+
+  traced: ClassVar[tuple[str, ...]] = ("transform",)
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {"transform": TRANSFORMS}
 
 
 def check_transform(transform) -> None:
