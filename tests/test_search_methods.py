@@ -305,6 +305,8 @@ def test_one_of_checks_its_members():
   assert one.knobs() == {"index": 0, "strategies": [{"width": 2, "group_size": 4}, {"ess_threshold": 0.5}]}
   with pytest.raises(ValueError, match=r"OneOf traces \['index', 'strategies'\], got knobs \['index'\]"):
     one.bind({"index": 0})
+  with pytest.raises(ValueError, match="OneOf.strategies holds 2 configs, got knobs for 1"):
+    one.bind({"index": 0, "strategies": [{"width": 2, "group_size": 4}]})
 
 
 def test_an_experiment_shares_engine_programs_among_its_search_methods():

@@ -76,6 +76,8 @@ class Traced:
     for name in self.traced:
       object.__setattr__(bound, name, knobs[name])  # a frozen dataclass: no __init__ (no host checks on tracers)
     for name, v in nested.items():
+      if isinstance(v, tuple) and len(knobs[name]) != len(v):
+        raise ValueError(f"{type(self).__name__}.{name} holds {len(v)} configs, got knobs for {len(knobs[name])}")
       value = tuple(x.bind(k) for x, k in zip(v, knobs[name])) if isinstance(v, tuple) else v.bind(knobs[name])
       object.__setattr__(bound, name, value)
     return bound
