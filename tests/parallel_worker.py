@@ -26,6 +26,7 @@ ARGS.add_argument("--num-subsets", type=int, default=4)  # another value: anothe
 A = ARGS.parse_args(sys.argv[1:])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={A.devices}"
 
+import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 
 import jax  # noqa: E402
@@ -110,7 +111,7 @@ def smc_mode():
   (Resample, Beam with one group and with several), a potential that is a function of the
   tokens, so resampling, beams and groups all act."""
   from tts_jax.search import beam_search, dvts  # noqa: PLC0415
-  from tts_jax.smc import particle_filter, run_smc  # noqa: PLC0415
+  from tts_jax.smc import OneOf, particle_filter, run_smc  # noqa: PLC0415
   from tts_jax.tasks import STEP  # noqa: PLC0415
   task = ModChain()
   lm, params = tiny_lm(task)
@@ -125,12 +126,17 @@ def smc_mode():
   kw = dict(max_new_tokens=12, delimiters=(step,), max_step_tokens=3)
   configs = {"pf": particle_filter(4, scheme="systematic", ess_threshold=0.7, **kw)}
   configs |= {"beam": beam_search(4, 2, **kw), "dvts": dvts(4, 2, **kw)}
+  # DVTS as a member of a OneOf (the runner's shared program): a traced switch under shard_map.
+  members = [configs["pf"].select.program(), configs["dvts"].select.program()]
+  configs["dvts in OneOf"] = dataclasses.replace(configs["dvts"], select=OneOf.among(members, configs["dvts"].select))
   mesh = mesh_or_none()
-  parts = []
+  parts, runs = [], {}
   for name, cfg in configs.items():
-    p = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential, mesh=mesh)
+    p = runs[name] = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential, mesh=mesh)
     parts += [p.tokens, p.length, p.log_weights, p.log_z, p.ancestors, p.num_resamples]
     assert p.tokens.shape[0] == 5, (name, p.tokens.shape)
+  for field in ("tokens", "log_weights", "ancestors"):
+    assert np.array_equal(getattr(runs["dvts"], field), getattr(runs["dvts in OneOf"], field)), field
   print("DIGEST", digest(*parts))
   if A.devices == 8:  # tensor parallel (data=4 x model=2): the same particles up to rounding
     cfg = configs["pf"]

@@ -55,9 +55,10 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
   (data=4 x model=2): the same samples, log-probs and a value model's completion scores equal
   up to rounding.
 
-  run_smc under Resample, Beam and DVTS on 5 prompts: tokens, lengths, weights, log Z,
-  ancestors and resample counts are the same bytes for every device count; tensor parallel
-  gives the same particles up to float rounding."""
+  run_smc under Resample, Beam and DVTS on 5 prompts, and DVTS as a member of a `OneOf`
+  (which must equal DVTS alone): tokens, lengths, weights, log Z, ancestors and resample
+  counts are the same bytes for every device count; tensor parallel gives the same particles
+  up to float rounding."""
   results = {n: _worker("sample+smc", n, cache=tmp_path) for n in (1, 8)}
   digests = {n: r["sample:DIGEST"] for n, r in results.items()}
   assert "(7, 4, 16)" in digests[1]
