@@ -127,7 +127,7 @@ def smc_mode():
   configs = {"pf": particle_filter(4, scheme="systematic", ess_threshold=0.7, **kw)}
   configs |= {"beam": beam_search(4, 2, **kw), "dvts": dvts(4, 2, **kw)}
   # DVTS as a member of a OneOf (the runner's shared program): a traced switch under shard_map.
-  members = [configs["pf"].select.program(), configs["dvts"].select.program()]
+  members = [configs["pf"].select, configs["dvts"].select]
   configs["dvts in OneOf"] = dataclasses.replace(configs["dvts"], select=OneOf.among(members, configs["dvts"].select))
   mesh = mesh_or_none()
   parts, runs = [], {}

@@ -269,7 +269,7 @@ def test_one_of_shares_one_program_among_strategies_weightings_and_transforms(mo
   runs = [(beam_search(8, 4, **kw), "log"),
           (particle_filter(8, "multinomial", 1.0, incremental=False, **kw), "logit"),
           (particle_filter(8, "systematic", 0.5, **kw), "log")]
-  programs = [cfg.select.program() for cfg, _ in runs]
+  strategies = [cfg.select for cfg, _ in runs]
 
   def go(cfg, potential):
     before = _run_jit._cache_size()
@@ -278,8 +278,8 @@ def test_one_of_shares_one_program_among_strategies_weightings_and_transforms(mo
 
   shared = []
   for cfg, transform in runs:
-    one = dataclasses.replace(cfg, select=OneOf.among(programs, cfg.select))
-    assert one.program() == dataclasses.replace(runs[0][0], select=OneOf.among(programs, runs[0][0].select)).program()
+    one = dataclasses.replace(cfg, select=OneOf.among(strategies, cfg.select))
+    assert one.program() == dataclasses.replace(runs[0][0], select=OneOf.among(strategies, runs[0][0].select)).program()
     shared.append(go(one, ValuePotential(vm.as_lm(), transform=transform)))
   assert [new for _, new in shared[1:]] == [0, 0]  # one program for the three
   seen = {(np.asarray(p.ancestors).tobytes(), np.asarray(p.log_weights).tobytes()) for p, _ in shared}
@@ -300,6 +300,8 @@ def test_one_of_checks_its_members():
     OneOf.among([Beam()], Resample())
   one = OneOf.among([Beam(), Resample("multinomial")], Beam(width=2, group_size=4))
   assert one.index == 0 and one.chosen == Beam(width=2, group_size=4)
+  other = OneOf.among([Beam(width=8), Resample("multinomial", 1.0), Beam(width=2)], Resample("multinomial", 0.3))
+  assert other.index == 1 and other.program() == one.program()  # members compared by program form
   with pytest.raises(ValueError, match="beam width must be in"):  # the chosen member is validated
     SMCConfig(num_particles=8, select=OneOf.among([Beam(), Resample()], Beam(width=9)))
   assert one.knobs() == {"index": 0, "strategies": [{"width": 2, "group_size": 4}, {"ess_threshold": 0.5}]}

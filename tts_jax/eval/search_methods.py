@@ -187,9 +187,9 @@ def shared_selection(method: SearchMethod, models, exp, budget: int) -> SMCConfi
   key = _program_key(method, models, exp, budget)
   if key is None:
     return cfg
-  group = [m.engine_config(models, exp, budget).select.program() for m in exp.methods
+  group = [m.engine_config(models, exp, budget).select for m in exp.methods
            if isinstance(m, SearchMethod) and _program_key(m, models, exp, budget) == key]
-  if len(set(group)) < 2:
+  if len({s.program() for s in group}) < 2:
     return cfg
   return dataclasses.replace(cfg, select=OneOf.among(group, cfg.select))
 

@@ -1,6 +1,6 @@
 """One of several selection strategies, chosen inside the engine's program.
 
-    sel = OneOf.among([Beam(width=8), Resample("multinomial", 1.0), Resample()], Resample())
+    sel = OneOf.among([Beam(width=8), Resample("multinomial", 1.0), Resample()], Resample(ess_threshold=0.3))
 
 The members are compiled as the branches of one `lax.switch` and `index` is traced, so
 engine runs that differ only in their strategy (beam search, particle filtering and SMC at
@@ -38,11 +38,12 @@ class OneOf(SelectionStrategy):
       raise ValueError(f"OneOf.index must be in [0, {len(self.strategies)}), got {self.index}")
 
   @classmethod
-  def among(cls, programs: Sequence[SelectionStrategy], strategy: SelectionStrategy) -> OneOf:
-    """`strategy` as one of `programs` (strategies in program form, `program()`, one of
-    which is `strategy.program()`): every caller passing the same `programs` gets the same
-    `program()`, whichever member it selects by."""
-    members = tuple(dict.fromkeys(programs))
+  def among(cls, strategies: Sequence[SelectionStrategy], strategy: SelectionStrategy) -> OneOf:
+    """`strategy` as one of `strategies` (compared by their program forms, `program()`; one
+    of them must be `strategy`'s): every caller passing the same strategies gets the same
+    `program()`, whichever member it selects by. The members are the distinct program
+    forms, in order, with `strategy` itself in its place."""
+    members = tuple(dict.fromkeys(s.program() for s in strategies))
     mine = strategy.program()
     if mine not in members:
       raise ValueError(f"{strategy!r} is not one of {members!r} (compare program forms: `program()`)")
