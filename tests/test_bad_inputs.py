@@ -190,6 +190,18 @@ def test_cli_errors_are_one_line_without_a_traceback(args, match):
   assert last.startswith("tts-jax run:") or "error:" in last, last
 
 
+def test_every_set_applies_in_order():
+  """`--set a=1 --set b=2` keeps both (argparse's default action kept only the last --set)."""
+  from tts_jax.cli import build_parser
+  from tts_jax.config_files import apply_overrides, load_config
+  for command in ("run", "train"):
+    args = build_parser().parse_args([command, "e.py", "--set", "out_dir=/tmp/x", "seed=3", "--set", "seed=4"])
+    assert args.set == ["out_dir=/tmp/x", "seed=3", "seed=4"]
+  args = build_parser().parse_args(["run", "e.py", "--set", "out_dir=/tmp/x", "--set", "num_problems=25"])
+  config = apply_overrides(load_config("experiments/modchain/scaling.py"), args.set)
+  assert (config.out_dir, config.num_problems) == ("/tmp/x", 25)
+
+
 def test_cli_debug_keeps_the_traceback():
   out = subprocess.run([sys.executable, "-m", "tts_jax.cli", "--debug", "run", "experiments/modchain/nope.py"],
                        capture_output=True, text=True, timeout=300)

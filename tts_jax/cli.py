@@ -103,7 +103,8 @@ def _smoke_models(args) -> None:
     print(f"{role}: {path}")
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+  """The `tts-jax` command line."""
   parser = argparse.ArgumentParser(prog="tts-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   demo = sub.add_parser("demo", help="sample N continuations of two prompts from a random model")
@@ -112,7 +113,8 @@ def main(argv=None) -> None:
   demo.set_defaults(fn=_demo)
   run = sub.add_parser("run", help="run (or resume) an experiment file; prints a table, writes a plot")
   run.add_argument("experiment", help="path to an experiments/<task>/<name>.py file")
-  run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+  run.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override config fields (repeatable: every --set applies, in order)")
   run.add_argument("--mesh", default=None, metavar="data=D,model=M",
                    help="a device mesh: batches split over D devices, models over M ('auto': every device on data)")
   run.add_argument("--distributed", action="store_true",
@@ -124,7 +126,8 @@ def main(argv=None) -> None:
   run.set_defaults(fn=_run)
   train = sub.add_parser("train", help="run (or resume) a training experiment file")
   train.add_argument("experiment", help="path to an experiments/train/*.py file")
-  train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+  train.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                     help="override config fields (repeatable: every --set applies, in order)")
   train.set_defaults(fn=_train)
   defaults = sub.add_parser("train-defaults", help="train and install a task's default policy, ORM, PRM and twist")
   defaults.add_argument("task")
@@ -137,7 +140,11 @@ def main(argv=None) -> None:
   parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
   for sp in (demo, run, train, defaults, smoke):
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None) -> None:
+  args = build_parser().parse_args(argv)
   try:
     args.fn(args)
   except (KeyboardInterrupt, SystemExit):
