@@ -102,24 +102,47 @@ def test_oracle_potential_checks_steps_and_answer():
   np.testing.assert_allclose(np.asarray(score)[0], np.log([0.99, 0.01, 1.0, 1.0]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("auc", [1.0, 0.8])  # on device (ModChain's array checker); the host callback
-def test_oracle_reads_its_traced_transform_as_the_constant(auc):
-  """Inside the engine's program an oracle's transform is a traced index (`tts_jax.traced`):
-  each value gives the scores of the potential with that transform compiled in."""
+@dataclasses.dataclass(frozen=True)
+class _HostOnly:
+  """A task's checker without its array form: the oracle calls it back on the host."""
+
+  checker: object
+
+  def __call__(self, prompt_ids, completion_ids, done):
+    return self.checker(prompt_ids, completion_ids, done)
+
+
+@pytest.mark.parametrize("on_device", [True, False])  # ModChain's array checker; the host callback
+def test_oracle_reads_its_traced_fields_as_the_constants(on_device):
+  """Inside the engine's program an oracle's transform, auc and seed are traced (`tts_jax.traced`):
+  all share one program, and each value gives the scores of the potential with it compiled in
+  (the exact ones bit for bit, the corrupted ones to float32 rounding)."""
+  from tts_jax.tasks.oracle import TaskChecker
+  from tts_jax.verifiers import OraclePotential
   task = ModChain()
   prompt, tokens, lengths, done, _ = modchain_right_and_wrong(task, task.split("test")[0])
   args = jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done)
-  scores = {}
-  for transform in ("log", "logit"):
-    pot = step_oracle(task, transform, eps=0.01, auc=auc)
+  checker = TaskChecker(task) if on_device else _HostOnly(TaskChecker(task))
+  traced = jax.jit(lambda program, k, s, x, l, d: program.bind(k).score(None, s, x, l, d, None)[0], static_argnums=0)
+  scores, programs = {}, set()
+  for transform, auc, seed in [("log", 1.0, 0), ("logit", 1.0, 0), ("log", 0.8, 0), ("logit", 0.8, 0), ("log", 0.8, 5),
+                               ("log", 0.6, 0)]:
+    pot = OraclePotential(checker, transform, eps=0.01, auc=auc, seed=seed)
     state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, tokens.shape[-1])
     baked = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None)[0])(state, *args)
-    program = pot.program()
-    assert program == step_oracle(task, "log", eps=0.01, auc=auc)  # one program for both transforms
-    traced = jax.jit(lambda k, s, x, l, d: program.bind(k).score(None, s, x, l, d, None)[0])(pot.knobs(), state, *args)
-    np.testing.assert_array_equal(np.asarray(traced), np.asarray(baked))
-    scores[transform] = np.asarray(baked)
-  np.testing.assert_allclose(scores["logit"], scores["log"] - np.log1p(-np.exp(scores["log"])), rtol=1e-5)
+    programs.add(pot.program())
+    got = np.asarray(traced(pot.program(), pot.knobs(), state, *args))
+    if auc == 1:  # the exact scores: constants selected, bit for bit
+      np.testing.assert_array_equal(got, np.asarray(baked))
+    else:  # XLA may fuse the constant-folded program's log_sigmoid otherwise: the same to float32 rounding
+      np.testing.assert_allclose(got, np.asarray(baked), rtol=1e-6)
+    scores[transform, auc, seed] = np.asarray(baked)
+  assert programs == {OraclePotential(checker, "log", eps=0.01)}  # one program for all six
+  assert traced._cache_size() == 1
+  for auc in (1.0, 0.8):
+    log = scores["log", auc, 0]
+    np.testing.assert_allclose(scores["logit", auc, 0], log - np.log1p(-np.exp(log)), rtol=1e-5)
+  assert len({v.tobytes() for k, v in scores.items() if k[0] == "log"}) == 4  # auc and seed both count
 
 
 def test_bad_search_configs_are_named():
@@ -327,6 +350,9 @@ def test_an_experiment_shares_engine_programs_among_its_search_methods():
     assert [c.select.chosen for c in cfgs[:3]] == [m.engine_config(models, exp, n).select for m in (beam, pf, smc)]
     assert cfgs[3] == oracle.engine_config(models, exp, n)  # alone in its group: unchanged
     assert cfgs[1].incremental is False and cfgs[2].incremental is True  # traced, not dropped
+  # The exact checker and its corruptions to any AUC: one potential program (verifier_quality.py).
+  checkers = (oracle, dataclasses.replace(oracle, verifier_auc=0.7), ParticleFiltering(verifier="oracle", verifier_auc=0.9))
+  assert len({m.potential(models, task)[0].program() for m in checkers}) == 1
 
 
 def test_traced_fields_must_be_fields_with_defaults():

@@ -15,16 +15,49 @@ from tts_jax.eval.pool import Pool
 from tests.helpers import modchain_right_and_wrong
 from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.verifiers import roc_auc
-from tts_jax.verifiers.oracle import checker_noise, corrupted_scores
+from tts_jax.verifiers.corruption import checker_noise, corrupted_scores
+
+
+def _noise(seed, prompt, completions, done):
+  """checker_noise of one prompt (a list of ids) and its completions (lists of ids), numpy."""
+  t = max(map(len, completions))
+  tokens = np.zeros((1, len(completions), t), np.int64)
+  for j, c in enumerate(completions):
+    tokens[0, j, :len(c)] = c
+  lengths = np.array([list(map(len, completions))])
+  return checker_noise(seed, np.array([prompt]), np.array([len(prompt)]), tokens, lengths,
+                       np.full(lengths.shape, done))[0]
 
 
 def test_noise_is_a_pure_standard_normal_of_the_text():
-  draws = np.array([checker_noise(0, [1, 2, 3], [i, i % 7], False) for i in range(4000)])
-  assert checker_noise(0, [1, 2, 3], [5, 5], False) == draws[5]  # the same text, the same draw
-  assert checker_noise(1, [1, 2, 3], [5, 5], False) != draws[5]  # the seed, done and the ids all count
-  assert checker_noise(0, [1, 2, 3], [5, 5], True) != draws[5]
-  assert checker_noise(0, [1, 2], [3, 5, 5], False) != draws[5]
+  draws = _noise(0, [1, 2, 3], [[i, i % 7] for i in range(4000)], False)
+  assert _noise(0, [1, 2, 3], [[5, 5]], False)[0] == draws[5]  # the same text, the same draw
+  assert _noise(0, [1, 2, 3], [[5, 5], [1, 2, 3, 4, 5, 6]], False)[0] == draws[5]  # whatever the padding
+  assert _noise(1, [1, 2, 3], [[5, 5]], False)[0] != draws[5]  # the seed, done and the ids all count
+  assert _noise(0, [1, 2, 3], [[5, 5]], True)[0] != draws[5]
+  assert _noise(0, [1, 2], [[3, 5, 5]], False)[0] != draws[5]
+  assert _noise(0, [1, 2, 4], [[5, 5]], False)[0] != draws[5]
+  assert _noise(0, [1, 2, 3], [[5, 5, 0]], False)[0] != draws[5]
+  assert _noise(0, [1, 2, 3], [[5]], False)[0] != draws[5]
+  assert len(set(draws.tolist())) > 0.99 * len(draws)  # 24-bit uniforms: a few equal by chance
   assert stats.kstest(draws, "norm").pvalue > 1e-3
+
+
+def test_noise_is_the_same_on_device():
+  """The engine's noise (jax.numpy, float32, jitted) is the pools' (numpy, float64) up to
+  float32 rounding, from the same 32-bit hash; whatever the padding of the prompt."""
+  rng = np.random.default_rng(0)
+  b, n, t, tp = 5, 64, 20, 7
+  prompt_lengths = rng.integers(1, tp + 1, b)
+  prompts = rng.integers(0, 62, (b, tp)) * (np.arange(tp) < prompt_lengths[:, None])
+  tokens, lengths, done = rng.integers(0, 62, (b, n, t)), rng.integers(0, t + 1, (b, n)), rng.random((b, n)) < 0.5
+  host = checker_noise(3, prompts, prompt_lengths, tokens, lengths, done)
+  wide = np.concatenate([prompts, rng.integers(0, 62, (b, 4))], 1)  # other ids past each prompt's end
+  device = jax.jit(lambda seed, *a: checker_noise(seed, *a, xp=jnp))(
+      np.int32(3), wide.astype(np.int32), prompt_lengths.astype(np.int32), tokens.astype(np.int32),
+      lengths.astype(np.int32), done)
+  assert device.dtype == jnp.float32 and host.dtype == np.float64
+  np.testing.assert_allclose(np.asarray(device), host, rtol=1e-4, atol=1e-5)  # float32 ndtri in the tails
 
 
 @pytest.mark.parametrize("auc", [0.5, 0.6, 0.75, 0.9, 0.99])
@@ -32,7 +65,7 @@ def test_corrupted_scores_have_the_asked_auc(auc):
   """20,000 verdicts (40% right): the AUC's standard error is < 0.005, the tolerance 0.02."""
   rng = np.random.default_rng(0)
   ok = rng.random(20_000) < 0.4
-  noise = np.array([checker_noise(3, [7], [i], True) for i in range(20_000)])
+  noise = _noise(3, [7], [[i] for i in range(20_000)], True)
   assert abs(roc_auc(corrupted_scores(ok, noise, auc), ok) - auc) < 0.02
   assert roc_auc(corrupted_scores(ok, noise, 1.0), ok) == 1.0
 
@@ -77,7 +110,7 @@ def test_the_corrupted_potential_scores_the_checker_verdict_with_noise():
     state = pot.init(None, jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 4, tokens.shape[-1])
     score, _ = jax.jit(lambda s, x, l, d: pot.score(None, s, x, l, d, None))(
         state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(done))
-    noise = [checker_noise(5, prompt, tokens[0, j, :lengths[0, j]].tolist(), bool(done[0, j])) for j in range(4)]
+    noise = checker_noise(5, np.array([prompt]), np.array([len(prompt)]), tokens, lengths, done)[0]
     np.testing.assert_allclose(np.asarray(score)[0], np.log(corrupted_scores(ok, noise, auc)), rtol=1e-5)
 
 

@@ -1,10 +1,10 @@
 """How good must a verifier be? Accuracy at N = 32 against the verifier's ROC AUC, on the hard
 modchain split: the task's exact checker corrupted to AUC 0.6 .. 1.0 (its logit is
 mu (right - 1/2) + a standard normal that is a fixed function of the text, mu = sqrt 2
-Phi^-1(AUC); `tts_jax.verifiers.oracle`), used by particle filtering, beam search and DVTS as
+Phi^-1(AUC); `tts_jax.verifiers.corruption`), used by particle filtering, beam search and DVTS as
 their potential and by best-of-N and weighted majority as their verifier.
 
-    tts-jax run experiments/modchain/verifier_quality.py     # ~20 min on 2 CPU cores (100 problems)
+    tts-jax run experiments/modchain/verifier_quality.py     # ~1.5 min on 2 CPU cores (100 problems)
 
 Besides the usual plot it draws runs/modchain-verifier-quality/against_verifier_auc.png:
 accuracy against AUC per method, majority vote and pass@32 as references.

@@ -16,7 +16,7 @@ import numpy as np
 from tts_jax.selection import encode_answers
 from tts_jax.tasks import Completions
 from tts_jax.verifiers import aggregate_steps
-from tts_jax.verifiers.oracle import checker_noise, corrupted_scores
+from tts_jax.verifiers.corruption import checker_noise, corrupted_scores
 
 
 @dataclasses.dataclass
@@ -28,7 +28,8 @@ class Pool:
   ids of distinct completions; prompt_lens: int32[P]; orm: float32 ORM probabilities or
   None; prm_steps: float32[P, n, S] PRM probabilities at each step (the last real one
   at the final token) with prm_mask bool[P, n, S], or None; oracle_noise: float64 standard
-  normals, a pure function of each sample's text (`checker_noise`), for corrupted checkers.
+  normals, a pure function of each sample's text (`corruption.checker_noise`, the engine's
+  own), for corrupted checkers.
   """
 
   answers: np.ndarray
@@ -87,12 +88,15 @@ def pool_of(answers: np.ndarray, correct: np.ndarray, prompts, comps: Completion
   mask = np.arange(comps.tokens.shape[-1])[None, None] < lens[..., None]
   denom = np.maximum(lens, 1)
   seq_ids = np.zeros((p, n), np.int32)
-  noise = np.zeros((p, n), np.float64)
   for i in range(p):
     seen: dict[bytes, int] = {}
     for j in range(n):
       seq_ids[i, j] = seen.setdefault(comps.tokens[i, j, :lens[i, j]].tobytes(), len(seen))
-      noise[i, j] = checker_noise(0, prompts[i], comps.tokens[i, j, :lens[i, j]].tolist(), True)
+  prompt_lens = np.array([len(x) for x in prompts], np.int32)
+  prompt_ids = np.zeros((p, max(prompt_lens, default=0)), np.int64)
+  for i, ids in enumerate(prompts):
+    prompt_ids[i, :len(ids)] = ids
+  noise = checker_noise(0, prompt_ids, prompt_lens, comps.tokens, lens, np.ones((p, n), bool))
   return Pool(answers=answers, correct=correct, lengths=lens.astype(np.int32),
               mean_entropy=(comps.entropy * mask).sum(-1) / denom, mean_logprob=(comps.logprobs * mask).sum(-1) / denom,
-              seq_ids=seq_ids, prompt_lens=np.array([len(x) for x in prompts], np.int32), oracle_noise=noise)
+              seq_ids=seq_ids, prompt_lens=prompt_lens, oracle_noise=noise)

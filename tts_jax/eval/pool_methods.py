@@ -33,7 +33,7 @@ from tts_jax.eval.method import Outcome
 from tts_jax.eval.metrics import best_of_k_exact, pass_at_k
 from tts_jax.eval.pool import Pool
 from tts_jax.eval.subsets import enumerable, enumerated_ranks, inverse_permutation
-from tts_jax.verifiers.oracle import check_verifier_auc
+from tts_jax.verifiers.corruption import check_verifier_auc
 from tts_jax.selection import (adaptive_consistency, inverse_entropy_weights, rpc_compiler_options, rpc_vote,
                                shortest_majority_scores, subset_vote_totals, winner)
 

@@ -27,7 +27,7 @@ from tts_jax.smc.gibbs import particle_gibbs
 from tts_jax.tasks import completion_text, step_oracle, task_tokens
 from tts_jax.traced import program_of
 from tts_jax.verifiers import StepTagPotential, ValuePotential, as_potential
-from tts_jax.verifiers.oracle import check_verifier_auc
+from tts_jax.verifiers.corruption import check_verifier_auc
 
 Final = Literal["argmax", "weighted_majority"]
 

@@ -9,19 +9,17 @@ steps). The checker sees the prompt's
 token ids and the generation's, so the potential is pure: everything it depends on is
 an argument, and one compilation serves every batch.
 
-A corrupted checker (`auc` < 1) models an imperfect verifier of known quality: its score is
-r = clip(sigmoid(z), eps, 1 - eps), z = mu (y - 1/2) + e, with y the exact verdict and e a
-standard normal that is a pure function of (seed, prompt, generation, done) (a hash: the same
-text always gets the same score). Right and wrong texts' logits then differ by mu in mean, so
-the ROC AUC of the score against y is Phi(mu / sqrt 2): mu = sqrt 2 Phi^-1(auc).
+A corrupted checker (`auc` < 1) models an imperfect verifier of known quality
+(`tts_jax.verifiers.corruption`): its verdict, from the host or the device checker, is
+corrupted inside the program, by noise that is a pure function of the text. `transform`,
+`auc` and `seed` are traced (`tts_jax.traced`): runs that differ only in them share one
+compiled program.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from statistics import NormalDist
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,9 @@ import numpy as np
 from flax import struct
 
 from tts_jax.traced import choice_index
-from tts_jax.verifiers.transforms import TRANSFORMS, Transform, TracedTransform, check_transform, read_probabilities
+from tts_jax.verifiers.corruption import checker_noise, corrupted_logits, corruption_scale
+from tts_jax.verifiers.transforms import TRANSFORMS, Transform, TracedTransform, check_transform, read_logits, \
+    read_probabilities
 
 
 class StepChecker(Protocol):
@@ -53,43 +53,11 @@ class PromptState:
     return self
 
 
-def checker_noise(seed: int, prompt_ids: Sequence[int], completion_ids: Sequence[int], done: bool) -> float:
-  """A standard normal draw that is a pure function of its arguments (blake2b of the ids)."""
-  h = hashlib.blake2b(np.asarray([seed, int(done), len(prompt_ids), *prompt_ids, *completion_ids], np.int64).tobytes(),
-                      digest_size=8)
-  u = (int.from_bytes(h.digest(), "little") + 0.5) / 2.0 ** 64  # in (0, 1)
-  return NormalDist().inv_cdf(u)
-
-
-def corruption_scale(auc: float) -> float:
-  """mu such that N(mu/2, 1) against N(-mu/2, 1) has ROC AUC `auc`: sqrt 2 Phi^-1(auc)."""
-  if not 0.5 <= auc < 1:
-    raise ValueError(f"a corrupted checker's auc must be in [0.5, 1) (1: the exact checker), got {auc!r}")
-  return 2 ** 0.5 * NormalDist().inv_cdf(auc)
-
-
-def check_verifier_auc(method) -> None:
-  """Raises ValueError unless `method.verifier_auc` is 1, or in [0.5, 1) with verifier="oracle"."""
-  if method.verifier_auc != 1:
-    if method.verifier != "oracle":
-      raise ValueError(f"{type(method).__name__}.verifier_auc corrupts the exact checker (verifier='oracle'); "
-                       f"got verifier={method.verifier!r} with verifier_auc={method.verifier_auc!r}")
-    corruption_scale(method.verifier_auc)
-
-
-def corrupted_scores(ok, noise, auc: float, eps: float = 0.01) -> np.ndarray:
-  """float64 probabilities r of exact verdicts `ok` (bool array) with standard normal `noise`
-  of the same shape: the exact 1 - eps / eps at auc = 1, else clip(sigmoid(z), eps, 1 - eps)."""
-  ok = np.asarray(ok, bool)
-  if auc >= 1:
-    return np.where(ok, 1 - eps, eps)
-  z = corruption_scale(auc) * (ok - 0.5) + np.asarray(noise, np.float64)
-  return np.clip(1 / (1 + np.exp(-z)), eps, 1 - eps)
-
-
 @dataclasses.dataclass(frozen=True)
 class OraclePotential(TracedTransform):
   """`checker` as a potential (see the module docstring); params are unused (None)."""
+
+  traced: ClassVar[tuple[str, ...]] = ("transform", "auc", "seed")
 
   checker: StepChecker
   transform: Transform = "log"
@@ -113,28 +81,28 @@ class OraclePotential(TracedTransform):
 
   def score(self, params, state: PromptState, tokens, lengths, done, extended):
     on_device = getattr(self.checker, "on_device", lambda: None)()
-    transform = choice_index(self, "transform")  # an int32 tracer in the engine's program
-    if on_device is not None and self.auc == 1:  # the exact checker as array code: no callback
+    if on_device is not None:  # the checker as array code: no callback
       ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
-      r = np.asarray([self.eps, 1 - self.eps])
-      wrong, right = jnp.asarray([read_probabilities(r, t) for t in range(len(TRANSFORMS))])[transform]
-      score = jnp.where(ok, right, wrong)
     else:
-      out = jax.ShapeDtypeStruct(lengths.shape, jnp.float32)
-      score = jax.pure_callback(self._host, out, state.tokens, state.lengths, tokens, lengths, done,
-                                jnp.asarray(transform, jnp.int32))
+      ok = jax.pure_callback(self._verdicts, jax.ShapeDtypeStruct(lengths.shape, jnp.bool_), state.tokens,
+                             state.lengths, tokens, lengths, done)
+    transform = choice_index(self, "transform")  # an int32 tracer in the engine's program
+    r = np.asarray([self.eps, 1 - self.eps])
+    wrong, right = jnp.asarray([read_probabilities(r, t) for t in range(len(TRANSFORMS))])[transform]
+    score = jnp.where(ok, right, wrong)
+    if not (isinstance(self.auc, (int, float)) and self.auc >= 1):  # corrupted, or the auc is traced
+      noise = checker_noise(self.seed, state.tokens, state.lengths, tokens, lengths, done, xp=jnp)
+      corrupted = read_logits(corrupted_logits(ok, noise, self.auc, self.eps), transform)
+      score = jnp.where(self.auc < 1, corrupted, score)
     return (jnp.where(done, score, 0.0) if self.outcome_only else score), state
 
-  def _host(self, prompt_tokens, prompt_lengths, tokens, lengths, done, transform) -> np.ndarray:
+  def _verdicts(self, prompt_tokens, prompt_lengths, tokens, lengths, done) -> np.ndarray:
+    """The host checker's verdicts bool[B, N] (the callback's side)."""
     prompt_tokens, prompt_lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
     tokens, lengths, done = np.asarray(tokens), np.asarray(lengths), np.asarray(done)
     ok = np.zeros(lengths.shape, bool)
-    noise = np.zeros(lengths.shape, np.float64)
     for b in range(lengths.shape[0]):
       prompt = prompt_tokens[b, :prompt_lengths[b]].tolist()
       for n in range(lengths.shape[1]):
-        completion = tokens[b, n, :lengths[b, n]].tolist()
-        ok[b, n] = self.checker(prompt, completion, bool(done[b, n]))
-        if self.auc < 1:
-          noise[b, n] = checker_noise(self.seed, prompt, completion, bool(done[b, n]))
-    return read_probabilities(corrupted_scores(ok, noise, self.auc, self.eps), int(transform))
+        ok[b, n] = self.checker(prompt, tokens[b, n, :lengths[b, n]].tolist(), bool(done[b, n]))
+    return ok
