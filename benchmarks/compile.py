@@ -36,6 +36,7 @@ from tts_jax.sampling.inputs import prompt_keys
 from tts_jax.sampling.sampler import sample_jit
 from tts_jax.search import beam_search
 from tts_jax.smc.engine import SMCModels, SMCParams, _run_jit
+from tts_jax.traced import knobs_of, program_of
 from tts_jax.verifiers import ValuePotential, as_potential
 
 PROMPTS, PROMPT_LEN, NEW_TOKENS, SAMPLES, PARTICLES, EXPANSIONS = 25, 40, 96, 64, 32, 4
@@ -56,10 +57,11 @@ def _programs(layers: int, hidden: int) -> dict:
                              share_prefix=True)
   smc = beam_search(PARTICLES, EXPANSIONS, max_new_tokens=NEW_TOKENS, delimiters=(DELIMITER,), stop_tokens=(STOP,),
                     pad_id=PAD, proposal=SamplingParams(temperature=1.0))
-  smc, knobs = smc.program()
-  models = SMCModels(policy=lm, potential=as_potential(ValuePotential(prm.as_lm())), twist=None)
+  potential = as_potential(ValuePotential(prm.as_lm()))
+  knobs = {"cfg": smc.knobs(), "potential": knobs_of(potential)}  # as `run_smc` passes them
+  models = SMCModels(policy=lm, potential=program_of(potential), twist=None)
   engine = _run_jit.lower(models, SMCParams(policy=params, potential=prm_params, twist=None), tokens, lengths, keys,
-                          None, knobs, smc)
+                          None, knobs, smc.program())
   return {"sampler": sampler, "engine": engine}
 
 
