@@ -102,15 +102,26 @@ STRATEGIES = {"pf": lambda: particle_filter(4, max_new_tokens=6, delimiters=(7,)
               "dvts": lambda: dvts(4, 2, max_new_tokens=6, max_step_tokens=2)}
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nan_and_plus_inf_potentials_are_errors_for_every_strategy(lm, name, bad):
+def _bad_potential(bad):
   def potential(tokens, lengths, done):  # one particle of prompt 0 is bad once it has tokens
     del tokens, done
     v = jnp.zeros(lengths.shape, jnp.float32)
     return jnp.where((jnp.arange(4)[None] == 1) & (jnp.arange(2)[:, None] == 0) & (lengths > 0), bad, v)
+  return potential
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_plus_inf_potentials_are_errors_for_every_strategy(lm, name, bad):
   with pytest.raises(ValueError, match="NaN or \\+inf"):
-    smc(lm, cfg=STRATEGIES[name](), potential=potential)
+    smc(lm, cfg=STRATEGIES[name](), potential=_bad_potential(bad))
+
+
+def test_nan_potentials_are_errors_on_a_mesh(lm):
+  """The per-device path checks the same flags (computed in its program)."""
+  from tts_jax.parallel import make_mesh
+  with pytest.raises(ValueError, match="NaN or \\+inf in log Z"):
+    smc(lm, cfg=STRATEGIES["pf"](), potential=_bad_potential(np.nan), mesh=make_mesh())
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

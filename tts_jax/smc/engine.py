@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
@@ -393,7 +394,9 @@ def _step_keys(keys: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg"))
 def _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
-  return run(models, params, prompt_tokens, prompt_lengths, keys, cfg, reference, knobs)
+  """`run`, and its particles' `_not_finite` flags (in the same program)."""
+  p = run(models, params, prompt_tokens, prompt_lengths, keys, cfg, reference, knobs)
+  return p, _not_finite(p)
 
 
 def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential,
@@ -448,40 +451,42 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
   params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
   keys = prompt_keys(key, b)
   if mesh is None:
-    p = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
+    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
   else:
     params = SMCParams(policy=place_params(mesh, params.policy), potential=place_params(mesh, params.potential),
                        twist=place_params(mesh, params.twist))
     prompt_tokens, prompt_lengths, keys = shard_batch(mesh, prompt_tokens, prompt_lengths, keys)
     reference = None if reference is None else shard_batch(mesh, *reference)
     if mesh.shape[MODEL] == 1:
-      p, oom = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
+      p, oom, flags = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs,
+                                      cfg)
       if bool(jnp.any(oom)):
         raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
                            "were dropped. Increase num_pages.")
-      p = unpad(p, b)
-      _check_finite(p)
-      return p
-    p = unpad(_run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg), b)
+      _check_finite(flags)
+      return unpad(p, b)
+    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
+    p = unpad(p, b)
   check_pages(p.cache)
-  _check_finite(p)
+  _check_finite(flags)
   return p
 
 
-@jax.jit
-def _not_finite(arrays):
-  """Whether each array holds NaN or +inf: one compiled program, not one per operation."""
-  return tuple(jnp.any(jnp.isnan(x) | (x == jnp.inf)) for x in arrays)
+_FINITE_NAMES = ("log_weights", "log_potential", "log Z")
 
 
-def _check_finite(p: Particles) -> None:
-  """Raises if a potential (or twist) produced NaN or +inf: -inf is a zero weight, the
-  others have no meaning as weights."""
-  if isinstance(p.log_weights, jax.core.Tracer):
+def _not_finite(p: Particles) -> jax.Array:
+  """bool[3]: whether log_weights, log_potential and log Z hold NaN or +inf (computed inside
+  the engine's program: no program of its own per shape)."""
+  return jnp.stack([jnp.any(jnp.isnan(x) | (x == jnp.inf)) for x in (p.log_weights, p.log_potential, p.log_z)])
+
+
+def _check_finite(flags: jax.Array) -> None:
+  """Raises if a potential (or twist) produced NaN or +inf (`_not_finite`'s flags): -inf is a
+  zero weight, the others have no meaning as weights."""
+  if isinstance(flags, jax.core.Tracer):
     return  # under a caller's trace (e.g. twist training): nothing concrete to check
-  names = ("log_weights", "log_potential", "log Z")
-  flags = _not_finite((p.log_weights, p.log_potential, p.log_z))  # global arrays too (a multi-process run)
-  bad = [name for name, flag in zip(names, flags) if bool(flag)]
+  bad = [name for name, flag in zip(_FINITE_NAMES, np.asarray(jax.device_get(flags))) if flag]
   if bad:
     raise ValueError(f"the run produced NaN or +inf in {', '.join(bad)}: a potential (or twist) returned NaN or +inf "
                      f"for some particle. Return -inf for a zero weight; NaN and +inf are not weights.")
@@ -491,9 +496,10 @@ def _check_finite(p: Particles) -> None:
 def _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
   """`run` on every device's prompts (split over "data"), each device its own loop.
   Returns the particles without their caches (device-local state, e.g. a decode slot
-  counter per device) and bool[B] "a paged cache ran out of pages"."""
+  counter per device), bool[B] "a paged cache ran out of pages" and `_not_finite`'s flags."""
   def local(tokens, lengths, k, *ref):
     p = run(models, params, tokens, lengths, k, cfg, tuple(ref) if ref else None, knobs)
     oom = getattr(p.cache, "oom", jnp.zeros(tokens.shape[:1], bool))
     return p.replace(cache=None, twist_cache=None, potential_state=None), oom
-  return per_device(mesh, local, prompt_tokens, prompt_lengths, keys, *(reference or ()))
+  p, oom = per_device(mesh, local, prompt_tokens, prompt_lengths, keys, *(reference or ()))
+  return p, oom, _not_finite(p)
