@@ -35,7 +35,8 @@ from tts_jax.sampling import SamplingParams
 from tts_jax.sampling.inputs import prompt_keys
 from tts_jax.sampling.sampler import sample_jit
 from tts_jax.search import beam_search
-from tts_jax.smc.engine import SMCModels, SMCParams, _run_jit
+from tts_jax.smc.driver import _run_jit
+from tts_jax.smc.engine import SMCModels, SMCParams
 from tts_jax.traced import knobs_of, program_of
 from tts_jax.verifiers import ValuePotential, as_potential
 

@@ -45,9 +45,7 @@ def _run_in_subprocess(out_dir, cache_dir) -> dict:
 def test_batches_after_the_first_compile_nothing_and_a_second_run_nothing(tmp_path):
   """Prompts whose per-batch padded widths differ (ragged across batches): every batch after
   the first reuses the first batch's compiled code. A second run (a new process, a new output
-  directory: all recomputed) loads every program from the persistent compilation cache.
-  (Search with the exact step checker is the exception: its host callback keeps JAX from
-  caching that engine's compiled code.)"""
+  directory: all recomputed) loads every program from the persistent compilation cache."""
   exp = _experiment(tmp_path / "run")
   problems = list(exp.task.split(exp.split)[:exp.num_problems])
   widths = {pad_prompts(task_prompts(exp.task, problems[i:i + 2]))[0].shape[1] for i in range(0, 6, 2)}

@@ -257,3 +257,61 @@ def test_rlhflow_format_under_the_llama3_template(smoke):
     prompt, seq = fmt.encode(tok, problem.problem, problem.solution)
     assert prompt + seq == tok.encode(text, add_special_tokens=False)
     assert sum(fmt.read_mask(tok, seq)) == len(steps) >= 1
+
+
+@pytest.mark.parametrize("strategy", ["beam", "pf"])
+def test_host_steps_give_the_one_program_run(smoke, tmp_path, monkeypatch, strategy):
+  """A step-tag PRM's engine runs from the host (`tts_jax.smc.host_steps`: the reader between
+  programs, no callback) and gives the particles of the one-program run that calls the reader
+  back, bit for bit: every field and cache, through a cache growth (capacities 32, 40)."""
+  import jax
+  from tts_jax.eval.search_methods import prm_potential
+  from tts_jax.models.padding import pad_prompts
+  from tts_jax.sampling.inputs import prompt_keys
+  from tts_jax.search import beam_search, particle_filter
+  from tts_jax.smc import run_smc
+  from tts_jax.smc.driver import _run_jit
+  from tts_jax.smc.engine import SMCModels, SMCParams, cache_schedule
+  from tts_jax.traced import knobs_of, program_of
+  exp = apply_overrides(load_config("experiments/math500/puri_table1.py"), overrides(smoke, smoke["prm"], tmp_path))
+  models, task = load_models(exp.models, exp.task), exp.task
+  tokens, lengths = pad_prompts(task_prompts(task, list(task.split("test")[:2])), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  kw = dict(max_new_tokens=40, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad, max_step_tokens=8)
+  cfg = beam_search(4, 2, **kw) if strategy == "beam" else particle_filter(4, ess_threshold=1.0, **kw)
+  pot = prm_potential(models, task, aggregate="last", transform="logit")
+  engine = SMCModels(policy=models.policy, potential=program_of(pot))
+  assert len(cache_schedule(engine, cfg)) == 2
+  with monkeypatch.context() as m:  # no program of the host-stepped run calls back
+    m.setattr(jax, "pure_callback", lambda *a, **k: pytest.fail("a host callback in a host-stepped run"))
+    host = run_smc(models.policy, models.policy_params, tokens, lengths, jax.random.key(3), cfg=cfg, potential=pot,
+                   potential_params=models.prm_params)
+  one, flags = _run_jit(engine, SMCParams(policy=models.policy_params, potential=models.prm_params),
+                        jax.numpy.asarray(tokens), jax.numpy.asarray(lengths), prompt_keys(jax.random.key(3), 2), None,
+                        {"cfg": cfg.knobs(), "potential": knobs_of(pot)}, cfg.program())
+  assert not np.asarray(flags).any()
+  got, want = jax.tree_util.tree_leaves_with_path(host), jax.tree_util.tree_leaves_with_path(one)
+  assert [k for k, _ in got] == [k for k, _ in want]
+  for (path, x), (_, y) in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  assert int(host.num_resamples.sum()) > 0 and int(host.verified.sum()) > 0  # selection moved, the PRM read
+
+
+def test_the_puri_config_compiles_nothing_the_second_time(smoke, tmp_path):
+  """Its step-tag PRM engines hold no host callback (they run from the host), so a second run
+  loads every program from the persistent compilation cache."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+  env["TTS_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
+
+  def run(out):
+    args = ["run", "experiments/math500/puri_table1.py", "--set", *overrides(smoke, smoke["prm"], out)]
+    subprocess.run([sys.executable, "-m", "tts_jax.cli", *args], env=env, cwd=root, check=True, capture_output=True)
+    return json.loads((out / "summary.json").read_text())["timing"]
+
+  first, second = run(tmp_path / "a"), run(tmp_path / "b")
+  assert first["compilations"] > 0, first
+  assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second

@@ -15,7 +15,7 @@ from tts_jax.eval.search_methods import shared_selection
 from tts_jax.models.value import value_logits
 from tts_jax.search import Beam, beam_search, best_of_n, dvts, particle_filter
 from tts_jax.smc import Resample, SMCConfig, run_smc
-from tts_jax.smc.engine import _run_jit
+from tts_jax.smc.driver import _run_jit
 from tts_jax.smc.one_of import OneOf
 from tts_jax.tasks import ModChain, step_oracle
 from tts_jax.tasks.shipped import DEFAULTS_DIR
@@ -143,6 +143,33 @@ def test_oracle_reads_its_traced_fields_as_the_constants(on_device):
     log = scores["log", auc, 0]
     np.testing.assert_allclose(scores["logit", auc, 0], log - np.log1p(-np.exp(log)), rtol=1e-5)
   assert len({v.tobytes() for k, v in scores.items() if k[0] == "log"}) == 4  # auc and seed both count
+
+
+def test_a_host_checker_runs_between_programs_as_it_ran_called_back():
+  """An oracle whose checker has no array code (`_HostOnly`) is host work the potential names:
+  `run_smc` runs the engine from the host (`smc.host_steps`) and gives the one-program run's
+  particles (the checker called back) bit for bit, at AUC 1 and corrupted to 0.7."""
+  from tts_jax.sampling.inputs import prompt_keys
+  from tts_jax.smc.engine import SMCModels, SMCParams
+  from tts_jax.tasks import load_default, task_prompts, task_tokens
+  from tts_jax.tasks.oracle import TaskChecker
+  from tts_jax.traced import knobs_of, program_of
+  from tts_jax.verifiers import OraclePotential
+  from tts_jax.models import pad_prompts
+  task, models = ModChain(), load_default("modchain")
+  tokens, lengths = pad_prompts(task_prompts(task, list(task.split("hard")[:2])), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  cfg = beam_search(4, 2, max_new_tokens=48, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad)
+  for auc in (1.0, 0.7):
+    pot = OraclePotential(_HostOnly(TaskChecker(task)), auc=auc)
+    host = run_smc(models.policy, models.policy_params, tokens, lengths, jax.random.key(1), cfg=cfg, potential=pot)
+    one, _ = _run_jit(SMCModels(policy=models.policy, potential=program_of(pot)),
+                      SMCParams(policy=models.policy_params), jnp.asarray(tokens), jnp.asarray(lengths),
+                      prompt_keys(jax.random.key(1), 2), None, {"cfg": cfg.knobs(), "potential": knobs_of(pot)},
+                      cfg.program())
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(host), jax.tree_util.tree_leaves_with_path(one)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    assert int(host.num_resamples.sum()) > 0
 
 
 def test_bad_search_configs_are_named():

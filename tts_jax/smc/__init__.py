@@ -2,8 +2,10 @@
 twisted SMC (optimal tabular twists, contrastive twist learning), log Z bounds, particle Gibbs."""
 
 from tts_jax.smc.bounds import LogZBounds, log_z_bounds
+from tts_jax.sampling.inputs import prompt_keys
+from tts_jax.smc.driver import run_smc
 from tts_jax.smc.engine import (SMCConfig, SMCModels, SMCParams, apply_selection, cache_schedule, extend,
-                                grow_particles, init_particles, prompt_keys, reweight, run, run_smc, token_step)
+                                grow_particles, init_particles, reweight, run, token_step)
 from tts_jax.smc.gibbs import GibbsChain, particle_gibbs
 from tts_jax.smc.one_of import OneOf
 from tts_jax.smc.particle_filter import particle_filter

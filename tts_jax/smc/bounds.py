@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc.driver import run_smc
+from tts_jax.smc.engine import SMCConfig
 from tts_jax.smc.resample import Resample
 
 

@@ -45,26 +45,22 @@ Building blocks, for new algorithms on the same state:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from tts_jax.models import CausalLM
-from tts_jax.models.paged import check_pages
-from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling import SamplingParams, draw_tokens
 from tts_jax.sampling.sampler import cache_segments
-from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.smc.particles import Particles, move
 from tts_jax.smc.resample import Resample
 from tts_jax.smc.strategy import Selection, SelectionStrategy
-from tts_jax.traced import Traced, bind_of, knobs_of, program_of
-from tts_jax.verifiers import Potential, as_potential
+from tts_jax.traced import Traced, bind_of
+from tts_jax.verifiers import Potential
+from tts_jax.verifiers.base import with_host
 
 _HASH_MULT = (jnp.uint32(1000003), jnp.uint32(2654435761))
 
@@ -346,43 +342,79 @@ def run(models: SMCModels, params: SMCParams, prompt_tokens: jax.Array, prompt_l
   resumes the same step. Every draw depends on (prompt key, step, particle, position)
   only, so the capacities change no result.
   """
-  bound = cfg
-  if knobs is not None:
-    bound = cfg.bind(knobs["cfg"])
-    models = dataclasses.replace(models, potential=bind_of(models.potential, knobs["potential"]))
-  schedule = cache_schedule(models, cfg)
-  p = init_particles(models, params, prompt_tokens, prompt_lengths, cfg, capacity=schedule[0])
-  conditional = reference is not None
+  loop = Loop.of(models, params, cfg, keys, reference, knobs)
+  schedule = cache_schedule(loop.models, cfg)
+  c = loop.start(prompt_tokens, prompt_lengths, schedule[0])
+  for i, capacity in enumerate(schedule):
+    if i:
+      c = loop.grow(c, capacity)
+    c = jax.lax.while_loop(loop.fits(capacity), loop.body, c)
+  return c[0]
 
-  def begin(p, s):  # the state of step s, about to start
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+  """The parts of the engine's loop for one run (inside a program): `run` puts them in
+  while_loops; `tts_jax.smc.host_steps` runs them as separate programs. A loop's carry is
+  (particles, step index s int32[], the `_Step` in progress)."""
+
+  models: SMCModels  # the potential with its knobs bound
+  params: SMCParams
+  cfg: SMCConfig  # the program's config (token steps)
+  bound: SMCConfig  # with its knobs bound (weighting, selection)
+  keys: jax.Array
+  reference: tuple[jax.Array, jax.Array] | None
+
+  @classmethod
+  def of(cls, models, params, cfg, keys, reference=None, knobs=None, host=None) -> "Loop":
+    """knobs: as `run` takes them; host: {"init": ..., "score": ...} arrays the potential reads
+    instead of calling back (`tts_jax.verifiers.base.with_host`), or None."""
+    bound = cfg
+    if knobs is not None:
+      bound = cfg.bind(knobs["cfg"])
+      models = dataclasses.replace(models, potential=bind_of(models.potential, knobs["potential"]))
+    if host is not None:
+      models = dataclasses.replace(models, potential=with_host(models.potential, **host))
+    return cls(models, params, cfg, bound, keys, reference)
+
+  def start(self, prompt_tokens, prompt_lengths, capacity: int):
+    """The carry of step 0, the prompts prefilled, the caches at `capacity` slots."""
+    p = init_particles(self.models, self.params, prompt_tokens, prompt_lengths, self.cfg, capacity=capacity)
+    return self.begin(p, jnp.zeros((), jnp.int32))
+
+  def begin(self, p, s):  # the state of step s, about to start
     return (p, s, _Step(waiting=p.done, logw=jnp.zeros(p.shape, jnp.float32), start=p.length))
 
-  def finish(c):  # every particle is at a boundary: score, select, begin the next step
+  def finish(self, c):
+    """Every particle is at a boundary: score, select, begin the next step."""
     p, s, step = c
     # The particles unfinished at the step's start: each took at least one token.
     started = p.length > step.start
     p = p.replace(steps=p.steps + started.astype(jnp.int32))
-    p = reweight(models, params, bound, p, step.logw, started, jnp.any(started, axis=1))
-    p = apply_selection(p, bound.select.select(_step_keys(keys, s)[1], p), conditional=conditional)
-    return begin(p, s + 1)
+    p = reweight(self.models, self.params, self.bound, p, step.logw, started, jnp.any(started, axis=1))
+    p = apply_selection(p, self.bound.select.select(_step_keys(self.keys, s)[1], p),
+                        conditional=self.reference is not None)
+    return self.begin(p, s + 1)
 
-  def body(c):
+  def token(self, c):
+    """One token step of the particles still extending."""
     p, s, step = c
-    p, step = token_step(models, params, cfg, _step_keys(keys, s)[0], p, step, reference)
-    return jax.lax.cond(jnp.all(step.waiting), finish, lambda c: c, (p, s, step))
+    p, step = token_step(self.models, self.params, self.cfg, _step_keys(self.keys, s)[0], p, step, self.reference)
+    return (p, s, step)
 
-  def fits(capacity):  # work remains, and every particle to be fed has a free cache slot
+  def body(self, c):  # a token step, and the step's end once every particle waits
+    c = self.token(c)
+    return jax.lax.cond(jnp.all(c[2].waiting), self.finish, lambda c: c, c)
+
+  def fits(self, capacity: int):
+    """cond: work remains, and every particle to be fed has a free cache slot."""
     def cond(c):
       p, _, step = c
       return ~jnp.all(p.done) & jnp.all(step.waiting | (p.length < capacity))
     return cond
 
-  c = begin(p, jnp.zeros((), jnp.int32))
-  for i, capacity in enumerate(schedule):
-    if i:
-      c = (grow_particles(models, c[0], capacity),) + c[1:]
-    c = jax.lax.while_loop(fits(capacity), body, c)
-  return c[0]
+  def grow(self, c, capacity: int):
+    return (grow_particles(self.models, c[0], capacity),) + c[1:]
 
 
 def _step_keys(keys: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -392,114 +424,10 @@ def _step_keys(keys: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
   return k_ext, k_sel
 
 
-@functools.partial(jax.jit, static_argnames=("models", "cfg"))
-def _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
-  """`run`, and its particles' `_not_finite` flags (in the same program)."""
-  p = run(models, params, prompt_tokens, prompt_lengths, keys, cfg, reference, knobs)
-  return p, _not_finite(p)
+FINITE_NAMES = ("log_weights", "log_potential", "log Z")
 
 
-def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SMCConfig, potential,
-            potential_params=None, twist: CausalLM | None = None, twist_params=None, reference_tokens=None,
-            reference_lengths=None, mesh=None) -> Particles:
-  """Runs the engine from B prompts.
-
-  Args:
-    lm, params: the policy (`CausalLM` contract) and its params.
-    prompt_tokens: int32[B, Tp] right-padded; prompt_lengths: int32[B].
-    key: one PRNG key, or one per prompt ([B]).
-    cfg: the `SMCConfig`.
-    potential, potential_params: a `tts_jax.verifiers.Potential`, or a function
-      (tokens int32[B, N, T], lengths int32[B, N], done bool[B, N]) -> log phi float32[B, N].
-    twist, twist_params: an optional twist model (outputs log psi float32[..., V]).
-    reference_tokens int32[B, T], reference_lengths int32[B]: an exact target sample per
-      prompt to hold particle 0 to (conditional SMC; `Resample('multinomial')`, threshold 0 or 1).
-    mesh: a `tts_jax.parallel` mesh: prompts (and so their particles, caches and
-      resampling) split over its "data" axis, padded to a multiple of it with copies of the
-      first. With model=1 each device runs the engine's loop on its own prompts
-      (`per_device`): its rows are bit for bit a one-device run on those prompts. With
-      model > 1 the policy, potential and twist params are split over "model" (tensor
-      parallel): the same run up to float rounding. With model=1 the returned particles
-      carry no caches (`cache`, `twist_cache`, `potential_state` are None: they are
-      per-device state that stays inside the run).
-
-  Returns:
-    The final `Particles` (weights are not resampled after the last step:
-    `final_log_z()` is log Z_hat, `normalized_weights()` the final importance weights).
-
-  Raises RuntimeError if a paged cache (cfg.page_size > 0) ran out of pages.
-  """
-  if not isinstance(cfg, SMCConfig):
-    raise ValueError(f"cfg must be an SMCConfig, got {type(cfg).__name__}")
-  prompt_tokens, prompt_lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, cfg.max_new_tokens)
-  check_token_ids(lm, delimiters=cfg.delimiters, stop_tokens=cfg.stop_tokens, pad_id=(cfg.pad_id,))
-  _check_potential_vocabulary(lm, potential)
-  prompt_tokens, prompt_lengths = jnp.asarray(prompt_tokens), jnp.asarray(prompt_lengths)
-  b = prompt_tokens.shape[0]
-  reference = None
-  if reference_tokens is not None:
-    cfg.select.check_reference()
-    if reference_lengths is None or tuple(reference_tokens.shape) != (b, cfg.max_new_tokens):
-      raise ValueError(f"reference_tokens must be int32[{b}, {cfg.max_new_tokens}] with reference_lengths "
-                       f"int32[{b}], got {tuple(reference_tokens.shape)}")
-    reference = (jnp.asarray(reference_tokens, jnp.int32), jnp.asarray(reference_lengths, jnp.int32))
-  potential = as_potential(potential)
-  # Configs and potentials differing only in traced fields share a program (`tts_jax.traced`).
-  knobs = {"cfg": cfg.knobs(), "potential": knobs_of(potential)}
-  cfg = cfg.program()
-  models = SMCModels(policy=lm, potential=program_of(potential), twist=twist)
-  params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
-  keys = prompt_keys(key, b)
-  if mesh is None:
-    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
-  else:
-    params = SMCParams(policy=place_params(mesh, params.policy), potential=place_params(mesh, params.potential),
-                       twist=place_params(mesh, params.twist))
-    prompt_tokens, prompt_lengths, keys = shard_batch(mesh, prompt_tokens, prompt_lengths, keys)
-    reference = None if reference is None else shard_batch(mesh, *reference)
-    if mesh.shape[MODEL] == 1:
-      p, oom, flags = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs,
-                                      cfg)
-      if bool(jnp.any(oom)):
-        raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
-                           "were dropped. Increase num_pages.")
-      _check_finite(flags)
-      return unpad(p, b)
-    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
-    p = unpad(p, b)
-  check_pages(p.cache)
-  _check_finite(flags)
-  return p
-
-
-_FINITE_NAMES = ("log_weights", "log_potential", "log Z")
-
-
-def _not_finite(p: Particles) -> jax.Array:
-  """bool[3]: whether log_weights, log_potential and log Z hold NaN or +inf (computed inside
-  the engine's program: no program of its own per shape)."""
+def not_finite(p: Particles) -> jax.Array:
+  """bool[3]: whether `FINITE_NAMES` (log_weights, log_potential, log Z) hold NaN or +inf;
+  computed inside a run's program (no program of its own per shape)."""
   return jnp.stack([jnp.any(jnp.isnan(x) | (x == jnp.inf)) for x in (p.log_weights, p.log_potential, p.log_z)])
-
-
-def _check_finite(flags: jax.Array) -> None:
-  """Raises if a potential (or twist) produced NaN or +inf (`_not_finite`'s flags): -inf is a
-  zero weight, the others have no meaning as weights."""
-  if isinstance(flags, jax.core.Tracer):
-    return  # under a caller's trace (e.g. twist training): nothing concrete to check
-  bad = [name for name, flag in zip(_FINITE_NAMES, np.asarray(jax.device_get(flags))) if flag]
-  if bad:
-    raise ValueError(f"the run produced NaN or +inf in {', '.join(bad)}: a potential (or twist) returned NaN or +inf "
-                     f"for some particle. Return -inf for a zero weight; NaN and +inf are not weights.")
-
-
-@functools.partial(jax.jit, static_argnames=("models", "mesh", "cfg"))
-def _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
-  """`run` on every device's prompts (split over "data"), each device its own loop.
-  Returns the particles without their caches (device-local state, e.g. a decode slot
-  counter per device), bool[B] "a paged cache ran out of pages" and `_not_finite`'s flags."""
-  def local(tokens, lengths, k, *ref):
-    p = run(models, params, tokens, lengths, k, cfg, tuple(ref) if ref else None, knobs)
-    oom = getattr(p.cache, "oom", jnp.zeros(tokens.shape[:1], bool))
-    return p.replace(cache=None, twist_cache=None, potential_state=None), oom
-  p, oom = per_device(mesh, local, prompt_tokens, prompt_lengths, keys, *(reference or ()))
-  return p, oom, _not_finite(p)

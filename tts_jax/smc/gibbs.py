@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc.driver import run_smc
+from tts_jax.smc.engine import SMCConfig
 from tts_jax.smc.particles import Particles
 from tts_jax.sampling.inputs import prompt_keys
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tts_jax.smc.engine import SMCConfig, run_smc
+from tts_jax.smc.driver import run_smc
+from tts_jax.smc.engine import SMCConfig
 from tts_jax.smc.resample import Resample
 
 

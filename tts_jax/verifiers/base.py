@@ -20,10 +20,25 @@ value model's KV): the engine then calls `init` with its first cache capacity as
 `max_new_tokens` and grows the state with the policy's cache (`tts_jax.smc.cache_schedule`).
 A state with a `read` field int32[B] counts the ids its model has read (discarded particles
 included); the engine reports it as `Particles.verified` (its cost).
+
+Optional, for work only the host can do (a PRM that re-tokenizes the text, a checker without
+array code): rather than calling back to the host inside `init` / `score` (`jax.pure_callback`,
+whose programs JAX's persistent compilation cache never keeps), a potential may name that
+work. `needs_host()` says whether it has any, and then
+
+    host_init(prompt_tokens[B, Tp], prompt_lengths[B]) -> numpy pytree or None
+    host_score(prompt_tokens, prompt_lengths, tokens[B, N, T], lengths[B, N], done[B, N],
+               extended[B, N], capacity) -> numpy pytree      # capacity: the engine's cache slots
+
+compute on the host (numpy in, numpy out) what `init` / `score` would call back for, and
+`with_host(potential, init=..., score=...)` (inside a program) gives the potential that reads
+those arrays instead (`host_input`). `run_smc` then drives its loop from the host
+(`tts_jax.smc.host_steps`) and no program of the run holds a callback.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
@@ -53,3 +68,22 @@ def gather_state(state, ancestors: jax.Array):
     return state.gather(ancestors)
   take = lambda x: jnp.take_along_axis(x, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)), axis=1)
   return jax.tree.map(take, state)
+
+
+def needs_host(potential) -> bool:
+  """Whether `potential` has host work it names (`host_init` / `host_score`, module docstring)."""
+  return bool(getattr(potential, "needs_host", lambda: False)())
+
+
+def with_host(potential, init=None, score=None):
+  """`potential` reading `init` / `score` (arrays its `host_init` / `host_score` gave, traced
+  inside a program) instead of calling back to the host. A copy: the hashable potential, the
+  program's static argument, is unchanged."""
+  fed = copy.copy(potential)
+  object.__setattr__(fed, "_host_inputs", {"init": init, "score": score})  # a frozen dataclass
+  return fed
+
+
+def host_input(potential, name: str):
+  """The arrays `with_host` gave `potential` for "init" or "score", or None (call back)."""
+  return getattr(potential, "_host_inputs", {}).get(name)

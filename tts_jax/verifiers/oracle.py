@@ -27,6 +27,7 @@ import numpy as np
 from flax import struct
 
 from tts_jax.traced import choice_index
+from tts_jax.verifiers.base import host_input
 from tts_jax.verifiers.corruption import checker_noise, corrupted_logits, corruption_scale
 from tts_jax.verifiers.transforms import TRANSFORMS, Transform, TracedTransform, check_transform, read_logits, \
     read_probabilities
@@ -83,6 +84,8 @@ class OraclePotential(TracedTransform):
     on_device = getattr(self.checker, "on_device", lambda: None)()
     if on_device is not None:  # the checker as array code: no callback
       ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
+    elif host_input(self, "score") is not None:  # from `host_score`: the engine runs from the host
+      ok = host_input(self, "score")
     else:
       ok = jax.pure_callback(self._verdicts, jax.ShapeDtypeStruct(lengths.shape, jnp.bool_), state.tokens,
                              state.lengths, tokens, lengths, done)
@@ -95,6 +98,17 @@ class OraclePotential(TracedTransform):
       corrupted = read_logits(corrupted_logits(ok, noise, self.auc, self.eps), transform)
       score = jnp.where(self.auc < 1, corrupted, score)
     return (jnp.where(done, score, 0.0) if self.outcome_only else score), state
+
+  def needs_host(self) -> bool:
+    """A checker without array code runs on the host (`tts_jax.verifiers.base`)."""
+    return getattr(self.checker, "on_device", lambda: None)() is None
+
+  def host_init(self, prompt_tokens, prompt_lengths):
+    return None
+
+  def host_score(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity: int):
+    """The checker's verdicts bool[B, N], on the host."""
+    return self._verdicts(prompt_tokens, prompt_lengths, tokens, lengths, done)
 
   def _verdicts(self, prompt_tokens, prompt_lengths, tokens, lengths, done) -> np.ndarray:
     """The host checker's verdicts bool[B, N] (the callback's side)."""

@@ -39,6 +39,7 @@ from flax import struct
 
 from tts_jax.models import CausalLM
 from tts_jax.models.memory import REREAD_TOKENS
+from tts_jax.verifiers.base import host_input
 from tts_jax.verifiers.transforms import Transform, TracedTransform, check_transform, read_logits
 
 
@@ -98,7 +99,8 @@ class StepTagPotential(TracedTransform):
     """prompt_tokens int32[B, Tp] (the policy's) -> the PRM's prompts prefilled."""
     b, width = prompt_tokens.shape[0], prompt_tokens.shape[1] + self.reader.prompt_margin()
     out = (jax.ShapeDtypeStruct((b, width), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
-    ids, lengths = jax.pure_callback(self._prompts, out, prompt_tokens, prompt_lengths)
+    fed = host_input(self, "init")  # from `host_init` when the engine runs from the host
+    ids, lengths = fed if fed is not None else jax.pure_callback(self._prompts, out, prompt_tokens, prompt_lengths)
     _, prefix = self.model.prefill(params, ids, lengths)
     return StepTagState(prefix=prefix, prompt_tokens=prompt_tokens.astype(jnp.int32),
                         prompt_lengths=prompt_lengths.astype(jnp.int32), read=lengths,
@@ -115,17 +117,37 @@ class StepTagPotential(TracedTransform):
     """tokens int32[B, N, T], lengths int32[B, N] -> (log phi float32[B, N], state); the
     particles not `extended` are not read (the engine keeps their previous score)."""
     b, n, t = tokens.shape
-    width = self.max_tokens or self.reader.max_ids(min(t, state.capacity.shape[1]), self.max_steps)
+    width = self._width(t, state.capacity.shape[1])
     out = (jax.ShapeDtypeStruct((b, n, width), jnp.int32), jax.ShapeDtypeStruct((b, n, width), jnp.bool_),
            jax.ShapeDtypeStruct((b, n), jnp.int32))
-    ids, tag, read = jax.pure_callback(functools.partial(self._completions, width=width), out, state.prompt_tokens,
-                                       state.prompt_lengths, tokens, lengths, done, extended)
+    fed = host_input(self, "score")  # from `host_score` when the engine runs from the host
+    ids, tag, read = fed if fed is not None else jax.pure_callback(
+        functools.partial(self._completions, width=width), out, state.prompt_tokens, state.prompt_lengths, tokens,
+        lengths, done, extended)
     # The PRM reads the narrowest bucket that holds the longest re-read (x4 apart: a few programs).
     widths = _buckets(width)
     branches = [functools.partial(self._phi, params, state.prefix, ids[..., :w], tag[..., :w], read) for w in widths]
     which = jnp.searchsorted(jnp.asarray(widths), jnp.max(read))
     phi = jax.lax.switch(jnp.minimum(which, len(widths) - 1), branches) if len(widths) > 1 else branches[0]()
     return phi, state.replace(read=state.read + jnp.sum(read, axis=1))
+
+  def needs_host(self) -> bool:
+    """The reader runs on the host (`tts_jax.verifiers.base`: the engine can run it between programs)."""
+    return True
+
+  def host_init(self, prompt_tokens, prompt_lengths):
+    """The PRM's prompts, on the host: (ids int32[B, Tp + margin], lengths int32[B])."""
+    return self._prompts(prompt_tokens, prompt_lengths)
+
+  def host_score(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity: int):
+    """The extended particles re-read, on the host: (ids int32[B, N, W], tag bool[B, N, W],
+    read int32[B, N]) with W what `score` allows at `capacity` cache slots."""
+    width = self._width(tokens.shape[-1], capacity)
+    return self._completions(prompt_tokens, prompt_lengths, tokens, lengths, done, extended, width=width)
+
+  def _width(self, t: int, capacity: int) -> int:
+    """The PRM ids one particle may take with T = t generated tokens and `capacity` cache slots."""
+    return self.max_tokens or self.reader.max_ids(min(t, capacity), self.max_steps)
 
   def _phi(self, params, prefix, ids, tag, read):
     """log phi float32[B, N] of PRM ids int32[B, N, W] read at `tag` bool[B, N, W]."""
