@@ -2,7 +2,7 @@
 (QAlign), iterated SMC (particle Gibbs), tree search (MCTS), local acceptance (LATTS) and early
 stopping (DeepConf).
 
-    tts-jax run experiments/modchain/families.py     # ~40 min on 2 CPU cores
+    tts-jax run experiments/modchain/families.py     # ~12 min on 2 CPU cores
 
 100 problems (95% CIs about +-9 points) and N up to 16: the sequential methods (MCTS's
 simulations, QAlign's moves, particle Gibbs's sweeps) make this the slowest experiment here.
