@@ -20,6 +20,7 @@ from tts_jax.models.paged import check_pages
 from tts_jax.parallel import MODEL, per_device, place_params, shard_batch, unpad
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.smc.host_steps import run_from_host
+from tts_jax.smc.particles import Particles
 from tts_jax.smc.engine import (FINITE_NAMES, SMCConfig, SMCModels, SMCParams, _check_potential_vocabulary,
                                 not_finite, run)
 from tts_jax.traced import knobs_of, program_of

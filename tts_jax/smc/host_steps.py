@@ -49,20 +49,16 @@ def _advance(models, params, keys, reference, knobs, c, cfg, capacity):
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg"), donate_argnames=("c",))
 def _finish(models, params, keys, reference, knobs, c, host_score, cfg):
-  """The step's end: score, select, begin the next. -> (carry, bool[]: every particle done)."""
+  """The step's end: score, select, begin the next. -> (carry, bool[]: every particle done,
+  `not_finite`'s flags)."""
   loop = Loop.of(models, params, cfg, keys, reference, knobs, host={"score": host_score})
   c = loop.finish(c)
-  return c, jnp.all(c[0].done)
+  return c, jnp.all(c[0].done), not_finite(c[0])
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity"))
 def _grow(models, params, keys, reference, knobs, c, cfg, capacity):
   return Loop.of(models, params, cfg, keys, reference, knobs).grow(c, capacity)
-
-
-@jax.jit
-def _not_finite(p):
-  return not_finite(p)
 
 
 def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
@@ -88,6 +84,6 @@ def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys
       p, _, step = c  # every particle at a boundary (or done): the step ends
       tokens, lengths, done, start = jax.device_get((p.tokens, p.length, p.done, step.start))
       host_score = pot.host_score(*prompts, tokens, lengths, done, lengths > start, capacity)
-      c, over = _finish(*loop_args, c, host_score, cfg=cfg)
+      c, over, flags = _finish(*loop_args, c, host_score, cfg=cfg)
       over = bool(over)
-  return c[0], _not_finite(c[0])
+  return c[0], flags  # of the last step's end: growing the caches after it moves no weight

@@ -84,8 +84,8 @@ class OraclePotential(TracedTransform):
     on_device = getattr(self.checker, "on_device", lambda: None)()
     if on_device is not None:  # the checker as array code: no callback
       ok = on_device(state.tokens, state.lengths, tokens, lengths, done)
-    elif host_input(self, "score") is not None:  # from `host_score`: the engine runs from the host
-      ok = host_input(self, "score")
+    elif (fed := host_input(self, "score")) is not None:  # from `host_score`: the engine runs from the host
+      ok = fed
     else:
       ok = jax.pure_callback(self._verdicts, jax.ShapeDtypeStruct(lengths.shape, jnp.bool_), state.tokens,
                              state.lengths, tokens, lengths, done)
