@@ -3,6 +3,7 @@
     python benchmarks/selection.py [--problems 25] [--subsets 64] [--k 4 8 16 32]
     python benchmarks/selection.py --layouts [--subsets 16] [--k 4 8 16 32 64]
     python benchmarks/selection.py --fusions [--subsets 16] [--k 4 8 16 32 64]
+    python benchmarks/selection.py --ranks [--problems 25] [--subsets 64] [--k 1 2 4 8 16 32 64]
 
 The pool shape of the main experiment's batches (25 problems); each (problem, subset)
 needs one Weibull-mixture fit. Prints seconds per call (after compilation) and the ratio.
@@ -10,6 +11,8 @@ needs one Weibull-mixture fit. Prints seconds per call (after compilation) and t
 once (batch-minor: fits on the minor axis, the library's) against the same function
 vmapped over the rows (one fit per lane, fits on the major axis: what a per-row function
 vmapped gives), compile and run, median of 5 runs, and their largest parameter difference.
+--ranks times a batch's random subset orders (`tts_jax.eval.subsets.random_ranks`, one row
+per budget in --k, pools of max(--k) samples) against the same orders from a stable argsort.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.reference_rpc import rpc_select  # noqa: E402
+from tts_jax.eval.subsets import inverse_permutation, random_ranks  # noqa: E402
 from tts_jax.selection import fit_weibull_mixture, rpc_compiler_options, rpc_vote  # noqa: E402
 
 
@@ -71,6 +75,21 @@ def fusions(a) -> None:
     print(f"{k:4d} {cd:18.2f} {co:18.2f} {rd * 1e3:15.1f} {ro * 1e3:15.1f} {rd / ro:8.2f}x {np.mean(od == oo):11.4f}")
 
 
+def ranks(a) -> None:
+  n = max(a.k)
+  keys = jax.random.split(jax.random.key(0), len(a.k) * a.problems).reshape(len(a.k), a.problems)
+
+  def by_argsort(keys):
+    u = jax.vmap(lambda key: jax.random.uniform(key, (a.subsets, n)))(keys.reshape(-1))
+    return inverse_permutation(jnp.argsort(u, axis=-1, stable=True)).reshape(keys.shape + (a.subsets, n))
+
+  print(f"backend {jax.default_backend()}; ranks int32{list(keys.shape) + [a.subsets, n]}")
+  _, argsort_s, want = _timed(by_argsort, keys, runs=15)
+  _, lib_s, got = _timed(lambda keys: random_ranks(keys, n, a.subsets), keys, runs=15)
+  print(f"argsort {argsort_s * 1e3:.1f} ms, random_ranks {lib_s * 1e3:.1f} ms: {argsort_s / lib_s:.2f}x; "
+        f"identical: {np.array_equal(want, got)}")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--problems", type=int, default=25)
@@ -78,7 +97,10 @@ def main():
   ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
   ap.add_argument("--layouts", action="store_true", help="time the fit's two layouts (see the docstring)")
   ap.add_argument("--fusions", action="store_true", help="time RPC with default and the library's XLA options")
+  ap.add_argument("--ranks", action="store_true", help="time the random subset orders (see the docstring)")
   a = ap.parse_args()
+  if a.ranks:
+    return ranks(a)
   if a.layouts:
     return layouts(a)
   if a.fusions:

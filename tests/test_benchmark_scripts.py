@@ -2,6 +2,7 @@
 programs from its internals in step with it (a changed internal once broke compile.py
 silently)."""
 
+import argparse
 import importlib.util
 import os
 
@@ -21,3 +22,9 @@ def test_compile_benchmark_lowers_its_programs():
   programs = _load("compile")._programs(layers=1, hidden=16)
   assert set(programs) == {"sampler", "engine"}
   assert all("while" in lowered.as_text() for lowered in programs.values())
+
+
+def test_selection_benchmark_times_the_ranks_it_checks(capsys):
+  """selection.py --ranks compares the library's subset orders with a stable argsort's."""
+  _load("selection").ranks(argparse.Namespace(k=[1, 3, 5], problems=2, subsets=4))
+  assert "identical: True" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from tts_jax.eval.pool_methods import (AdaptiveConsistency, BestOfN, InverseEntr
                                       ShortestMajority, WeightedMajority, _subset_ranks)
 from tests import reference_metrics as ref
 from tts_jax.eval.metrics import best_of_k_exact, bootstrap_ci, mean_pass_at_k, pass_at_k
-from tts_jax.eval.subsets import enumerated_ranks, random_ranks
+from tts_jax.eval.subsets import enumerated_ranks, random_ranks, stable_order
 from tts_jax.eval.pool import Pool
 from tts_jax.selection import majority_vote
 
@@ -153,6 +153,20 @@ def test_subsets_are_without_replacement_and_per_problem():
   first = np.asarray(random_ranks(jax.random.split(jax.random.key(2), 400), 10, 50)).argmin(-1).ravel()
   counts = np.bincount(first, minlength=10)
   assert np.all(np.abs(counts - 2000) < 5 * np.sqrt(2000 * 0.9)), counts
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 512, 513])
+def test_subset_orders_are_the_stable_argsort_of_the_uniforms(n):
+  """`stable_order` packs (u, index) into one integer to sort: the same order as a stable
+  argsort, on jax's uniforms (multiples of 2^-23, the packing's premise) and on ties."""
+  u = jax.random.uniform(jax.random.key(n), (400, n))
+  scaled = np.asarray(u, np.float64) * 2.0 ** 23
+  np.testing.assert_array_equal(scaled, np.floor(scaled))  # the premise: 23-bit draws
+  coarse = jnp.floor(u * 4) / 4  # many ties: at most 4 distinct values per row
+  for x in (u, coarse):
+    np.testing.assert_array_equal(stable_order(x), np.argsort(np.asarray(x), axis=-1, kind="stable"))
+  if n == 512:  # real ties among the 23-bit draws themselves, not only forced ones
+    assert sum(len(np.unique(r)) < n for r in np.asarray(u)) > 0
 
 
 def test_enumerated_subsets_are_all_c_n_k_once():
