@@ -28,6 +28,7 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={A.devices}"
 
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -113,6 +114,8 @@ def smc_mode():
   from tts_jax.search import beam_search, dvts  # noqa: PLC0415
   from tts_jax.smc import OneOf, particle_filter, run_smc  # noqa: PLC0415
   from tts_jax.tasks import STEP  # noqa: PLC0415
+  from tts_jax.tasks.oracle import TaskChecker  # noqa: PLC0415
+  from tts_jax.verifiers import OraclePotential  # noqa: PLC0415
   task = ModChain()
   lm, params = tiny_lm(task)
   tokens, lengths = pad_prompts(task_prompts(task, list(task.split("hard")[:5])))
@@ -137,14 +140,31 @@ def smc_mode():
     assert p.tokens.shape[0] == 5, (name, p.tokens.shape)
   for field in ("tokens", "log_weights", "ancestors"):
     assert np.array_equal(getattr(runs["dvts"], field), getattr(runs["dvts in OneOf"], field)), field
+  # A potential with host work (a checker without array code, corrupted so scores vary): the
+  # loop is driven from the host (`smc.host_steps`), per device on a mesh, with no callback.
+  host_pot = OraclePotential(_HostChecker(TaskChecker(task)), auc=0.7)
+  with mock.patch.object(jax, "pure_callback", side_effect=AssertionError("a host potential called back")):
+    p = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=configs["beam"], potential=host_pot, mesh=mesh)
+  parts += [p.tokens, p.length, p.log_weights, p.log_z, p.ancestors, p.num_resamples]
+  assert int(np.asarray(p.num_resamples).sum()) > 0 and len(np.unique(np.asarray(p.log_potential))) > 2
   print("DIGEST", digest(*parts))
   if A.devices == 8:  # tensor parallel (data=4 x model=2): the same particles up to rounding
-    cfg = configs["pf"]
-    one = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential)
-    tp = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=potential,
-                 mesh=make_mesh(data=4, model=2))
-    same = float((np.asarray(one.tokens) == np.asarray(tp.tokens)).mean())
-    print("TP", same, float(np.abs(np.asarray(one.logp) - np.asarray(tp.logp)).max()))
+    for name, cfg, pot in (("TP", configs["pf"], potential), ("TPHOST", configs["beam"], host_pot)):
+      one = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=pot)
+      tp = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=cfg, potential=pot,
+                   mesh=make_mesh(data=4, model=2))
+      same = float((np.asarray(one.tokens) == np.asarray(tp.tokens)).mean())
+      print(name, same, float(np.abs(np.asarray(one.logp) - np.asarray(tp.logp)).max()))
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostChecker:
+  """A task's checker without its array form (`on_device`): only the host can run it."""
+
+  checker: object
+
+  def __call__(self, prompt_ids, completion_ids, done):
+    return self.checker(prompt_ids, completion_ids, done)
 
 
 def run_mode():

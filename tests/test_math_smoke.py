@@ -298,20 +298,29 @@ def test_host_steps_give_the_one_program_run(smoke, tmp_path, monkeypatch, strat
 
 
 def test_the_puri_config_compiles_nothing_the_second_time(smoke, tmp_path):
-  """Its step-tag PRM engines hold no host callback (they run from the host), so a second run
-  loads every program from the persistent compilation cache."""
+  """Its step-tag PRM engines hold no host callback (they run from the host, per device on a
+  mesh), so a second run loads every program from the persistent compilation cache, on one
+  device and on a mesh of two (its own cache: other programs); all four runs write the same
+  results.jsonl."""
   import os
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
-  env["TTS_JAX_COMPILATION_CACHE"] = str(tmp_path / "cache")
 
-  def run(out):
+  def run(out, devices):
     args = ["run", "experiments/math500/puri_table1.py", "--set", *overrides(smoke, smoke["prm"], out)]
-    subprocess.run([sys.executable, "-m", "tts_jax.cli", *args], env=env, cwd=root, check=True, capture_output=True)
-    return json.loads((out / "summary.json").read_text())["timing"]
+    here = dict(env, TTS_JAX_COMPILATION_CACHE=str(tmp_path / f"cache{devices}"),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    mesh = ["--mesh", f"data={devices}"] if devices > 1 else []
+    subprocess.run([sys.executable, "-m", "tts_jax.cli", *args, *mesh], env=here, cwd=root, check=True,
+                   capture_output=True)
+    return json.loads((out / "summary.json").read_text())["timing"], (out / "results.jsonl").read_bytes()
 
-  first, second = run(tmp_path / "a"), run(tmp_path / "b")
-  assert first["compilations"] > 0, first
-  assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second
+  runs = {(devices, i): run(tmp_path / f"{devices}-{i}", devices) for devices in (1, 2) for i in (1, 2)}
+  for devices in (1, 2):
+    first, second = runs[devices, 1][0], runs[devices, 2][0]
+    assert first["compilations"] > 0, first
+    assert second["compilations"] == 0 and second["compilation_cache_hits"] > 0, second
+  assert runs[2, 1][0]["mesh"].startswith("mesh data=2")
+  assert len({results for _, results in runs.values()}) == 1

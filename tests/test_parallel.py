@@ -55,9 +55,11 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
   (data=4 x model=2): the same samples, log-probs and a value model's completion scores equal
   up to rounding.
 
-  run_smc under Resample, Beam and DVTS on 5 prompts, and DVTS as a member of a `OneOf`
-  (which must equal DVTS alone): tokens, lengths, weights, log Z, ancestors and resample
-  counts are the same bytes for every device count; tensor parallel gives the same particles
+  run_smc under Resample, Beam and DVTS on 5 prompts, DVTS as a member of a `OneOf`
+  (which must equal DVTS alone), and beam search with a checker only the host can run (the
+  loop driven from the host, per device on 8, never calling back): tokens, lengths, weights,
+  log Z, ancestors and resample counts are the same bytes for every device count; tensor
+  parallel gives the same particles
   up to float rounding."""
   results = {n: _worker("sample+smc", n, cache=tmp_path) for n in (1, 8)}
   digests = {n: r["sample:DIGEST"] for n, r in results.items()}
@@ -71,8 +73,9 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
   assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["sample:TP"]
   smc = {n: r["smc:DIGEST"] for n, r in results.items()}
   assert len(set(smc.values())) == 1, smc
-  _, same, diff = results[8]["smc:TP"].split()  # particle filtering with the policy split over "model"
-  assert float(same) == 1.0 and float(diff) < 1e-5, results[8]["smc:TP"]
+  for line in ("smc:TP", "smc:TPHOST"):  # particle filtering, and beam search with a host checker
+    _, same, diff = results[8][line].split()  # the policy split over "model"
+    assert float(same) == 1.0 and float(diff) < 1e-5, results[8][line]
 
 
 def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_path):

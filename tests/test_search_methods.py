@@ -172,6 +172,35 @@ def test_a_host_checker_runs_between_programs_as_it_ran_called_back():
     assert int(host.num_resamples.sum()) > 0
 
 
+def test_a_host_checker_on_a_mesh_runs_per_device_between_programs(monkeypatch):
+  """On a data mesh the host-driven loop runs each program per device (`smc.host_steps`), the
+  carry kept on its device, never calling back: the particles of the run without a mesh, bit
+  for bit (less the caches, device-local state), with a paged cache too; a paged cache too
+  small for the run is an error naming it. (8 devices and a model axis: tests/test_parallel.py.)"""
+  from tts_jax.models import pad_prompts
+  from tts_jax.parallel import make_mesh
+  from tts_jax.tasks import load_default, task_prompts, task_tokens
+  from tts_jax.tasks.oracle import TaskChecker
+  from tts_jax.verifiers import OraclePotential
+  task, models = ModChain(), load_default("modchain")
+  tokens, lengths = pad_prompts(task_prompts(task, list(task.split("hard")[:3])), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  cfg = beam_search(4, 2, max_new_tokens=48, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad)
+  pot = OraclePotential(_HostOnly(TaskChecker(task)), auc=0.7)
+  run = lambda cfg, mesh=None: run_smc(models.policy, models.policy_params, tokens, lengths,  # noqa: E731
+                                       jax.random.key(1), cfg=cfg, potential=pot, mesh=mesh)
+  paged = dataclasses.replace(cfg, page_size=8, num_pages=64)
+  monkeypatch.setattr(jax, "pure_callback", lambda *a, **k: pytest.fail("a host potential called back"))
+  for c in (cfg, paged):
+    one = run(c).replace(cache=None, twist_cache=None, potential_state=None)
+    each = run(c, make_mesh())
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(each), jax.tree_util.tree_leaves_with_path(one)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    assert int(one.num_resamples.sum()) > 0
+  with pytest.raises(RuntimeError, match="ran out of pages on some device"):
+    run(dataclasses.replace(paged, num_pages=3), make_mesh())
+
+
 def test_bad_search_configs_are_named():
   with pytest.raises(ValueError, match="expansions M=4 must divide the number of particles N=6"):
     Experiment(name="x", task=ModChain(), methods=(BeamSearch(expansions=4),), budgets=(4, 6))

@@ -3,7 +3,7 @@
 One jitted program of `engine.run` by default; with a mesh, one loop per device
 (`per_device`, model=1) or the program split over the model axis; for a potential with host
 work it names (`tts_jax.verifiers.base.needs_host`), the loop driven from the host
-(`tts_jax.smc.host_steps`). Afterwards it raises on NaN or +inf weights and on a paged cache
+(`tts_jax.smc.host_steps`, on a mesh too). Afterwards it raises on NaN or +inf weights and on a paged cache
 that ran out of pages.
 """
 
@@ -53,7 +53,8 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
     mesh: a `tts_jax.parallel` mesh: prompts (and so their particles, caches and
       resampling) split over its "data" axis, padded to a multiple of it with copies of the
       first. With model=1 each device runs the engine's loop on its own prompts
-      (`per_device`): its rows are bit for bit a one-device run on those prompts. With
+      (`per_device`; for a potential with host work, each device its own token loops between
+      the host's step ends): its rows are bit for bit a one-device run on those prompts. With
       model > 1 the policy, potential and twist params are split over "model" (tensor
       parallel): the same run up to float rounding. With model=1 the returned particles
       carry no caches (`cache`, `twist_cache`, `potential_state` are None: they are
@@ -86,28 +87,27 @@ def run_smc(lm: CausalLM, params, prompt_tokens, prompt_lengths, key, *, cfg: SM
   models = SMCModels(policy=lm, potential=program_of(potential), twist=twist)
   params = SMCParams(policy=params, potential=potential_params, twist=twist_params)
   keys = prompt_keys(key, b)
-  if mesh is None and needs_host(potential):  # the host work between programs, not called back
-    p, flags = run_from_host(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
-  elif mesh is None:
-    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
-  else:
+  if mesh is not None:
     params = SMCParams(policy=place_params(mesh, params.policy), potential=place_params(mesh, params.potential),
                        twist=place_params(mesh, params.twist))
     prompt_tokens, prompt_lengths, keys = shard_batch(mesh, prompt_tokens, prompt_lengths, keys)
     reference = None if reference is None else shard_batch(mesh, *reference)
-    if mesh.shape[MODEL] == 1:
-      p, oom, flags = _run_per_device(models, mesh, params, prompt_tokens, prompt_lengths, keys, reference, knobs,
-                                      cfg)
-      if bool(jnp.any(oom)):
-        raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
-                           "were dropped. Increase num_pages.")
-      _check_finite(flags)
-      return unpad(p, b)
-    p, flags = _run_jit(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg)
-    p = unpad(p, b)
-  check_pages(p.cache)
+  args = (models, params, prompt_tokens, prompt_lengths, keys, reference, knobs)
+  oom = None  # per device (data-only mesh): bool[B] "a paged cache ran out of pages"
+  if needs_host(potential):  # the host work between programs, not called back
+    p, oom, flags = run_from_host(*args, cfg, mesh=mesh)
+  elif mesh is not None and mesh.shape[MODEL] == 1:
+    p, oom, flags = _run_per_device(models, mesh, *args[1:], cfg)
+  else:
+    p, flags = _run_jit(*args, cfg)
+  if oom is not None:
+    if bool(jnp.any(oom)):
+      raise RuntimeError("the paged KV cache ran out of pages on some device; the writes that found no page "
+                         "were dropped. Increase num_pages.")
+  else:
+    check_pages(p.cache)
   _check_finite(flags)
-  return p
+  return p if mesh is None else unpad(p, b)
 
 
 def _check_finite(flags: jax.Array) -> None:

@@ -18,6 +18,14 @@ particles of the one-program run bit for bit
 (`tests/test_math_smoke.py::test_host_steps_give_the_one_program_run`); none holds a
 callback, so a second run loads them all from the cache. The host reads the particles'
 tokens at each step end, as the callback did.
+
+On a mesh with a data axis only, each program runs on every device's prompts (`per_device`,
+no collectives: each device its own token loop) and the carry stays on its devices with a
+leading device axis (a device's cache holds state of its own, e.g. a paged cache's write
+slot). A step ends once every device's particles wait: a prompt's particles, draws and
+selections do not depend on which other prompts share its steps, so the rows are the
+one-device run's bit for bit. With a model axis the programs are partitioned by XLA, as
+`run_smc`'s one-program path is.
 """
 
 from __future__ import annotations
@@ -28,62 +36,106 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tts_jax.parallel import MODEL, per_device, shard_batch, to_host
 from tts_jax.smc.engine import Loop, SMCModels, cache_schedule, not_finite
 
 
-@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity"))
-def _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, host_init, cfg, capacity):
-  loop = Loop.of(models, params, cfg, keys, reference, knobs, host={"init": host_init})
-  return loop.start(prompt_tokens, prompt_lengths, capacity)
+def _each(mesh, part, rows, carry=None):
+  """part(*rows), or part(carry, *rows), inside a program. With a data-only mesh, on every
+  device's rows (`per_device`; rows: pytrees split over their leading prompt axis) with the
+  carry and every output given a leading device axis (so per-device scalars travel too)."""
+  if mesh is None or mesh.shape[MODEL] > 1:
+    return part(*rows) if carry is None else part(carry, *rows)
+
+  def local(*args):
+    if carry is not None:
+      args = (jax.tree.map(lambda x: x[0], args[0]),) + args[1:]
+    return jax.tree.map(lambda x: x[None], part(*args))
+  return per_device(mesh, local, *rows) if carry is None else per_device(mesh, local, carry, *rows)
 
 
-@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity"), donate_argnames=("c",))
-def _advance(models, params, keys, reference, knobs, c, cfg, capacity):
+def _loop(models, params, cfg, keys, reference, knobs, host=None) -> Loop:
+  return Loop.of(models, params, cfg, keys, tuple(reference) or None, knobs, host=host)
+
+
+@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity", "mesh"))
+def _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, host_init, cfg, capacity, mesh):
+  def part(tokens, lengths, keys, reference, init):
+    return _loop(models, params, cfg, keys, reference, knobs, {"init": init}).start(tokens, lengths, capacity)
+  return _each(mesh, part, (prompt_tokens, prompt_lengths, keys, reference, host_init))
+
+
+@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity", "mesh"), donate_argnames=("c",))
+def _advance(models, params, keys, reference, knobs, c, cfg, capacity, mesh):
   """Token steps while the capacity holds them, until every particle waits (the step's end).
-  -> (carry, bool[]: every particle waits)."""
-  loop = Loop.of(models, params, cfg, keys, reference, knobs)
-  fits = loop.fits(capacity)
-  c = jax.lax.while_loop(lambda c: fits(c) & ~jnp.all(c[2].waiting), loop.token, c)
-  return c, jnp.all(c[2].waiting)
+  -> (carry, bool[] (bool[D] per device): every particle waits)."""
+  def part(c, keys, reference):
+    loop = _loop(models, params, cfg, keys, reference, knobs)
+    fits = loop.fits(capacity)
+    c = jax.lax.while_loop(lambda c: fits(c) & ~jnp.all(c[2].waiting), loop.token, c)
+    return c, jnp.all(c[2].waiting)
+  return _each(mesh, part, (keys, reference), carry=c)
 
 
-@functools.partial(jax.jit, static_argnames=("models", "cfg"), donate_argnames=("c",))
-def _finish(models, params, keys, reference, knobs, c, host_score, cfg):
+@functools.partial(jax.jit, static_argnames=("models", "cfg", "mesh"), donate_argnames=("c",))
+def _finish(models, params, keys, reference, knobs, c, host_score, cfg, mesh):
   """The step's end: score, select, begin the next. -> (carry, bool[]: every particle done,
-  `not_finite`'s flags)."""
-  loop = Loop.of(models, params, cfg, keys, reference, knobs, host={"score": host_score})
-  c = loop.finish(c)
-  return c, jnp.all(c[0].done), not_finite(c[0])
+  `not_finite`'s flags bool[3]), each with a leading device axis per device."""
+  def part(c, keys, reference, score):
+    c = _loop(models, params, cfg, keys, reference, knobs, {"score": score}).finish(c)
+    return c, jnp.all(c[0].done), not_finite(c[0])
+  return _each(mesh, part, (keys, reference, host_score), carry=c)
 
 
-@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity"))
-def _grow(models, params, keys, reference, knobs, c, cfg, capacity):
-  return Loop.of(models, params, cfg, keys, reference, knobs).grow(c, capacity)
+@functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity", "mesh"))
+def _grow(models, params, keys, reference, knobs, c, cfg, capacity, mesh):
+  def part(c, keys, reference):
+    return _loop(models, params, cfg, keys, reference, knobs).grow(c, capacity)
+  return _each(mesh, part, (keys, reference), carry=c)
 
 
-def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg):
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _rows_of(p, mesh):
+  """The per-device carry's particles as rows [B, ...], without their device-local state
+  (caches, potential state), and the paged cache's "ran out of pages" flags bool[B]."""
+  oom = getattr(p.cache, "oom", jnp.zeros(p.done.shape[:2], bool))
+  p = p.replace(cache=None, twist_cache=None, potential_state=None)
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), (p, oom))
+
+
+def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg, mesh=None):
   """`engine.run` (and `engine.not_finite`'s flags) with the potential's host work between programs.
 
   Arguments as `driver._run_jit` takes them (`cfg` the program's config, `knobs` its values);
-  prompt_tokens and prompt_lengths as numpy arrays or jax arrays. Returns (particles, flags)."""
+  prompt_tokens and prompt_lengths as numpy arrays or jax arrays (with a mesh: placed by
+  `shard_batch`, params by `place_params`). Returns (particles, oom, flags bool[3]): oom is
+  None without a mesh or with a model axis (the particles keep their caches), else bool[B]
+  "a paged cache ran out of pages" and the particles carry no caches (as `run_smc` says)."""
   pot = models.potential
-  prompts = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
+  each = mesh is not None and mesh.shape[MODEL] == 1  # the carry per device, with a device axis
+  prompts = to_host((prompt_tokens, prompt_lengths))
   schedule = cache_schedule(models, cfg)
-  host_init = pot.host_init(*prompts)
-  c = _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, host_init, cfg=cfg,
-             capacity=schedule[0])
+  rows = lambda tree: tree if mesh is None else jax.tree.map(lambda x: shard_batch(mesh, x), tree)  # noqa: E731
+  flat = lambda x: x.reshape((-1,) + x.shape[2:]) if each else x  # noqa: E731
+  reference = tuple(reference or ())
   loop_args = (models, params, keys, reference, knobs)
+  c = _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, rows(pot.host_init(*prompts)),
+             cfg=cfg, capacity=schedule[0], mesh=mesh)
   over = False
   for i, capacity in enumerate(schedule):
     if i:  # (grown when the run is over too, as `engine.run` does: the same final caches)
-      c = _grow(*loop_args, c, cfg=cfg, capacity=capacity)
+      c = _grow(*loop_args, c, cfg=cfg, capacity=capacity, mesh=mesh)
     while not over:
-      c, waiting = _advance(*loop_args, c, cfg=cfg, capacity=capacity)
-      if not bool(waiting):  # a particle needs a slot this capacity lacks: grow, same step
+      c, waiting = _advance(*loop_args, c, cfg=cfg, capacity=capacity, mesh=mesh)
+      if not np.all(to_host(waiting)):  # a particle needs a slot this capacity lacks: grow, same step
         break
       p, _, step = c  # every particle at a boundary (or done): the step ends
-      tokens, lengths, done, start = jax.device_get((p.tokens, p.length, p.done, step.start))
+      tokens, lengths, done, start = map(flat, to_host((p.tokens, p.length, p.done, step.start)))
       host_score = pot.host_score(*prompts, tokens, lengths, done, lengths > start, capacity)
-      c, over, flags = _finish(*loop_args, c, host_score, cfg=cfg)
-      over = bool(over)
-  return c[0], flags  # of the last step's end: growing the caches after it moves no weight
+      c, over, flags = _finish(*loop_args, c, rows(host_score), cfg=cfg, mesh=mesh)
+      over = bool(np.all(to_host(over)))
+  flags = np.any(to_host(flags).reshape(-1, 3), axis=0)  # of the last step's end: later growth moves no weight
+  if not each:
+    return c[0], None, flags
+  p, oom = _rows_of(c[0], mesh=mesh)
+  return p, oom, flags
