@@ -297,6 +297,55 @@ def test_host_steps_give_the_one_program_run(smoke, tmp_path, monkeypatch, strat
   assert int(host.num_resamples.sum()) > 0 and int(host.verified.sum()) > 0  # selection moved, the PRM read
 
 
+@pytest.mark.parametrize("search", ["mcts", "latts"])
+def test_mcts_and_latts_read_a_step_tag_prm_between_programs(smoke, tmp_path, monkeypatch, search):
+  """MCTS and local acceptance (LATTS) with the runner's step-tag PRM (whole sequences, read
+  by the host reader): their loops run as programs with the reader between them, none calling
+  back, and give the one-program runs (reader called back) bit for bit."""
+  import importlib
+  import jax
+  from tts_jax.eval.tree_methods import _prm_outcome
+  from tts_jax.models.padding import pad_prompts
+  from tts_jax.sampling import SamplingParams
+  from tts_jax.sampling.inputs import prompt_keys
+  mcts, latts = (importlib.import_module(f"tts_jax.search.{m}") for m in ("mcts", "latts"))  # (the package's
+  # `mcts` is the function)
+  exp = apply_overrides(load_config("experiments/math500/puri_table1.py"), overrides(smoke, smoke["prm"], tmp_path))
+  models, task = load_models(exp.models, exp.task), exp.task
+  tokens, lengths = pad_prompts(task_prompts(task, list(task.split("test")[:2])), pad_id=task_tokens(task).pad)
+  ids = task_tokens(task)
+  pot = _prm_outcome(models, task)
+  assert pot.needs_host()
+  common = dict(t=24, delimiters=tuple(ids.steps), stop_tokens=tuple(ids.stop), pad_id=ids.pad, proposal=SamplingParams())
+  if search == "mcts":
+    module = mcts
+    setup = mcts._Search(models.policy, simulations=3, k=2, c_puct=1.0, backup="mean", page_size=16, num_pages=0,
+                         share_kv=True, **common)
+    run = lambda: mcts.mcts(models.policy, models.policy_params, tokens, lengths, jax.random.key(3),  # noqa: E731
+                            potential=pot, potential_params=models.prm_params, simulations=3, expansions=2,
+                            max_new_tokens=24, delimiters=ids.steps, stop_tokens=ids.stop, pad_id=ids.pad)
+    one_program = mcts._mcts_jit
+  else:
+    module = latts
+    setup = latts._Search(models.policy, n=2, k=3, **common)
+    run = lambda: latts.local_acceptance(models.policy, models.policy_params, tokens, lengths,  # noqa: E731
+                                         jax.random.key(3), potential=pot, potential_params=models.prm_params,
+                                         num_samples=2, max_tries=3, max_new_tokens=24, delimiters=ids.steps,
+                                         stop_tokens=ids.stop, pad_id=ids.pad)
+    one_program = latts._local_acceptance_jit
+  with monkeypatch.context() as m:  # no program of the host-driven run calls back (traced first)
+    m.setattr(jax, "pure_callback", lambda *a, **k: pytest.fail(f"a host callback in {module.__name__}"))
+    host = run()
+  one = one_program(setup, models.policy_params, pot, models.prm_params, jax.numpy.asarray(tokens),
+                    jax.numpy.asarray(lengths), prompt_keys(jax.random.key(3), 2))
+  got, want = jax.tree_util.tree_leaves_with_path(host), jax.tree_util.tree_leaves_with_path(one)
+  assert [k for k, _ in got] == [k for k, _ in want]
+  for (path, x), (_, y) in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  scores = np.asarray(host.value if search == "mcts" else host.log_potential)
+  assert len(np.unique(scores)) > 2  # the PRM's reads differ between sequences
+
+
 def test_the_puri_config_compiles_nothing_the_second_time(smoke, tmp_path):
   """Its step-tag PRM engines hold no host callback (they run from the host, per device on a
   mesh), so a second run loads every program from the persistent compilation cache, on one

@@ -17,21 +17,29 @@ which `tests/test_latts.py` checks against enumeration. The K candidate draws of
 made at once (one shared-prefix sampler call) with one uniform each; the first accepted is
 kept, which is the sequential procedure's distribution exactly, and `decoded` counts only
 the tokens the sequential procedure would draw (candidates up to the kept one).
+
+The search is one program; with a potential that names host work (a step-tag PRM's reader,
+`tts_jax.verifiers.base.needs_host`) its parts (`_Search`) run as programs with the host's
+scoring of each step's candidates between them, the same result bit for bit, so JAX's
+persistent cache keeps them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.sampling import sample_jit, splice, suffix_prompts
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.verifiers import as_potential
+from tts_jax.verifiers.base import needs_host, with_host
 
 
 @struct.dataclass
@@ -79,40 +87,65 @@ def local_acceptance(lm, params, prompt_tokens, prompt_lengths, key, *, potentia
   tokens, lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, max_new_tokens)
   check_token_ids(lm, delimiters=delimiters, stop_tokens=stop_tokens, pad_id=(pad_id,))
   keys = prompt_keys(key, tokens.shape[0])
-  return _local_acceptance_jit(lm, params, as_potential(potential), potential_params, jnp.asarray(tokens),
-                               jnp.asarray(lengths), keys, n=num_samples, k=max_tries, t=max_new_tokens,
-                               delimiters=tuple(int(d) for d in delimiters),
-                               stop_tokens=tuple(int(s) for s in stop_tokens), pad_id=int(pad_id), proposal=proposal)
+  search = _Search(lm, n=num_samples, k=max_tries, t=max_new_tokens, delimiters=tuple(int(d) for d in delimiters),
+                   stop_tokens=tuple(int(s) for s in stop_tokens), pad_id=int(pad_id), proposal=proposal)
+  potential = as_potential(potential)
+  run = _from_host if needs_host(potential) else _local_acceptance_jit  # host work between programs, not called back
+  return run(search, params, potential, potential_params, jnp.asarray(tokens), jnp.asarray(lengths), keys)
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "potential", "n", "k", "t", "delimiters", "stop_tokens", "pad_id",
-                                             "proposal"))
-def _local_acceptance_jit(lm, params, potential, potential_params, prompt_tokens, prompt_lengths, keys, *, n, k, t,
-                          delimiters, stop_tokens, pad_id, proposal):
-  b = prompt_tokens.shape[0]
-  r = b * n  # one row per solution: row b * N + i
-  rows_p, rows_l = jnp.repeat(prompt_tokens, n, axis=0), jnp.repeat(prompt_lengths, n)
-  row_keys = jax.vmap(lambda kk: jax.vmap(lambda i: jax.random.fold_in(kk, i))(jnp.arange(n)))(keys).reshape(-1)
-  pot_state = potential.init(potential_params, prompt_tokens, prompt_lengths, n * k, t)
-  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-  step_stops = tuple(sorted(set(delimiters) | set(stop_tokens)))
+@dataclasses.dataclass(frozen=True)
+class _Search:
+  """The search's static settings and its parts: `start`, then per step `propose` (K candidate
+  steps per solution), the potential's score of the candidates, `accept` (the first accepted),
+  until every solution is done, then `end`. `_local_acceptance_jit` runs them in one program;
+  `_from_host` as separate programs with a host potential's work between them. A carry is (the
+  loop's state, the potential's state)."""
 
-  def cond(c):
-    return ~jnp.all(c[5])
+  lm: object
+  n: int
+  k: int
+  t: int
+  delimiters: tuple[int, ...]
+  stop_tokens: tuple[int, ...]
+  pad_id: int
+  proposal: SamplingParams
 
-  def body(c):
-    tokens, length, logphi, steps, tries, done, decoded, s, prefilled, scored = c
+  def start(self, potential, potential_params, prompt_tokens, prompt_lengths):
+    r, t = prompt_tokens.shape[0] * self.n, self.t  # one row per solution: row b * N + i
+    pot_state = potential.init(potential_params, prompt_tokens, prompt_lengths, self.n * self.k, t)
+    zeros = jnp.zeros((r,), jnp.int32)
+    state = (jnp.full((r, t), self.pad_id, jnp.int32), zeros, jnp.zeros((r,), jnp.float32), zeros, zeros,
+             jnp.zeros((r,), bool), zeros, jnp.zeros((), jnp.int32), zeros, zeros)
+    return state, pot_state
+
+  def propose(self, params, prompt_tokens, prompt_lengths, keys, carry):
+    """The step's K candidates per solution: (cand int32[B, N K, T], cand_len int32[B, N K],
+    cand_done bool[B, N K], their drawn lengths int32[R, K], the acceptance keys [R])."""
+    tokens, length, *_ = carry[0]
+    s = carry[0][7]
+    b, n, k, t = prompt_tokens.shape[0], self.n, self.k, self.t
+    r = b * n
+    rows_p, rows_l = jnp.repeat(prompt_tokens, n, axis=0), jnp.repeat(prompt_lengths, n)
+    row_keys = jax.vmap(lambda kk: jax.vmap(lambda i: jax.random.fold_in(kk, i))(jnp.arange(n)))(keys).reshape(-1)
     ks = jax.vmap(lambda kk: jax.random.split(jax.random.fold_in(kk, s)))(row_keys)  # [R, 2]
-    prefix, prefix_len = suffix_prompts(rows_p, rows_l, tokens, length, pad_id)
-    out = sample_jit(lm, params, prefix, prefix_len, ks[:, 0], num_samples=k, max_new_tokens=t, params_s=proposal,
-                     stop_tokens=step_stops, pad_id=pad_id, share_prefix=True, limits=jnp.maximum(t - length, 1))
+    prefix, prefix_len = suffix_prompts(rows_p, rows_l, tokens, length, self.pad_id)
+    out = sample_jit(self.lm, params, prefix, prefix_len, ks[:, 0], num_samples=k, max_new_tokens=t,
+                     params_s=self.proposal, stop_tokens=tuple(sorted(set(self.delimiters) | set(self.stop_tokens))),
+                     pad_id=self.pad_id, share_prefix=True, limits=jnp.maximum(t - length, 1))
     cand, cand_len = splice(jnp.repeat(tokens, k, axis=0), jnp.repeat(length, k), out.tokens.reshape(r * k, t),
-                            out.lengths.reshape(r * k), pad_id)
+                            out.lengths.reshape(r * k), self.pad_id)
     cand, cand_len = cand.reshape(b, n * k, t), cand_len.reshape(b, n * k)
     last = jnp.take_along_axis(cand, jnp.maximum(cand_len - 1, 0)[..., None], axis=-1)[..., 0]
-    cand_done = jnp.any(last[..., None] == stops, axis=-1) | (cand_len >= t)
-    log_phi, _ = potential.score(potential_params, pot_state, cand, cand_len, cand_done, jnp.ones((b, n * k), bool))
-    u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(ks[:, 1])  # [R, K]
+    cand_done = jnp.any(last[..., None] == jnp.asarray(self.stop_tokens or (-1,), jnp.int32), axis=-1) | (cand_len >= t)
+    return cand, cand_len, cand_done, out.lengths.reshape(r, k), ks[:, 1]
+
+  def accept(self, prompt_lengths, carry, proposed, log_phi):
+    """Each live solution takes its first accepted candidate (log phi float32[B, N K])."""
+    (tokens, length, logphi, steps, tries, done, decoded, s, prefilled, scored), pot_state = carry
+    cand, cand_len, cand_done, drawn_len, accept_keys = proposed
+    r, k = drawn_len.shape
+    u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(accept_keys)  # [R, K]
     ok = jnp.log(u) < log_phi.reshape(r, k)  # accept w.p. exp(log phi)
     ok = ok.at[:, k - 1].set(True)  # the cap: the K-th draw is kept whatever its score
     pick = jnp.argmax(ok, axis=1)  # the first accepted draw
@@ -120,10 +153,10 @@ def _local_acceptance_jit(lm, params, potential, potential_params, prompt_tokens
     flat = lambda x: x.reshape((r, k) + x.shape[2:])  # noqa: E731
     new_tokens = flat(cand)[rows, pick]
     upto = jnp.arange(k)[None, :] <= pick[:, None]  # the draws a sequential procedure makes
-    drawn = jnp.where(upto, out.lengths.reshape(r, k), 0).sum(1)
+    drawn = jnp.where(upto, drawn_len, 0).sum(1)
     read = jnp.where(upto, flat(cand_len), 0).sum(1)
     live = ~done
-    prefilled = prefilled + jnp.where(live, rows_l + length, 0)
+    prefilled = prefilled + jnp.where(live, jnp.repeat(prompt_lengths, self.n) + length, 0)
     scored = scored + jnp.where(live, read, 0)
     tokens = jnp.where(live[:, None], new_tokens, tokens)
     length = jnp.where(live, flat(cand_len)[rows, pick], length)
@@ -132,13 +165,67 @@ def _local_acceptance_jit(lm, params, potential, potential_params, prompt_tokens
     tries = tries + jnp.where(live, pick + 1, 0)
     decoded = decoded + jnp.where(live, drawn, 0)
     done = done | flat(cand_done)[rows, pick]
-    return tokens, length, logphi, steps, tries, done, decoded, s + 1, prefilled, scored
+    return (tokens, length, logphi, steps, tries, done, decoded, s + 1, prefilled, scored), pot_state
 
-  zeros = jnp.zeros((r,), jnp.int32)
-  init = (jnp.full((r, t), pad_id, jnp.int32), zeros, jnp.zeros((r,), jnp.float32), zeros, zeros,
-          jnp.zeros((r,), bool), zeros, jnp.zeros((), jnp.int32), zeros, zeros)
-  tokens, length, logphi, steps, tries, _, decoded, _, prefilled, scored = jax.lax.while_loop(cond, body, init)
-  shape = lambda x: x.reshape((b, n) + x.shape[1:])  # noqa: E731
-  return LocalAcceptance(tokens=shape(tokens), length=shape(length), log_potential=shape(logphi), steps=shape(steps),
-                         tries=shape(tries), decoded=shape(decoded).sum(axis=1),
-                         prefilled=shape(prefilled).sum(axis=1), scored=shape(scored).sum(axis=1))
+  def end(self, carry) -> LocalAcceptance:
+    tokens, length, logphi, steps, tries, _, decoded, _, prefilled, scored = carry[0]
+    shape = lambda x: x.reshape((-1, self.n) + x.shape[1:])  # noqa: E731
+    return LocalAcceptance(tokens=shape(tokens), length=shape(length), log_potential=shape(logphi),
+                           steps=shape(steps), tries=shape(tries), decoded=shape(decoded).sum(axis=1),
+                           prefilled=shape(prefilled).sum(axis=1), scored=shape(scored).sum(axis=1))
+
+
+def _candidate_scores(potential, potential_params, carry, proposed):
+  """log phi float32[B, N K] of the proposed candidates, whole sequences."""
+  cand, cand_len, cand_done = proposed[:3]
+  return potential.score(potential_params, carry[1], cand, cand_len, cand_done, jnp.ones(cand_len.shape, bool))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"))
+def _local_acceptance_jit(search: _Search, params, potential, potential_params, prompt_tokens, prompt_lengths, keys):
+  def body(carry):
+    proposed = search.propose(params, prompt_tokens, prompt_lengths, keys, carry)
+    return search.accept(prompt_lengths, carry, proposed,
+                         _candidate_scores(potential, potential_params, carry, proposed))
+
+  carry = search.start(potential, potential_params, prompt_tokens, prompt_lengths)
+  return search.end(jax.lax.while_loop(lambda c: ~jnp.all(c[0][5]), body, carry))
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"))
+def _start(search, potential, potential_params, prompt_tokens, prompt_lengths, host_init):
+  return search.start(with_host(potential, init=host_init), potential_params, prompt_tokens, prompt_lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("search",), donate_argnames=("carry",))
+def _propose(search, params, prompt_tokens, prompt_lengths, keys, carry):
+  return carry, search.propose(params, prompt_tokens, prompt_lengths, keys, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"), donate_argnames=("carry",))
+def _accept(search, potential, potential_params, prompt_lengths, carry, proposed, host_score):
+  log_phi = _candidate_scores(with_host(potential, score=host_score), potential_params, carry, proposed)
+  carry = search.accept(prompt_lengths, carry, proposed, log_phi)
+  return carry, jnp.all(carry[0][5])
+
+
+@functools.partial(jax.jit, static_argnames=("search",))
+def _end(search, carry):
+  return search.end(carry)
+
+
+def _from_host(search: _Search, params, potential, potential_params, prompt_tokens, prompt_lengths, keys):
+  """`_local_acceptance_jit` for a potential with host work (`tts_jax.verifiers.base.needs_host`):
+  the same parts as separate programs, the potential's `host_score` of each step's candidates
+  between `_propose` and `_accept`, so no program holds a callback and JAX's persistent cache
+  keeps them all. The same result bit for bit."""
+  prompts = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
+  carry = _start(search, potential, potential_params, prompt_tokens, prompt_lengths, potential.host_init(*prompts))
+  over = bool(jnp.all(carry[0][5]))
+  while not over:
+    carry, proposed = _propose(search, params, prompt_tokens, prompt_lengths, keys, carry)
+    cand, cand_len, cand_done = jax.device_get(proposed[:3])
+    scores = potential.host_score(*prompts, cand, cand_len, cand_done, np.ones(cand_len.shape, bool), search.t)
+    carry, over = _accept(search, potential, potential_params, prompt_lengths, carry, proposed, scores)
+    over = bool(over)
+  return _end(search, carry)

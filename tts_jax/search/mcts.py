@@ -39,15 +39,22 @@ its block table, and the K candidates of an expansion grow together from the nod
 `share_kv=False` re-prefills each expanded node instead (the baseline of
 `benchmarks/mcts.py`). `tests/test_mcts.py` checks the search against a tabular LM with exact
 values (visits concentrate on the optimum).
+
+The search is one program; with a potential that names host work (a step-tag PRM's reader,
+`tts_jax.verifiers.base.needs_host`) its parts (`_Search`) run as programs with the host's
+scoring of each simulation's children between them, the same tree bit for bit, so JAX's
+persistent cache keeps them (a program holding a callback is never kept).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from tts_jax.models.paged import check_pages
@@ -55,6 +62,7 @@ from tts_jax.sampling import draw_tokens, sample_jit, splice, suffix_prompts
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
 from tts_jax.sampling.logits import SamplingParams
 from tts_jax.verifiers import as_potential
+from tts_jax.verifiers.base import needs_host, with_host
 
 
 @struct.dataclass
@@ -144,11 +152,13 @@ def mcts(lm, params, prompt_tokens, prompt_lengths, key, *, potential, potential
   tokens, lengths = check_prompt_batch(lm, prompt_tokens, prompt_lengths, max_new_tokens)
   check_token_ids(lm, delimiters=delimiters, stop_tokens=stop_tokens, pad_id=(pad_id,))
   keys = prompt_keys(key, tokens.shape[0])
-  tree = _mcts_jit(lm, params, as_potential(potential), potential_params, jnp.asarray(tokens), jnp.asarray(lengths),
-                   keys, simulations=simulations, k=expansions, t=max_new_tokens,
+  search = _Search(lm, simulations=simulations, k=expansions, t=max_new_tokens,
                    delimiters=tuple(int(d) for d in delimiters), stop_tokens=tuple(int(s) for s in stop_tokens),
                    pad_id=int(pad_id), c_puct=float(c_puct), proposal=proposal, backup=backup,
                    page_size=page_size, num_pages=num_pages, share_kv=bool(share_kv))
+  potential = as_potential(potential)
+  run = _mcts_from_host if needs_host(potential) else _mcts_jit  # host work between programs, not called back
+  tree = run(search, params, potential, potential_params, jnp.asarray(tokens), jnp.asarray(lengths), keys)
   check_pages(tree.cache)
   return tree
 
@@ -271,44 +281,74 @@ def _grow_from_scratch(lm, params, prompt_tokens, prompt_lengths, store, tokens,
   return None, toks.reshape(b, n, t), lens.reshape(b, n)
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "potential", "simulations", "k", "t", "delimiters",
-                                             "stop_tokens", "pad_id", "c_puct", "proposal", "backup", "page_size",
-                                             "num_pages", "share_kv"))
-def _mcts_jit(lm, params, potential, potential_params, prompt_tokens, prompt_lengths, keys, *, simulations, k, t,
-              delimiters, stop_tokens, pad_id, c_puct, proposal, backup, page_size, num_pages, share_kv):
-  b = prompt_tokens.shape[0]
-  m = 1 + simulations * k
-  rows = jnp.arange(b)
-  first, prefix = lm.prefill(params, prompt_tokens, prompt_lengths)  # the prompt's KV, once per problem
-  store = _node_store(lm, prefix, m, t, page_size, num_pages) if share_kv else None
-  if store is None:
-    grow = functools.partial(_grow_from_scratch, lm, params, prompt_tokens, prompt_lengths, t=t, pad_id=pad_id,
-                             proposal=proposal)
-  else:
-    grow = functools.partial(_grow, lm, params, first, t=t, pad_id=pad_id, proposal=proposal)
-  pot_state = potential.init(potential_params, prompt_tokens, prompt_lengths, k, t)
-  tree = Tree(tokens=jnp.full((b, m, t), pad_id, jnp.int32), length=jnp.zeros((b, m), jnp.int32),
-              parent=jnp.full((b, m), -1, jnp.int32), first_child=jnp.full((b, m), -1, jnp.int32),
-              visits=jnp.zeros((b, m), jnp.float32).at[:, 0].set(1.0), value_sum=jnp.zeros((b, m), jnp.float32),
-              value=jnp.zeros((b, m), jnp.float32), finished=jnp.zeros((b, m), bool),
-              used=jnp.ones((b,), jnp.int32), decoded=jnp.zeros((b,), jnp.int32),
-              born=jnp.full((b, m), -1, jnp.int32), cache=store, pages=_pages_in_use(store, b), expansions=k)
-  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-  ends = tuple(sorted(set(delimiters) | set(stop_tokens)))
+@dataclasses.dataclass(frozen=True)
+class _Search:
+  """A search's static settings and its parts: `start`, then per simulation s `propose` (select
+  and expand), the potential's score of the children, `accept` (insert and back up), then
+  `end` (the answer's rollout). `_mcts_jit` runs them in one program; `_mcts_from_host`
+  as separate programs with a host potential's work between them. A carry is (tree, the
+  policy's logits after the prompt float32[B, V], the potential's state)."""
 
-  def simulate(s, tree: Tree) -> Tree:
-    node = jax.vmap(lambda *a: _select(k, c_puct, *a))(tree.first_child, tree.visits, tree.value_sum, tree.finished)
-    leaf_len = tree.length[rows, node]
+  lm: object
+  simulations: int
+  k: int
+  t: int
+  delimiters: tuple[int, ...]
+  stop_tokens: tuple[int, ...]
+  pad_id: int
+  c_puct: float
+  proposal: SamplingParams
+  backup: str
+  page_size: int
+  num_pages: int
+  share_kv: bool
+
+  def start(self, params, potential, potential_params, prompt_tokens, prompt_lengths):
+    b, m, t = prompt_tokens.shape[0], 1 + self.simulations * self.k, self.t
+    first, prefix = self.lm.prefill(params, prompt_tokens, prompt_lengths)  # the prompt's KV, once per problem
+    store = _node_store(self.lm, prefix, m, t, self.page_size, self.num_pages) if self.share_kv else None
+    pot_state = potential.init(potential_params, prompt_tokens, prompt_lengths, self.k, t)
+    tree = Tree(tokens=jnp.full((b, m, t), self.pad_id, jnp.int32), length=jnp.zeros((b, m), jnp.int32),
+                parent=jnp.full((b, m), -1, jnp.int32), first_child=jnp.full((b, m), -1, jnp.int32),
+                visits=jnp.zeros((b, m), jnp.float32).at[:, 0].set(1.0), value_sum=jnp.zeros((b, m), jnp.float32),
+                value=jnp.zeros((b, m), jnp.float32), finished=jnp.zeros((b, m), bool),
+                used=jnp.ones((b,), jnp.int32), decoded=jnp.zeros((b,), jnp.int32),
+                born=jnp.full((b, m), -1, jnp.int32), cache=store, pages=_pages_in_use(store, b), expansions=self.k)
+    return tree, first, pot_state
+
+  def _grow(self, params, prompt_tokens, prompt_lengths, first, tree: Tree, *args, **kw):
+    common = dict(t=self.t, pad_id=self.pad_id, proposal=self.proposal)
+    if tree.cache is None:
+      return _grow_from_scratch(self.lm, params, prompt_tokens, prompt_lengths, None, *args, **common, **kw)
+    return _grow(self.lm, params, first, tree.cache, *args, **common, **kw)
+
+  def propose(self, params, prompt_tokens, prompt_lengths, keys, carry, s):
+    """Simulation s's selection and expansion: (node int32[B], expand bool[B], the children's
+    work cache, child int32[B, K, T], child_len int32[B, K], done bool[B, K])."""
+    tree, first, _ = carry
+    rows = jnp.arange(tree.length.shape[0])
+    node = jax.vmap(lambda *a: _select(self.k, self.c_puct, *a))(tree.first_child, tree.visits, tree.value_sum,
+                                                                   tree.finished)
     expand = ~tree.finished[rows, node]  # a finished node is re-evaluated, not expanded
     step_keys = jax.vmap(lambda key: jax.random.fold_in(key, s))(keys)
-    work, child, child_len = grow(tree.cache, tree.tokens, tree.length, node, step_keys, expand, n=k, ends=ends)
+    ends = tuple(sorted(set(self.delimiters) | set(self.stop_tokens)))
+    work, child, child_len = self._grow(params, prompt_tokens, prompt_lengths, first, tree, tree.tokens, tree.length,
+                                        node, step_keys, expand, n=self.k, ends=ends)
     last = jnp.take_along_axis(child, jnp.maximum(child_len - 1, 0)[..., None], axis=-1)[..., 0]
-    done = jnp.any(last[..., None] == stops, axis=-1) | (child_len >= t)
-    log_phi, _ = potential.score(potential_params, pot_state, child, child_len, done, jnp.ones((b, k), bool))
+    done = jnp.any(last[..., None] == jnp.asarray(self.stop_tokens or (-1,), jnp.int32), axis=-1) | (child_len >= self.t)
+    return node, expand, work, child, child_len, done
+
+  def accept(self, carry, proposed, log_phi, s):
+    """Simulation s's children, valued exp(log phi float32[B, K]), put in the tree and backed up."""
+    tree, first, pot_state = carry
+    node, expand, work, child, child_len, done = proposed
+    b, k = child_len.shape
+    rows = jnp.arange(b)
+    leaf_len = tree.length[rows, node]
     child_value = jnp.exp(log_phi.astype(jnp.float32))  # [B, K]
     slots = tree.used[:, None] + jnp.arange(k)[None, :]  # [B, K]
     put = lambda x, v: x.at[rows[:, None], slots].set(jnp.where(expand[:, None], v, x[rows[:, None], slots]))  # noqa: E731
-    cache = None if store is None else tree.cache.adopt(slots, work, expand)
+    cache = None if tree.cache is None else tree.cache.adopt(slots, work, expand)
     tree = tree.replace(
         tokens=tree.tokens.at[rows[:, None], slots].set(
             jnp.where(expand[:, None, None], child, tree.tokens[rows[:, None], slots])),
@@ -320,20 +360,81 @@ def _mcts_jit(lm, params, potential, potential_params, prompt_tokens, prompt_len
         used=tree.used + jnp.where(expand, k, 0),
         decoded=tree.decoded + jnp.where(expand, jnp.sum(child_len - leaf_len[:, None], axis=1), 0),
         cache=cache, pages=jnp.maximum(tree.pages, _pages_in_use(cache, b)))
-    leaf_value = jnp.max(child_value, axis=1) if backup == "max" else jnp.mean(child_value, axis=1)
+    leaf_value = jnp.max(child_value, axis=1) if self.backup == "max" else jnp.mean(child_value, axis=1)
     total = jnp.where(expand, leaf_value, tree.value[rows, node])  # one visit per simulation
     count = jnp.ones((b,), jnp.float32)
     visits, value_sum = jax.vmap(_backup)(tree.parent, tree.visits, tree.value_sum, node, count, total)
-    return tree.replace(visits=visits, value_sum=value_sum)
+    return tree.replace(visits=visits, value_sum=value_sum), first, pot_state
 
-  tree = jax.lax.fori_loop(0, simulations, simulate, tree)
-  node = tree.answer()
-  chosen, chosen_len = tree.tokens[rows, node], tree.length[rows, node]
-  open_ = ~tree.finished[rows, node]
-  roll_keys = jax.vmap(lambda key: jax.random.fold_in(key, simulations))(keys)
-  work, rolled, rolled_len = grow(tree.cache, tree.tokens, tree.length, node, roll_keys, open_, n=1, ends=stop_tokens)
-  cache = tree.cache.replace(oom=tree.cache.oom | work.oom) if hasattr(work, "oom") else tree.cache
-  return tree.replace(answer_tokens=jnp.where(open_[:, None], rolled[:, 0], chosen),
-                      answer_length=jnp.where(open_, rolled_len[:, 0], chosen_len),
-                      decoded=tree.decoded + jnp.where(open_, rolled_len[:, 0] - chosen_len, 0),
-                      cache=cache, pages=jnp.maximum(tree.pages, _pages_in_use(work, b)))
+  def end(self, params, prompt_tokens, prompt_lengths, keys, carry) -> Tree:
+    """The chosen node, completed by one rollout when unfinished."""
+    tree, first, _ = carry
+    b = tree.length.shape[0]
+    rows = jnp.arange(b)
+    node = tree.answer()
+    chosen, chosen_len = tree.tokens[rows, node], tree.length[rows, node]
+    open_ = ~tree.finished[rows, node]
+    roll_keys = jax.vmap(lambda key: jax.random.fold_in(key, self.simulations))(keys)
+    work, rolled, rolled_len = self._grow(params, prompt_tokens, prompt_lengths, first, tree, tree.tokens,
+                                          tree.length, node, roll_keys, open_, n=1, ends=self.stop_tokens)
+    cache = tree.cache.replace(oom=tree.cache.oom | work.oom) if hasattr(work, "oom") else tree.cache
+    return tree.replace(answer_tokens=jnp.where(open_[:, None], rolled[:, 0], chosen),
+                        answer_length=jnp.where(open_, rolled_len[:, 0], chosen_len),
+                        decoded=tree.decoded + jnp.where(open_, rolled_len[:, 0] - chosen_len, 0),
+                        cache=cache, pages=jnp.maximum(tree.pages, _pages_in_use(work, b)))
+
+
+def _children_scores(potential, potential_params, carry, proposed):
+  """log phi float32[B, K] of the proposed children, whole sequences."""
+  _, _, child, child_len, done = proposed[1:]
+  return potential.score(potential_params, carry[2], child, child_len, done, jnp.ones(child_len.shape, bool))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"))
+def _mcts_jit(search: _Search, params, potential, potential_params, prompt_tokens, prompt_lengths, keys):
+  carry = search.start(params, potential, potential_params, prompt_tokens, prompt_lengths)
+
+  def simulate(s, carry):
+    proposed = search.propose(params, prompt_tokens, prompt_lengths, keys, carry, s)
+    return search.accept(carry, proposed, _children_scores(potential, potential_params, carry, proposed), s)
+
+  carry = jax.lax.fori_loop(0, search.simulations, simulate, carry)
+  return search.end(params, prompt_tokens, prompt_lengths, keys, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"))
+def _start(search, params, potential, potential_params, prompt_tokens, prompt_lengths, host_init):
+  return search.start(params, with_host(potential, init=host_init), potential_params, prompt_tokens, prompt_lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("search",), donate_argnames=("carry",))
+def _propose(search, params, prompt_tokens, prompt_lengths, keys, carry, s):
+  return carry, search.propose(params, prompt_tokens, prompt_lengths, keys, carry, s)
+
+
+@functools.partial(jax.jit, static_argnames=("search", "potential"), donate_argnames=("carry",))
+def _accept(search, potential, potential_params, carry, proposed, host_score, s):
+  log_phi = _children_scores(with_host(potential, score=host_score), potential_params, carry, proposed)
+  return search.accept(carry, proposed, log_phi, s)
+
+
+@functools.partial(jax.jit, static_argnames=("search",))
+def _end(search, params, prompt_tokens, prompt_lengths, keys, carry):
+  return search.end(params, prompt_tokens, prompt_lengths, keys, carry)
+
+
+def _mcts_from_host(search: _Search, params, potential, potential_params, prompt_tokens, prompt_lengths, keys) -> Tree:
+  """`_mcts_jit` for a potential with host work (`tts_jax.verifiers.base.needs_host`): the
+  same parts as separate programs, the potential's `host_score` of each simulation's
+  children between `_propose` and `_accept`, so no program holds a callback and JAX's
+  persistent cache keeps them all. The same tree bit for bit."""
+  prompts = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
+  carry = _start(search, params, potential, potential_params, prompt_tokens, prompt_lengths,
+                 potential.host_init(*prompts))
+  for s in range(search.simulations):
+    s = jnp.int32(s)
+    carry, proposed = _propose(search, params, prompt_tokens, prompt_lengths, keys, carry, s)
+    child, child_len, done = jax.device_get(proposed[3:])
+    scores = potential.host_score(*prompts, child, child_len, done, np.ones(child_len.shape, bool), search.t)
+    carry = _accept(search, potential, potential_params, carry, proposed, scores, s)
+  return _end(search, params, prompt_tokens, prompt_lengths, keys, carry)
