@@ -111,6 +111,7 @@ def smc_mode():
   """5 prompts (no device count divides it) under the selection strategies that move particles
   (Resample, Beam with one group and with several), a potential that is a function of the
   tokens, so resampling, beams and groups all act."""
+  from tts_jax.mcmc import qalign  # noqa: PLC0415
   from tts_jax.search import beam_search, dvts  # noqa: PLC0415
   from tts_jax.smc import OneOf, particle_filter, run_smc  # noqa: PLC0415
   from tts_jax.tasks import STEP  # noqa: PLC0415
@@ -147,6 +148,13 @@ def smc_mode():
     p = run_smc(lm, params, tokens, lengths, jax.random.key(7), cfg=configs["beam"], potential=host_pot, mesh=mesh)
   parts += [p.tokens, p.length, p.log_weights, p.log_z, p.ancestors, p.num_resamples]
   assert int(np.asarray(p.num_resamples).sum()) > 0 and len(np.unique(np.asarray(p.log_potential))) > 2
+  # QAlign's chains, per device on a mesh: with an array reward (one program) and a host one.
+  for reward in (potential, host_pot):
+    with mock.patch.object(jax, "pure_callback", side_effect=AssertionError("a host reward called back")):
+      q = qalign(lm, params, tokens, lengths, jax.random.key(7), reward=reward, steps=3, beta=0.5, num_chains=2,
+                 max_new_tokens=12, mesh=mesh)
+    parts += [q.tokens, q.lengths, q.reward, q.accepted, q.drawn, q.kept]
+    assert q.tokens.shape[0] == 5 and 0 < float(np.asarray(q.accepted).mean()) < 1
   print("DIGEST", digest(*parts))
   if A.devices == 8:  # tensor parallel (data=4 x model=2): the same particles up to rounding
     for name, cfg, pot in (("TP", configs["pf"], potential), ("TPHOST", configs["beam"], host_pot)):

@@ -58,8 +58,9 @@ def test_completions_and_smc_are_bit_identical_on_1_and_8_devices(tmp_path):
   run_smc under Resample, Beam and DVTS on 5 prompts, DVTS as a member of a `OneOf`
   (which must equal DVTS alone), and beam search with a checker only the host can run (the
   loop driven from the host, per device on 8, never calling back): tokens, lengths, weights,
-  log Z, ancestors and resample counts are the same bytes for every device count; tensor
-  parallel gives the same particles
+  log Z, ancestors and resample counts are the same bytes for every device count; so are
+  QAlign's chains with an array reward and with that host checker. Tensor parallel gives the
+  same particles
   up to float rounding."""
   results = {n: _worker("sample+smc", n, cache=tmp_path) for n in (1, 8)}
   digests = {n: r["sample:DIGEST"] for n, r in results.items()}

@@ -121,6 +121,61 @@ def test_bad_arguments_are_named(target):
              max_new_tokens=target.max_new, **args)
 
 
+class _HostReward:
+  """The target's reward computed on the host (`needs_host`): read from `host_score`'s arrays
+  when the chains run from the host, else called back (`jax.pure_callback`)."""
+
+  def __init__(self, tgt):
+    self.tgt = tgt
+
+  def needs_host(self):
+    return True
+
+  def host_init(self, prompt_tokens, prompt_lengths):
+    return None
+
+  def host_score(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity):
+    out = np.zeros(lengths.shape, np.float32)
+    for i in np.ndindex(lengths.shape):
+      out[i] = self.tgt.log_phi(tokens[i][:lengths[i]].tolist()) if done[i] else 0.0
+    return out
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens):
+    return ()
+
+  def advance(self, params, tokens, state, active):
+    return state
+
+  def score(self, params, state, tokens, lengths, done, extended):
+    from tts_jax.verifiers.base import host_input
+    fed = host_input(self, "score")
+    if fed is None:
+      fed = jax.pure_callback(lambda *a: self.host_score(None, None, *map(np.asarray, a), None),
+                              jax.ShapeDtypeStruct(lengths.shape, jnp.float32), tokens, lengths, done, extended)
+    return fed, state
+
+
+def test_a_host_reward_runs_between_programs(target, monkeypatch):
+  """A reward with host work: the chains' parts run as programs with `host_score` between
+  them (no callback; on a 1-device mesh per device too) and give the one-program chains that
+  call the reward back, bit for bit. (8 devices: tests/test_parallel.py.)"""
+  from tts_jax.mcmc.qalign import _Chains, _qalign_jit
+  from tts_jax.parallel import make_mesh
+  from tts_jax.sampling.inputs import prompt_keys
+  reward = _HostReward(target)
+  kw = dict(steps=6, beta=BETA, num_chains=3, max_new_tokens=target.max_new, stop_tokens=target.stops)
+  with monkeypatch.context() as m:  # traced before the one-program form, which calls back
+    m.setattr(jax, "pure_callback", lambda *a, **k: pytest.fail("a host reward called back"))
+    runs = [qalign(target.lm, target.params, *target.prompts(4), jax.random.key(5), reward=reward, mesh=mesh, **kw)
+            for mesh in (None, make_mesh())]
+  chains = _Chains(target.lm, kw["steps"], kw["beta"], kw["num_chains"], target.max_new, target.stops, 0)
+  one = _qalign_jit(chains, target.params, reward, None, *target.prompts(4), prompt_keys(jax.random.key(5), 4))
+  for run in runs:
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(run), jax.tree_util.tree_leaves_with_path(one)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  assert 0 < float(np.asarray(one.accepted).mean()) < 1
+
+
 def test_qalign_method_in_the_runner(tmp_path):
   """QAlign as an experiment method on the shipped models: one chain serves every budget (the
   first N states), with the exact checker as reward and a small beta a chain that reaches a

@@ -79,7 +79,8 @@ class TabularLM:
     ids = jnp.zeros((b,), jnp.int32)
     for j in range(t):
       ids = jnp.where(j < lengths, self._step(ids, jnp.full((b,), j), tokens[:, j]), ids)
-    return params["logits"][ids], TabularPrefix(ids=ids, lengths=lengths.astype(jnp.int32))
+    # (`jnp.take`, not `table[ids]`: indexing a mesh-placed table inside `per_device` is refused)
+    return jnp.take(params["logits"], ids, axis=0), TabularPrefix(ids=ids, lengths=lengths.astype(jnp.int32))
 
   def init_cache(self, prefix: TabularPrefix, num_samples: int, max_len: int, compact: bool = True) -> TabularCache:
     b = prefix.ids.shape[0]
@@ -91,7 +92,8 @@ class TabularLM:
     if active is None:
       active = jnp.ones(tokens.shape, bool)
     ids = jnp.where(active, self._step(cache.ids, cache.lengths, tokens), cache.ids)
-    return params["logits"][ids], TabularCache(ids=ids, lengths=cache.lengths + active.astype(jnp.int32))
+    logits = jnp.take(params["logits"], ids, axis=0)
+    return logits, TabularCache(ids=ids, lengths=cache.lengths + active.astype(jnp.int32))
 
   def forward(self, params, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     """Logits after every prefix tokens[:, :t+1]: float32[B, T, V]."""
@@ -100,7 +102,7 @@ class TabularLM:
     out = []
     for j in range(t):
       ids = self._step(ids, jnp.full((b,), j), tokens[:, j])
-      out.append(params["logits"][ids])
+      out.append(jnp.take(params["logits"], ids, axis=0))
     return jnp.stack(out, axis=1)
 
 

@@ -146,6 +146,25 @@ def per_device(mesh: Mesh, fn, *batched):
   return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(batched), out_specs=spec, check_vma=False)(*batched)
 
 
+def each_device(mesh: Mesh | None, part, rows, carry=None, rows_out: bool = False):
+  """part(*rows), or part(carry, *rows), inside a program; with a data-only mesh on every
+  device's rows (`per_device`), for loops whose parts run as separate programs with host work
+  between them. rows: pytrees with a leading prompt axis, split over "data". A carry (state
+  that stays on its devices between the parts, per-device scalars included) has a leading
+  device axis, and so has every output (rows_out=False: the next part's carry) or none
+  (rows_out=True: outputs with a leading prompt axis, concatenated over "data"). Without a
+  mesh, or with a model axis (XLA partitions the program), part runs as it is."""
+  if mesh is None or mesh.shape[MODEL] > 1:
+    return part(*rows) if carry is None else part(carry, *rows)
+
+  def local(*args):
+    if carry is not None:
+      args = (jax.tree.map(lambda x: x[0], args[0]),) + args[1:]
+    out = part(*args)
+    return out if rows_out else jax.tree.map(lambda x: x[None], out)
+  return per_device(mesh, local, *rows) if carry is None else per_device(mesh, local, carry, *rows)
+
+
 def describe(mesh: Mesh | None) -> str:
   if mesh is None:
     return "no mesh (one device)"

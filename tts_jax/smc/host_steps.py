@@ -36,22 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.parallel import MODEL, per_device, shard_batch, to_host
+from tts_jax.parallel import MODEL, each_device, shard_batch, to_host
 from tts_jax.smc.engine import Loop, SMCModels, cache_schedule, not_finite
-
-
-def _each(mesh, part, rows, carry=None):
-  """part(*rows), or part(carry, *rows), inside a program. With a data-only mesh, on every
-  device's rows (`per_device`; rows: pytrees split over their leading prompt axis) with the
-  carry and every output given a leading device axis (so per-device scalars travel too)."""
-  if mesh is None or mesh.shape[MODEL] > 1:
-    return part(*rows) if carry is None else part(carry, *rows)
-
-  def local(*args):
-    if carry is not None:
-      args = (jax.tree.map(lambda x: x[0], args[0]),) + args[1:]
-    return jax.tree.map(lambda x: x[None], part(*args))
-  return per_device(mesh, local, *rows) if carry is None else per_device(mesh, local, carry, *rows)
 
 
 def _loop(models, params, cfg, keys, reference, knobs, host=None) -> Loop:
@@ -62,7 +48,7 @@ def _loop(models, params, cfg, keys, reference, knobs, host=None) -> Loop:
 def _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, host_init, cfg, capacity, mesh):
   def part(tokens, lengths, keys, reference, init):
     return _loop(models, params, cfg, keys, reference, knobs, {"init": init}).start(tokens, lengths, capacity)
-  return _each(mesh, part, (prompt_tokens, prompt_lengths, keys, reference, host_init))
+  return each_device(mesh, part, (prompt_tokens, prompt_lengths, keys, reference, host_init))
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity", "mesh"), donate_argnames=("c",))
@@ -74,7 +60,7 @@ def _advance(models, params, keys, reference, knobs, c, cfg, capacity, mesh):
     fits = loop.fits(capacity)
     c = jax.lax.while_loop(lambda c: fits(c) & ~jnp.all(c[2].waiting), loop.token, c)
     return c, jnp.all(c[2].waiting)
-  return _each(mesh, part, (keys, reference), carry=c)
+  return each_device(mesh, part, (keys, reference), carry=c)
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg", "mesh"), donate_argnames=("c",))
@@ -84,23 +70,25 @@ def _finish(models, params, keys, reference, knobs, c, host_score, cfg, mesh):
   def part(c, keys, reference, score):
     c = _loop(models, params, cfg, keys, reference, knobs, {"score": score}).finish(c)
     return c, jnp.all(c[0].done), not_finite(c[0])
-  return _each(mesh, part, (keys, reference, host_score), carry=c)
+  return each_device(mesh, part, (keys, reference, host_score), carry=c)
 
 
 @functools.partial(jax.jit, static_argnames=("models", "cfg", "capacity", "mesh"))
 def _grow(models, params, keys, reference, knobs, c, cfg, capacity, mesh):
   def part(c, keys, reference):
     return _loop(models, params, cfg, keys, reference, knobs).grow(c, capacity)
-  return _each(mesh, part, (keys, reference), carry=c)
+  return each_device(mesh, part, (keys, reference), carry=c)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))
-def _rows_of(p, mesh):
+def _rows_of(c, mesh):
   """The per-device carry's particles as rows [B, ...], without their device-local state
   (caches, potential state), and the paged cache's "ran out of pages" flags bool[B]."""
-  oom = getattr(p.cache, "oom", jnp.zeros(p.done.shape[:2], bool))
-  p = p.replace(cache=None, twist_cache=None, potential_state=None)
-  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), (p, oom))
+  def part(c):
+    p = c[0]
+    oom = getattr(p.cache, "oom", jnp.zeros(p.done.shape[:1], bool))
+    return p.replace(cache=None, twist_cache=None, potential_state=None), oom
+  return each_device(mesh, part, (), carry=c, rows_out=True)
 
 
 def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys, reference, knobs, cfg, mesh=None):
@@ -137,5 +125,5 @@ def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys
   flags = np.any(to_host(flags).reshape(-1, 3), axis=0)  # of the last step's end: later growth moves no weight
   if not each:
     return c[0], None, flags
-  p, oom = _rows_of(c[0], mesh=mesh)
+  p, oom = _rows_of(c, mesh=mesh)
   return p, oom, flags
