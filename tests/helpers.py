@@ -148,3 +148,32 @@ def policy_and_value(vocab_size: int, max_positions: int, seeds: tuple[int, int]
   lm, params = init(cfg, seed=seeds[0])
   vm, vparams = init_value(cfg, seed=seeds[1])
   return lm, params, vm, vparams
+
+
+class HostScored:
+  """A potential whose scores only the host computes (`needs_host`): a subclass defines
+  `host_score(prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity)` ->
+  float32[B, N]. `score` reads its arrays when the loop runs from the host and calls it back
+  (`jax.pure_callback`, prompts and capacity None) where a program scores by itself."""
+
+  def needs_host(self):
+    return True
+
+  def host_init(self, prompt_tokens, prompt_lengths):
+    return None
+
+  def init(self, params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens):
+    return ()
+
+  def advance(self, params, tokens, state, active):
+    return state
+
+  def score(self, params, state, tokens, lengths, done, extended):
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    from tts_jax.verifiers.base import host_input  # noqa: PLC0415
+    fed = host_input(self, "score")
+    if fed is None:
+      fed = jax.pure_callback(lambda *a: self.host_score(None, None, *map(np.asarray, a), None),
+                              jax.ShapeDtypeStruct(lengths.shape, jnp.float32), tokens, lengths, done, extended)
+    return fed, state

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import HostScored
 from tts_jax.models import init, qwen2_config
 from tts_jax.models.value import init_value
 from tts_jax.sampling import SamplingParams, sample
@@ -117,29 +118,13 @@ def test_nan_and_plus_inf_potentials_are_errors_for_every_strategy(lm, name, bad
     smc(lm, cfg=STRATEGIES[name](), potential=_bad_potential(bad))
 
 
-class _HostNaN:
-  """A potential whose scores come from the host (`needs_host`): NaN for particle 1 of prompt 0."""
-
-  def needs_host(self):
-    return True
-
-  def host_init(self, prompt_tokens, prompt_lengths):
-    return None
+class _HostNaN(HostScored):
+  """A potential whose scores come from the host: NaN for particle 1 of prompt 0."""
 
   def host_score(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity):
     out = np.zeros(lengths.shape, np.float32)
     out[0, 1] = np.nan
     return out
-
-  def init(self, params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens):
-    return ()
-
-  def advance(self, params, tokens, state, active):
-    return state
-
-  def score(self, params, state, tokens, lengths, done, extended):
-    from tts_jax.verifiers.base import host_input
-    return host_input(self, "score"), state
 
 
 def test_nan_potentials_are_errors_when_the_engine_runs_from_the_host(lm):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.helpers import HostScored
 from tests.tabular_target import make_target
 from tts_jax.mcmc import qalign
 from tts_jax.sampling.prefixes import splice, suffix_prompts
@@ -121,38 +122,18 @@ def test_bad_arguments_are_named(target):
              max_new_tokens=target.max_new, **args)
 
 
-class _HostReward:
-  """The target's reward computed on the host (`needs_host`): read from `host_score`'s arrays
-  when the chains run from the host, else called back (`jax.pure_callback`)."""
+class _HostReward(HostScored):
+  """The target's reward computed on the host: read from `host_score`'s arrays when the chains
+  run from the host, else called back."""
 
   def __init__(self, tgt):
     self.tgt = tgt
-
-  def needs_host(self):
-    return True
-
-  def host_init(self, prompt_tokens, prompt_lengths):
-    return None
 
   def host_score(self, prompt_tokens, prompt_lengths, tokens, lengths, done, extended, capacity):
     out = np.zeros(lengths.shape, np.float32)
     for i in np.ndindex(lengths.shape):
       out[i] = self.tgt.log_phi(tokens[i][:lengths[i]].tolist()) if done[i] else 0.0
     return out
-
-  def init(self, params, prompt_tokens, prompt_lengths, num_particles, max_new_tokens):
-    return ()
-
-  def advance(self, params, tokens, state, active):
-    return state
-
-  def score(self, params, state, tokens, lengths, done, extended):
-    from tts_jax.verifiers.base import host_input
-    fed = host_input(self, "score")
-    if fed is None:
-      fed = jax.pure_callback(lambda *a: self.host_score(None, None, *map(np.asarray, a), None),
-                              jax.ShapeDtypeStruct(lengths.shape, jnp.float32), tokens, lengths, done, extended)
-    return fed, state
 
 
 def test_a_host_reward_runs_between_programs(target, monkeypatch):
