@@ -154,6 +154,7 @@ def test_a_host_reward_runs_between_programs(target, monkeypatch):
   for run in runs:
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(run), jax.tree_util.tree_leaves_with_path(one)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+      assert x.dtype == y.dtype, jax.tree_util.keystr(path)  # (the host form's record buffers)
   assert 0 < float(np.asarray(one.accepted).mean()) < 1
 
 
