@@ -15,7 +15,7 @@ import os
 import sys
 
 ARGS = argparse.ArgumentParser()
-ARGS.add_argument("mode", choices=("sample", "smc", "sample+smc", "run"))
+ARGS.add_argument("mode", choices=("sample", "smc", "sample+smc", "run", "host"))
 ARGS.add_argument("devices", type=int)
 ARGS.add_argument("out", nargs="?")
 ARGS.add_argument("--stop", type=int, default=None)
@@ -175,6 +175,23 @@ class _HostChecker:
     return self.checker(prompt_ids, completion_ids, done)
 
 
+def host_mode():
+  """`host_each_device` on a mesh over every process's devices: each process computes its own
+  devices' rows only, and the global result holds every device's rows in order."""
+  from tts_jax.parallel import batch_sharding, host_each_device, to_host  # noqa: PLC0415
+  mesh = make_mesh()
+  d = mesh.shape["data"]
+  table = np.arange(d * 2, dtype=np.int32).reshape(d, 1, 2)  # [D, rows=1, 2]: a carry with a device axis
+  x = jax.make_array_from_callback(table.shape, batch_sharding(mesh, 3), lambda index: table[index])
+  seen = []
+
+  def fn(i, rows):
+    seen.append(i)
+    return {"v": rows * 10 + i}
+  got = np.asarray(to_host(host_each_device(mesh, fn, x))["v"])
+  print("HOST", jax.process_index(), sorted(seen), got.ravel().tolist(), flush=True)
+
+
 def run_mode():
   from tts_jax.eval import Experiment, MajorityVote  # noqa: PLC0415
   from tts_jax.eval.runner import run_experiment  # noqa: PLC0415
@@ -194,7 +211,7 @@ if __name__ == "__main__":
   from tts_jax.eval.compile_cache import enable_compilation_cache  # noqa: E402
   enable_compilation_cache()
   assert jax.device_count() == A.devices * A.processes, jax.devices()
-  modes = {"sample": sample_mode, "smc": smc_mode, "run": run_mode}
+  modes = {"sample": sample_mode, "smc": smc_mode, "run": run_mode, "host": host_mode}
   if "+" in A.mode:  # one process, several checks: each line prefixed by its mode
     for mode in A.mode.split("+"):
       out = io.StringIO()

@@ -136,6 +136,26 @@ def test_experiment_results_are_byte_identical_on_1_device_and_2_processes(tmp_p
   assert results.read_text().splitlines() == lines  # nothing written
 
 
+def test_host_work_is_split_over_processes(tmp_path):
+  """The host side of the loops driven from the host on a mesh (`host_each_device`): on 2
+  processes of 2 devices each, a process computes only its own devices' rows, and every process
+  reads the whole result, each device's rows in order."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.parallel_worker", "host", "2", "--process", str(i),
+                             "--processes", "2", "--port", str(port)], cwd=ROOT, env=_env(tmp_path / "cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+  want = [10 * v + v // 2 for v in range(8)]  # device d's row [2d, 2d + 1] -> 10 x + d
+  for i, (out, _) in enumerate(outs):
+    line = next(x for x in out.splitlines() if x.startswith("HOST"))
+    assert line == f"HOST {i} {[2 * i, 2 * i + 1]} {want}", line
+
+
 def test_mesh_options_name_their_errors():
   assert parse_mesh("data=4,model=2") == {"data": 4, "model": 2}
   assert parse_mesh("auto") == {} and parse_mesh(" model = 2 ") == {"model": 2}

@@ -165,6 +165,30 @@ def each_device(mesh: Mesh | None, part, rows, carry=None, rows_out: bool = Fals
   return per_device(mesh, local, *rows) if carry is None else per_device(mesh, local, carry, *rows)
 
 
+def host_each_device(mesh: Mesh, fn, *arrays):
+  """fn on the host for each of this process's devices on a data-only mesh, and its results
+  as global arrays split over "data": the host side of an `each_device` loop.
+
+  arrays: global arrays with a leading device axis [D, ...] (an `each_device` carry's
+  leaves). fn(d, *shards) gets device d's numpy shards (without the device axis) and returns
+  a pytree of numpy arrays with a leading row axis, the same shapes for every d. Returns those
+  rows concatenated over the devices, [D * rows, ...], each device's on it. A process reads
+  and computes only its own devices' rows (no gather), so on a multi-process run the host
+  work is split as the devices are."""
+  devices = list(mesh.devices[:, 0])
+  mine = [(d, dev) for d, dev in enumerate(devices) if dev.process_index == jax.process_index()]
+
+  def shard(x, dev):
+    return np.asarray(next(s.data for s in x.addressable_shards if s.device == dev))[0]
+  outs = [fn(d, *(shard(x, dev) for x in arrays)) for d, dev in mine]
+
+  def assemble(*parts):
+    shape = (len(devices) * parts[0].shape[0],) + parts[0].shape[1:]
+    return jax.make_array_from_single_device_arrays(
+        shape, batch_sharding(mesh, len(shape)), [jax.device_put(x, dev) for x, (_, dev) in zip(parts, mine)])
+  return jax.tree.map(assemble, *outs)
+
+
 def describe(mesh: Mesh | None) -> str:
   if mesh is None:
     return "no mesh (one device)"

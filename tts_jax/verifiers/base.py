@@ -31,7 +31,8 @@ work. `needs_host()` says whether it has any, and then
                extended[B, N], capacity) -> numpy pytree      # capacity: the engine's cache slots
 
 compute on the host (numpy in, numpy out) what `init` / `score` would call back for (every
-leaf with a leading prompt axis [B, ...]: on a mesh the rows go to their prompts' devices), and
+leaf with a leading prompt axis [B, ...], row b a function of row b's inputs alone: on a mesh
+each process calls them on its own devices' rows, one device's at a time), and
 `with_host(potential, init=..., score=...)` (inside a program) gives the potential that reads
 those arrays instead (`host_input`). `run_smc` then drives its loop from the host
 (`tts_jax.smc.host_steps`) and no program of the run holds a callback.
