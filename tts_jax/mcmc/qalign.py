@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tts_jax.parallel import (MODEL, data_size, each_device, host_each_device, per_device, place_params, shard_batch,
+from tts_jax.parallel import (MODEL, device_rows, each_device, host_rows, per_device, place_params, shard_batch,
                               to_host, unpad)
 from tts_jax.sampling import sample_jit, splice, suffix_prompts
 from tts_jax.sampling.inputs import check_prompt_batch, check_token_ids, prompt_keys
@@ -279,22 +279,16 @@ def _from_host(chains: _Chains, params, reward, reward_params, prompt_tokens, pr
   `host_score` of each state's completions between them, so no program holds a callback and
   JAX's persistent cache keeps them all. The same chains bit for bit."""
   prompts = to_host((prompt_tokens, prompt_lengths))  # (every process holds them all)
-  per, c = prompts[1].shape[0] // data_size(mesh), chains.num_chains  # a device's prompts
-  mine = lambda d, x: x[d * per:(d + 1) * per]  # noqa: E731  device d's rows of a prompt array
-
-  def host_work(fn, *arrays):
-    """fn(d, *numpy arrays of device d's rows) per device of this process, or on all rows."""
-    return fn(0, *to_host(arrays)) if mesh is None else host_each_device(mesh, fn, *arrays)
+  c = chains.num_chains
+  mine = lambda d, x: x[device_rows(mesh, len(x), d)]  # noqa: E731  the rows `host_rows` gives fn(d, ...)
 
   def score(d, tokens, lengths):  # device d's (or all) chains' completions [P C, T] -> the host arrays
-    done = np.ones((per, c), bool)
-    return reward.host_score(mine(d, prompts[0]), mine(d, prompts[1]), tokens.reshape(per, c, -1),
-                             lengths.reshape(per, c), done, done, chains.max_new_tokens)
+    done = np.ones((lengths.size // c, c), bool)
+    return reward.host_score(mine(d, prompts[0]), mine(d, prompts[1]), tokens.reshape(-1, c, tokens.shape[-1]),
+                             lengths.reshape(-1, c), done, done, chains.max_new_tokens)
 
-  def host_score(tokens, lengths):
-    return host_work(score, tokens, lengths)
-
-  host_init = host_work(lambda d: reward.host_init(mine(d, prompts[0]), mine(d, prompts[1])))
+  host_score = functools.partial(host_rows, mesh, score)
+  host_init = host_rows(mesh, lambda d: reward.host_init(mine(d, prompts[0]), mine(d, prompts[1])))
   started = _start(chains, params, reward, reward_params, prompt_tokens, prompt_lengths, keys, host_init, mesh=mesh)
   carry = _first(chains, reward, reward_params, started, host_score(*started[1][:2]), mesh=mesh)
   for k in range(1, chains.steps + 1):

@@ -189,6 +189,23 @@ def host_each_device(mesh: Mesh, fn, *arrays):
   return jax.tree.map(assemble, *outs)
 
 
+def host_rows(mesh: Mesh | None, fn, *arrays):
+  """The host side of a loop run as programs (`each_device`): fn(d, *numpy arrays) per device
+  of this process on a data-only mesh (`host_each_device`: arrays with a device axis, fn gets
+  device d's rows), else once on all rows (d = 0, arrays gathered by `to_host`), its results
+  then split over "data" when there is a mesh (a model axis: XLA partitions the programs)."""
+  if mesh is not None and mesh.shape[MODEL] == 1:
+    return host_each_device(mesh, fn, *arrays)
+  out = fn(0, *to_host(arrays))
+  return out if mesh is None else jax.tree.map(lambda x: shard_batch(mesh, x), out)
+
+
+def device_rows(mesh: Mesh | None, rows: int, d: int) -> slice:
+  """The slice of `rows` prompt rows (padded to the data axis) that `host_rows` hands fn(d, ...)."""
+  per = rows // (mesh.shape[DATA] if mesh is not None and mesh.shape[MODEL] == 1 else 1)
+  return slice(d * per, (d + 1) * per)
+
+
 def describe(mesh: Mesh | None) -> str:
   if mesh is None:
     return "no mesh (one device)"

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tts_jax.parallel import MODEL, data_size, each_device, host_each_device, shard_batch, to_host
+from tts_jax.parallel import MODEL, device_rows, each_device, host_rows, to_host
 from tts_jax.smc.engine import Loop, SMCModels, cache_schedule, not_finite
 
 
@@ -102,16 +102,7 @@ def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys
   pot = models.potential
   each = mesh is not None and mesh.shape[MODEL] == 1  # the carry per device, with a device axis
   prompts = to_host((prompt_tokens, prompt_lengths))  # (every process holds them all)
-  per = prompts[1].shape[0] // (data_size(mesh) if each else 1)  # a device's rows (each), or all
-  mine = lambda d, x: x[d * per:(d + 1) * per]  # noqa: E731  device d's rows of a prompt array
-
-  def host_work(fn, *arrays):
-    """fn(d, *numpy arrays of device d's rows) per device of this process (each), else on all
-    rows; its arrays placed as the programs take them."""
-    if each:
-      return host_each_device(mesh, fn, *arrays)
-    out = fn(0, *to_host(arrays))
-    return out if mesh is None else jax.tree.map(lambda x: shard_batch(mesh, x), out)
+  mine = lambda d, x: x[device_rows(mesh, len(x), d)]  # noqa: E731  the rows `host_rows` gives fn(d, ...)
 
   def score(capacity, d, tokens, lengths, done, start):  # device d's (or all) particles at a step's end
     return pot.host_score(mine(d, prompts[0]), mine(d, prompts[1]), tokens, lengths, done, lengths > start,
@@ -120,7 +111,7 @@ def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys
   schedule = cache_schedule(models, cfg)
   reference = tuple(reference or ())
   loop_args = (models, params, keys, reference, knobs)
-  host_init = host_work(lambda d: pot.host_init(mine(d, prompts[0]), mine(d, prompts[1])))
+  host_init = host_rows(mesh, lambda d: pot.host_init(mine(d, prompts[0]), mine(d, prompts[1])))
   c = _start(models, params, prompt_tokens, prompt_lengths, keys, reference, knobs, host_init, cfg=cfg,
              capacity=schedule[0], mesh=mesh)
   over = False
@@ -132,7 +123,7 @@ def run_from_host(models: SMCModels, params, prompt_tokens, prompt_lengths, keys
       if not np.all(to_host(waiting)):  # a particle needs a slot this capacity lacks: grow, same step
         break
       p, _, step = c  # every particle at a boundary (or done): the step ends
-      host_score = host_work(functools.partial(score, capacity), p.tokens, p.length, p.done, step.start)
+      host_score = host_rows(mesh, functools.partial(score, capacity), p.tokens, p.length, p.done, step.start)
       c, over, flags = _finish(*loop_args, c, host_score, cfg=cfg, mesh=mesh)
       over = bool(np.all(to_host(over)))
   flags = np.any(to_host(flags).reshape(-1, 3), axis=0)  # of the last step's end: later growth moves no weight
